@@ -1,0 +1,56 @@
+"""singe-deploy: the command line. Bad input exits 2 with one line, a failed check exits 1."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .errors import CheckFailed, UserError
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="singe-deploy", description="Prune a vision model with SInGE, export it, "
+                                 "check it and measure it.")
+    ap.add_argument("--version", action="version", version=f"singe-deploy {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    from .config import add_arguments
+
+    c = sub.add_parser("compress", help="score, prune, fine-tune, export and report (no options: the demo)",
+                       description="Score channels, prune them in an entwined prune/fine-tune flowchart, export, "
+                       "check parity, measure latency and write a report. With no options it runs the demo: the "
+                       "shipped builtin:resnet20 Fashion-MNIST baseline pruned to 2x fewer MACs.")
+    add_arguments(c)
+    return ap
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        if args.command == "compress":
+            from .compress import run
+            from .config import resolve
+
+            run(resolve(args))
+        return 0
+    except UserError as e:
+        print(f"singe-deploy: error: {e}", file=sys.stderr)
+        return 2
+    except CheckFailed as e:
+        print(f"singe-deploy: check failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("singe-deploy: interrupted; rerun with --resume and the same --out to continue", file=sys.stderr)
+        return 130
+
+
+def entry():
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,334 @@
+"""`compress`: load, score, prune (entwined), fine-tune, export, check, time, report.
+
+Everything that can be bad input is checked before the first minute of work and before anything
+is written. Work happens in a hidden sibling folder (<out>/../.<name>.partial) that is renamed to
+<out> at the end; a checkpoint after each pruning step there lets `--resume` pick a run up again.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import bench, export, report
+from .config import to_yaml
+from .data import make_data
+from .errors import CheckFailed, UserError
+from .flops import CONVENTION, count
+from .importance import make_criterion
+from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
+from .prune import Schedule, Target, check_reachable, prune
+from .train import evaluate, train_epochs
+
+DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
+STATE = "state.pt"
+
+
+def asset_path(name):
+    path = resources.files("singe_deploy").joinpath("assets", name)
+    if not path.is_file():
+        raise UserError(f"singe-deploy ships no asset '{name}'; reinstall the package or pass --checkpoint FILE")
+    return Path(str(path))
+
+
+def resolve_checkpoint(cfg):
+    ck = cfg["checkpoint"]
+    if ck in (None, "auto"):
+        if cfg["model"] == DEMO_MODEL and cfg["data"] == DEMO_DATA and not cfg["pretrained"]:
+            return asset_path(DEMO_ASSET)
+        return None
+    if str(ck).lower() == "none":
+        return None
+    if str(ck).startswith("asset:"):
+        return asset_path(ck.split(":", 1)[1])
+    return Path(ck)
+
+
+def sample_shape(cfg, data_shape):
+    """(C, H, W) the model takes: --input-shape, else the data's for builtin/file models, else the zoo's."""
+    if cfg["input_shape"]:
+        return tuple(cfg["input_shape"][1:])
+    kind = parse_spec(cfg["model"])[0]
+    if kind in ("builtin", "file") and data_shape is not None:
+        return tuple(data_shape)
+    return default_input_shape(cfg["model"])
+
+
+def check_target(cfg):
+    """Fail fast when the deployment target cannot run on this machine."""
+    if cfg["target"] == "trt":
+        missing = []
+        if not torch.cuda.is_available():
+            missing.append("an NVIDIA GPU with CUDA")
+        if importlib.util.find_spec("tensorrt") is None:
+            missing.append("the tensorrt Python package")
+        if missing:
+            raise UserError(f"--target trt needs {' and '.join(missing)}, not found here; run it on a TensorRT "
+                            "machine (pip install singe-deploy[trt]) or use --target onnx")
+        raise UserError("--target trt is not implemented yet in this version; use --target onnx or torch")
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda needs a CUDA GPU and none was found; use --device cpu")
+
+
+def default_out(cfg):
+    name = parse_spec(cfg["model"])[2].replace("/", "_")
+    return Path("singe-deploy-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def prepare(cfg, log=print):
+    """All bad-input checks, in order; returns (model, data, shape, checkpoint, out, work)."""
+    check_target(cfg)
+    out = Path(cfg["out"]) if cfg["out"] else default_out(cfg)
+    work = out.parent / f".{out.name}.partial"
+    if out.exists() and not cfg["force"]:
+        raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
+    criterion = make_criterion(cfg["criterion"], **criterion_options(cfg))
+    target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
+    kind = parse_spec(cfg["model"])[0]
+    data_shape = tuple(cfg["input_shape"][1:]) if cfg["input_shape"] else None
+    if data_shape is None and kind in ("torchvision", "timm"):
+        data_shape = default_input_shape(cfg["model"])
+    data = make_data(cfg["data"], cfg["batch_size"], data_shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
+                     cfg["val_limit"], cfg["num_classes"])
+    shape = sample_shape(cfg, data.sample_shape)
+    if tuple(data.sample_shape) != tuple(shape):
+        data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
+                         cfg["val_limit"], cfg["num_classes"])
+    checkpoint = resolve_checkpoint(cfg)
+    classes = cfg["num_classes"] or (data.num_classes if data.real or kind == "builtin" else None)
+    torch.manual_seed(cfg["seed"])
+    model = load_model(cfg["model"], checkpoint, classes, shape[0], cfg["pretrained"], cfg["trust_checkpoint"])
+    check_forward(model, cfg["model"], shape, data.num_classes if data.real else None)
+    if not data.real:
+        log("synthetic data: no fine-tuning, accuracy is null; scores use random labels (latency-only run)")
+    return dict(model=model, data=data, shape=shape, checkpoint=checkpoint, out=out, work=work,
+                criterion=criterion, target=target)
+
+
+def criterion_options(cfg):
+    name = cfg["criterion"]
+    if name == "singe":
+        return {"steps": cfg["singe_steps"], "norm": cfg["singe_norm"], "path": cfg["singe_path"],
+                "elementwise": cfg["singe_elementwise"]}
+    if name == "random":
+        return {"seed": cfg["seed"]}
+    return {}
+
+
+@torch.no_grad()
+def check_forward(model, spec, shape, classes):
+    model.eval()
+    try:
+        out = model(torch.zeros((1,) + tuple(shape)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({msg}); "
+                        "pass an --input-shape the model takes") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"{spec} must return (batch, classes) logits; it returned "
+                        f"{getattr(out, 'shape', type(out).__name__)}")
+    if classes and out.shape[1] != classes:
+        raise UserError(f"{spec} has {out.shape[1]} outputs but the data has {classes} classes; "
+                        "pass --num-classes or a checkpoint for these classes")
+
+
+def _resume_state(cfg, work):
+    path = work / STATE
+    if not cfg["resume"] or not path.is_file():
+        return None
+    state = read_checkpoint(path)
+    keep = {k: v for k, v in cfg.items() if k not in ("resume", "force", "out")}
+    old = {k: v for k, v in state["config"].items() if k not in ("resume", "force", "out")}
+    diff = sorted(k for k in keep if keep[k] != old.get(k))
+    if diff:
+        raise UserError(f"the interrupted run in {work} used other options ({', '.join(diff)}); "
+                        "drop --resume to start over")
+    return state
+
+
+def run(cfg, log=print):
+    """The whole compress job; returns (report dict, out path). Raises CheckFailed after writing
+    the output when parity or the target missed."""
+    t_start = time.time()
+    p = prepare(cfg, log)
+    model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
+    target, criterion = p["target"], p["criterion"]
+    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"], cfg["lr"], cfg["ranking"],
+                        cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
+    check_reachable(model, shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
+    input_shape = [1] + list(shape)
+    state = _resume_state(cfg, work)
+    if state is None and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, log, t_start, p, schedule, input_shape, state)
+    except UserError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _ignored(model, names):
+    from .groups import default_ignored
+
+    layers = default_ignored(model)
+    modules = dict(model.named_modules())
+    for n in names or []:
+        if n not in modules:
+            raise UserError(f"--ignore-layers names '{n}', which the model does not have")
+        layers.append(modules[n])
+    return layers
+
+
+def _run(cfg, log, t_start, p, schedule, input_shape, state):
+    model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
+    target, criterion = p["target"], p["criterion"]
+    timings = {}
+    dense_model = _clone(model)
+    dense_costs = count(model, input_shape)
+    if state:
+        dense_acc = state["dense_accuracy"]
+        model = load_pruned(work / "checkpoint.pt")
+        records, start = state["records"], state["step"]
+        log(f"resuming {work} after step {start}/{schedule.steps}")
+    else:
+        t = time.time()
+        dense_acc = evaluate(model, data.val) if data.real else None
+        timings["evaluate_dense_s"] = round(time.time() - t, 2)
+        records, start = [], 0
+        log(f"dense {cfg['model']}: {dense_costs.macs:,} MACs, {dense_costs.params:,} params, "
+            f"accuracy {_fmt(dense_acc)}")
+    ignored = _ignored(model, cfg["ignore_layers"])
+
+    def checkpoint(step, m, recs, phase="prune"):
+        save_pruned(m, work / "checkpoint.pt", cfg["model"], _classes(m), shape[0], input_shape)
+        torch.save({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase},
+                   work / STATE)
+
+    t = time.time()
+    finetuned = state is not None and state.get("phase") == "finetuned"
+    if not finetuned:
+        result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records, checkpoint, log)
+        records = result.steps
+    timings["prune_s"] = round(time.time() - t, 2)
+    acc_before = records[-1]["accuracy"] if records else None
+    t = time.time()
+    if data.real and cfg["epochs"] > 0 and not finetuned:
+        train_epochs(model, data.train, cfg["epochs"], cfg["lr"], desc="final fine-tune")
+        checkpoint(schedule.steps, model, records, "finetuned")
+    timings["finetune_s"] = round(time.time() - t, 2)
+    pruned_acc = evaluate(model, data.val) if data.real else None
+    pruned_costs = count(model, input_shape)
+    log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
+        f"{pruned_costs.params:,} params, accuracy {_fmt(pruned_acc)}")
+
+    t = time.time()
+    exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log)
+    timings["export_and_latency_s"] = round(time.time() - t, 2)
+    timings["total_s"] = round(time.time() - t_start, 2)
+
+    achieved = (dense_costs.macs / pruned_costs.macs if target.metric == "macs"
+                else dense_costs.params / pruned_costs.params)
+    hit = (1 / achieved) <= (1 / target.reduction) * 1.03 and (1 / achieved) >= (1 / target.reduction) * 0.9
+    if not hit:
+        failures.append(f"target {target.metric} / {target.reduction:g} missed: got / {achieved:.3f}")
+    rep = {
+        "schema_version": 1, "tool": report.tool(),
+        "model": {"spec": cfg["model"], "input_shape": input_shape,
+                  "checkpoint": str(p["checkpoint"]) if p["checkpoint"] else None,
+                  "num_classes": _classes(model)},
+        "data": {"spec": cfg["data"], "real": data.real},
+        "dense": _cost(dense_costs, dense_acc), "pruned": dict(_cost(pruned_costs, pruned_acc),
+                                                              accuracy_before_finetune=acc_before),
+        "reduction": {"macs": dense_costs.macs / pruned_costs.macs, "params": dense_costs.params / pruned_costs.params},
+        "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
+                   "window": "dense/X*0.9 <= pruned <= dense/X*1.03"},
+        "criterion": {"name": criterion.name, "options": dict(criterion.options, ranking=cfg["ranking"],
+                                                              calib_batches=cfg["calib_batches"])},
+        "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
+                     **schedule.__dict__, "epochs": cfg["epochs"]},
+        "steps": records,
+        "layers": report.layer_table(dense_costs, pruned_costs),
+        "exports": exports, "latency": latency,
+        "checks": {"passed": not failures, "failures": failures},
+        "timings": timings, "convention": CONVENTION,
+        "environment": report.environment(cfg["threads"] or bench.default_threads()),
+    }
+    report.validate(rep)
+    (work / "report.json").write_text(json.dumps(rep, indent=2))
+    (work / "report.md").write_text(report.markdown(rep))
+    (work / "config.yaml").write_text(to_yaml(cfg))
+    for stale in (STATE, "checkpoint.pt"):
+        (work / stale).unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    log(f"wrote {out}/ (report.md, report.json, pruned.pt{', dense.onnx, pruned.onnx' if cfg['target'] == 'onnx' else ''})")
+    if failures:
+        raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
+    return rep, out
+
+
+def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
+    """Exports with parity against PyTorch, then latency of dense and pruned; returns (exports, latency, failures)."""
+    exports, latency, failures = [], [], []
+    batches = [x for x, _ in (data.val if data.real else data.train)][: cfg["parity_batches"]]
+    save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
+    reloaded = load_pruned(work / "pruned.pt")
+    variants = {"dense": dense_model, "pruned": model}
+    q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)")
+    exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
+    runners = {}
+    if cfg["target"] == "onnx":
+        for variant, m in variants.items():
+            path = work / f"{variant}.onnx"
+            export.export_onnx(m, input_shape, path, cfg["opset"])
+            opset = export.check_onnx(path)
+            runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
+            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
+            exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q})
+            log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
+                f"{q['top1_agreement']:.4f} vs PyTorch")
+    else:
+        for variant, m in variants.items():
+            runners[variant] = bench.Torch(_clone(m), cfg["device"], cfg["threads"])
+    for e in exports:
+        q = e["parity"]
+        if q["max_abs_diff"] > cfg["parity_atol"] or q["top1_agreement"] < cfg["parity_top1"]:
+            failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e} "
+                            f"(<= {cfg['parity_atol']:g}), top-1 {q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
+    for batch in cfg["batch_sizes"]:
+        for variant, runner in runners.items():
+            stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
+                                  min_seconds=cfg["latency_seconds"])
+            latency.append(dict(stats, variant=variant))
+        d, pr = latency[-2]["median_ms"], latency[-1]["median_ms"]
+        log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
+            f"pruned {pr:.3f} ms, {d / pr:.2f}x")
+    return exports, latency, failures
+
+
+def _clone(model):
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def _classes(model):
+    from .models import _num_outputs
+
+    return _num_outputs(model)
+
+
+def _cost(c, acc):
+    return {"macs": c.macs, "params": c.params, "other_ops": c.other_ops, "accuracy": acc}
+
+
+def _fmt(acc):
+    return "n/a" if acc is None else f"{acc:.4f}"

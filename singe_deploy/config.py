@@ -1,0 +1,221 @@
+"""Every `compress` option in one table: CLI flags, YAML keys and validation come from it.
+
+A YAML config may hold any option (keys with '_' or '-'); flags given on the command line override
+it. Unknown keys, wrong types and malformed files are bad input (exit 2, one line).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: str  # str, int, float, bool, ints, strs
+    default: object
+    help: str
+    choices: tuple | None = None
+
+
+OPTIONS = [
+    Option("model", "str", "builtin:resnet20", "model spec: builtin:NAME, torchvision:NAME, timm:NAME, file.py:factory"),
+    Option("checkpoint", "str", "auto",
+           "state dict to load; 'auto' = the shipped baseline for the demo model and data, else random init; "
+           "'none' = random init; 'asset:NAME' = a file shipped with singe-deploy"),
+    Option("pretrained", "bool", False, "load the model zoo's pretrained weights (needs internet)"),
+    Option("trust_checkpoint", "bool", False, "allow checkpoints that unpickle code (only for files you trust)"),
+    Option("data", "str", "fashion-mnist", "data spec: fashion-mnist, imagefolder:DIR, synthetic"),
+    Option("data_dir", "str", None, "folder with the Fashion-MNIST IDX files"),
+    Option("input_shape", "ints", None, "model input as 1,C,H,W (default: the data's, or the model's)"),
+    Option("num_classes", "int", None, "classes of the model's head (default: the data's)"),
+    Option("batch_size", "int", 128, "training, calibration and parity batch size"),
+    Option("train_limit", "int", None, "use only the first N training samples"),
+    Option("val_limit", "int", None, "use only the first N validation samples"),
+    Option("criterion", "str", "singe", "channel criterion", ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")),
+    Option("singe_steps", "int", 8, "SInGE: Riemann steps m along the path"),
+    Option("singe_norm", "int", 2, "SInGE: the p of the norms", (1, 2)),
+    Option("singe_path", "str", "network", "SInGE: units moved along mu together", ("unit", "group", "network")),
+    Option("singe_elementwise", "bool", False, "SInGE: ||mu W (*) grad||_p instead of ||mu W|| ||grad||"),
+    Option("macs_reduction", "float", None, "prune until MACs <= dense / X (default 2 when no target is given)"),
+    Option("params_reduction", "float", None, "prune until params <= dense / X"),
+    Option("steps", "int", 4, "pruning steps S of the entwined flowchart"),
+    Option("finetune_iters", "int", 150, "fine-tuning iterations K after each pruning step"),
+    Option("epochs", "float", 4.0, "epochs E of final fine-tuning"),
+    Option("lr", "float", 0.05, "fine-tuning learning rate (cosine schedule)"),
+    Option("ranking", "str", "global", "rank channels across groups (global) or within each (local)",
+           ("global", "local")),
+    Option("round_to", "int", 8, "keep every pruned channel count a multiple of N (1: any count)"),
+    Option("max_layer_ratio", "float", 0.9, "never remove more than this fraction of a layer's channels"),
+    Option("calib_batches", "int", 4, "calibration batches B for data-driven criteria"),
+    Option("ignore_layers", "strs", None, "module names never pruned (the classifier always is)"),
+    Option("target", "str", "onnx", "deployment target", ("onnx", "torch", "trt")),
+    Option("device", "str", "cpu", "device for torch-target latency", ("cpu", "cuda")),
+    Option("opset", "int", 18, "ONNX opset (>= 18)"),
+    Option("batch_sizes", "ints", [1], "latency batch sizes, e.g. 1,8"),
+    Option("threads", "int", None, "onnxruntime/torch threads for latency (default: physical cores)"),
+    Option("latency_iters", "int", 50, "at least this many timed iterations"),
+    Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
+    Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
+    Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted"),
+    Option("parity_batches", "int", 4, "validation batches used for parity"),
+    Option("seed", "int", 0, "seed for data order, init and random scores"),
+    Option("out", "str", None, "output folder (default: singe-deploy-out/<model>-<time>)"),
+    Option("force", "bool", False, "replace the output folder if it exists"),
+    Option("resume", "bool", False, "continue an interrupted run into the same --out"),
+]
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def defaults():
+    return {o.name: o.default for o in OPTIONS}
+
+
+def _convert(opt, value, where):
+    def bad(kind):
+        return UserError(f"{where} '{opt.name}' must be {kind}, got {value!r}; fix the value")
+
+    if value is None:
+        return None
+    t = opt.type
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad("true or false")
+    if t in ("int", "float"):
+        if isinstance(value, bool):
+            raise bad(f"a{'n integer' if t == 'int' else ' number'}")
+        try:
+            num = float(value)
+            if t == "int":
+                if num != int(num):
+                    raise ValueError
+                value = int(num)
+            else:
+                value = num
+        except (TypeError, ValueError):
+            raise bad("an integer" if t == "int" else "a number") from None
+    elif t == "str":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad("a string")
+        value = str(value)
+    elif t == "ints":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad("a list of integers like 1,8")
+        try:
+            value = [int(str(v).strip()) for v in items]
+        except ValueError:
+            raise bad("a list of integers like 1,8") from None
+        if any(v < 1 for v in value):
+            raise bad("positive integers")
+    elif t == "strs":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad("a list of names")
+        value = [str(v).strip() for v in items if str(v).strip()]
+    if opt.choices and value not in opt.choices:
+        raise UserError(f"{where} '{opt.name}' must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
+    return value
+
+
+def load_yaml(path):
+    """The options in a YAML config file, validated."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; fix the path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file; pass a YAML file") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must be a mapping of option: value, not {type(raw).__name__}")
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in BY_NAME:
+            close = difflib.get_close_matches(name, BY_NAME, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown config key '{key}' in {path}{hint}; see 'singe-deploy compress --help'")
+        out[name] = _convert(BY_NAME[name], value, f"config key in {path}:")
+    return out
+
+
+def add_arguments(parser):
+    """One flag per option; defaults are suppressed so only flags the user gave override the config."""
+    parser.add_argument("--config", help="YAML file holding any of these options")
+    for o in OPTIONS:
+        flag = "--" + o.name.replace("_", "-")
+        default = o.default if o.default is not None else "none"
+        if o.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{o.help} (default: {o.default})")
+        else:
+            choices = f" {{{','.join(map(str, o.choices))}}}" if o.choices else ""
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=o.type.upper().rstrip("S") + choices,
+                                help=f"{o.help} (default: {default})")
+
+
+def resolve(args):
+    """defaults < YAML config < command-line flags; returns a validated dict of every option."""
+    cfg = defaults()
+    given = vars(args)
+    if given.get("config"):
+        cfg.update(load_yaml(given["config"]))
+    for o in OPTIONS:
+        if o.name in given:
+            value = given[o.name]
+            if isinstance(value, str) and value.lower() == "none" and o.type != "bool" and o.name != "checkpoint":
+                value = None
+            cfg[o.name] = _convert(o, value, "option")
+    return validate(cfg)
+
+
+def validate(cfg):
+    """Checks across options; fills the default target."""
+    unknown = set(cfg) - set(BY_NAME)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    if cfg["macs_reduction"] is not None and cfg["params_reduction"] is not None:
+        raise UserError("give either --macs-reduction or --params-reduction, not both")
+    if cfg["macs_reduction"] is None and cfg["params_reduction"] is None:
+        cfg["macs_reduction"] = 2.0
+    for key in ("macs_reduction", "params_reduction"):
+        if cfg[key] is not None and not cfg[key] > 1:
+            raise UserError(f"--{key.replace('_', '-')} must be > 1 (pruned = dense / X), got {cfg[key]:g}")
+    positive = ("batch_size", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps")
+    for key in positive:
+        if cfg[key] is not None and cfg[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    for key in ("finetune_iters", "epochs", "lr", "latency_seconds", "parity_atol"):
+        if cfg[key] < 0:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+    if cfg["round_to"] is not None and cfg["round_to"] < 1:
+        raise UserError(f"--round-to must be >= 1, got {cfg['round_to']}")
+    if not 0 < cfg["max_layer_ratio"] < 1:
+        raise UserError(f"--max-layer-ratio must be between 0 and 1, got {cfg['max_layer_ratio']}")
+    if cfg["input_shape"] is not None and len(cfg["input_shape"]) != 4:
+        raise UserError(f"--input-shape must be 1,C,H,W (4 numbers), got {','.join(map(str, cfg['input_shape']))}")
+    if cfg["target"] == "trt" and cfg["round_to"] is None:
+        cfg["round_to"] = 8
+    return cfg
+
+
+def to_yaml(cfg):
+    import yaml
+
+    return yaml.safe_dump({k: cfg[k] for k in BY_NAME}, sort_keys=False)

@@ -1,0 +1,237 @@
+"""Data from specs: `fashion-mnist`, `imagefolder:DIR`, `synthetic`.
+
+Every spec gives a `Data`: train and validation loaders that yield (images, labels) float batches
+already shaped for the model, the number of classes, and whether the data is real (synthetic data
+has no labels worth learning, so the pipeline skips fine-tuning and reports accuracy as null).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Data:
+    spec: str
+    train: object | None  # iterable of (x, y) batches
+    val: object | None
+    num_classes: int
+    sample_shape: tuple  # (C, H, W) as the model receives it
+    real: bool  # False for synthetic inputs: no fine-tuning, accuracy is null
+
+    calib: object | None = None  # a fixed, unaugmented loader over training data
+
+    def calibration(self, n):
+        """The same n training batches every time it is called (for scoring)."""
+        out = []
+        for x, y in (self.calib or self.train):
+            out.append((x, y))
+            if len(out) >= n:
+                break
+        return out
+
+
+class TensorLoader:
+    """Batches from in-memory uint8 images, augmented on the batch, with a seeded order.
+
+    Each pass (epoch) reshuffles with seed + epoch, so two runs with the same seed see the same
+    data in the same order: criteria compared through the same pipeline get identical batches.
+    """
+
+    def __init__(self, images, labels, batch_size, shape, mean, std, shuffle=False, augment=False,
+                 seed=0, drop_last=False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shape = batch_size, tuple(shape)
+        self.mean, self.std = mean, std
+        self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.epoch = 0
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        gen = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            x = self.images[idx].float().div_(255.0)
+            if x.dim() == 3:
+                x = x.unsqueeze(1)
+            if self.augment:
+                x = _augment(x, gen)
+            yield _fit(x, self.shape, self.mean, self.std), self.labels[idx]
+
+
+def _augment(x, gen):
+    """Random horizontal flip and random 2-pixel translation (pad and crop), per sample."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    pad = F.pad(x, (2, 2, 2, 2))
+    dx = torch.randint(0, 5, (n,), generator=gen)
+    dy = torch.randint(0, 5, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp(max=h + 3)
+    cols = (dx[:, None] + torch.arange(w)[None]).clamp(max=w + 3)
+    bidx = torch.arange(n)[:, None, None]
+    out = pad.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _fit(x, shape, mean, std):
+    """Normalise, then repeat grey channels and resize to the model's (C, H, W)."""
+    c, h, w = shape
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    if x.shape[1] != c:
+        if x.shape[1] != 1:
+            raise UserError(f"the data has {x.shape[1]} channels but the model takes {c}; "
+                            "pass --input-shape with the data's channel count")
+        x = x.expand(-1, c, -1, -1).contiguous()
+    if x.shape[2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x
+
+
+def read_idx(path):
+    """Read one IDX file (gzipped or not) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read {path}: {e}; reinstall the dataset") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise UserError(f"{path} is not a uint8 IDX file; reinstall the dataset")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated; reinstall the dataset")
+    return data.reshape(dims)
+
+
+def find_fashion_mnist(data_dir=None):
+    """The folder holding the four IDX files: data_dir, the Debian package's, or torchvision's cache."""
+    candidates = [Path(data_dir)] if data_dir else []
+    if not data_dir:
+        candidates += [Path(d) for d in FASHION_DIRS]
+        home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+        candidates += [Path("data/FashionMNIST/raw"), home / "datasets" / "FashionMNIST" / "raw"]
+    for d in candidates:
+        for suffix in (".gz", ""):
+            if all((d / (f[:-3] + suffix)).exists() for pair in FASHION_FILES.values() for f in pair):
+                return d, suffix
+    where = str(data_dir) if data_dir else ", ".join(str(c) for c in candidates)
+    raise UserError(f"Fashion-MNIST not found in {where}; install it with "
+                    "'apt-get install dataset-fashion-mnist' or pass --data-dir DIR")
+
+
+def load_fashion_mnist(data_dir=None):
+    """(train_images, train_labels, val_images, val_labels) as uint8/int64 tensors."""
+    d, suffix = find_fashion_mnist(data_dir)
+    out = []
+    for split in ("train", "val"):
+        img, lab = (d / (f[:-3] + suffix) for f in FASHION_FILES[split])
+        x, y = read_idx(img), read_idx(lab)
+        if len(x) != len(y):
+            raise UserError(f"{img} and {lab} disagree on the number of samples; reinstall the dataset")
+        out += [torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))]
+    return tuple(out)
+
+
+def _subset(x, y, limit):
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, train_limit=None,
+              val_limit=None, num_classes=None, workers=2):
+    """Build a `Data` from a spec. sample_shape (C, H, W) is what the model takes; None = the data's own."""
+    if spec == "fashion-mnist":
+        xt, yt, xv, yv = load_fashion_mnist(data_dir)
+        xt, yt = _subset(xt, yt, train_limit)
+        xv, yv = _subset(xv, yv, val_limit)
+        shape = tuple(sample_shape or (1, 28, 28))
+        common = dict(shape=shape, mean=(FASHION_MEAN,), std=(FASHION_STD,))
+        train = TensorLoader(xt, yt, batch_size, shuffle=True, augment=True, seed=seed,
+                             drop_last=True, **common)
+        val = TensorLoader(xv, yv, 256, **common)
+        calib = _Fixed(TensorLoader(xt, yt, batch_size, shuffle=True, seed=seed + 1, **common))
+        return Data(spec, train, val, 10, shape, True, calib)
+    if spec == "synthetic":
+        shape = tuple(sample_shape or (3, 224, 224))
+        classes = num_classes or 1000
+        gen = torch.Generator().manual_seed(seed)
+        n = 4 * batch_size
+        x = torch.randn((n,) + shape, generator=gen)
+        y = torch.randint(0, classes, (n,), generator=gen)
+        loader = _ListLoader([(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)])
+        return Data(spec, loader, loader, classes, shape, False)
+    if spec.startswith("imagefolder:"):
+        return _imagefolder(spec, spec.split(":", 1)[1], batch_size, sample_shape, seed,
+                            train_limit, val_limit, workers)
+    raise UserError(f"unknown data spec '{spec}'; use fashion-mnist, imagefolder:DIR or synthetic")
+
+
+class _ListLoader(list):
+    pass
+
+
+class _Fixed:
+    """Iterates a TensorLoader always from its first epoch, so each pass yields the same batches."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        self.loader.epoch = 0
+        return iter(self.loader)
+
+
+def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers):
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"{root / split} does not exist; imagefolder:DIR needs DIR/train/<class>/ "
+                            "and DIR/val/<class>/ folders of images")
+    c, h, w = tuple(sample_shape or (3, 224, 224))
+    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    to_c = [transforms.Grayscale(c)] if c in (1,) else []
+    train_tf = transforms.Compose(to_c + [transforms.RandomResizedCrop((h, w)), transforms.RandomHorizontalFlip(),
+                                          transforms.ToTensor(), norm if c == 3 else transforms.Normalize([0.5] * c, [0.25] * c)])
+    val_tf = transforms.Compose(to_c + [transforms.Resize((int(h * 8 / 7), int(w * 8 / 7))), transforms.CenterCrop((h, w)),
+                                        transforms.ToTensor(), norm if c == 3 else transforms.Normalize([0.5] * c, [0.25] * c)])
+    train_set = datasets.ImageFolder(root / "train", train_tf)
+    val_set = datasets.ImageFolder(root / "val", val_tf)
+    if train_set.classes != val_set.classes:
+        raise UserError(f"{root}/train and {root}/val have different class folders; make them match")
+    if train_limit:
+        train_set = torch.utils.data.Subset(train_set, range(min(train_limit, len(train_set))))
+    if val_limit:
+        val_set = torch.utils.data.Subset(val_set, range(min(val_limit, len(val_set))))
+    gen = torch.Generator().manual_seed(seed)
+    train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen,
+                                        num_workers=workers, drop_last=len(train_set) > batch_size)
+    val = torch.utils.data.DataLoader(val_set, batch_size, num_workers=workers)
+    return Data(spec, train, val, len(val_set.dataset.classes if val_limit else val_set.classes), (c, h, w), True)

@@ -1,0 +1,60 @@
+"""ONNX export (torch.onnx dynamo path, dynamic batch), the ONNX checker, and parity checks."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import CheckFailed, UserError
+
+
+def export_onnx(model, input_shape, path, opset=18):
+    """Export with a dynamic batch dimension; input 'input', output 'logits'."""
+    if opset < 18:
+        raise UserError(f"--opset {opset} is too old for the dynamo exporter; use 18 or newer")
+    model = model.eval()
+    example = torch.randn([2] + list(input_shape[-3:]))  # batch >= 2 so the batch stays dynamic
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sink = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), report=False, verify=False,
+                              external_data=False)
+        except Exception as e:
+            raise CheckFailed(f"ONNX export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}") from None
+    return path
+
+
+def check_onnx(path):
+    """onnx.checker with full_check (shape inference too); returns the opset."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CheckFailed(f"{path} fails the ONNX checker: {str(e).splitlines()[0][:200]}") from None
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def parity(reference, candidate, batches, reference_name):
+    """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement."""
+    max_diff, agree, total = 0.0, 0, 0
+    for x in batches:
+        x = x.numpy() if isinstance(x, torch.Tensor) else x
+        a, b = np.asarray(reference.infer(x)), np.asarray(candidate.infer(x))
+        if a.shape != b.shape:
+            raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
+        max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - b).max()))
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        total += a.shape[0]
+    return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,
+            "samples": total}

@@ -1,0 +1,167 @@
+"""Analytic MACs and params, counted at the dispatcher so no op is silently missed.
+
+Convention (also written into every report):
+- MACs: multiply-accumulates per sample (batch 1) of convolution (groups, stride, dilation;
+  transposed convolution per input element), linear/matmul/bmm and attention (QK^T and AV).
+  FLOPs = 2 x MACs. Biases are not counted.
+- other_ops: one op per output element of every other computing op (norms, activations,
+  elementwise adds, pooling); views and copies count zero. A BatchNorm folded into its conv at
+  deploy time costs nothing, so other_ops is an upper bound for deployed models.
+- params: unique parameter elements (shared weights once); buffers are not parameters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+CONVENTION = ("MACs = multiply-accumulates per sample (batch 1) of conv, linear, matmul/bmm and attention, "
+              "counted at the aten dispatcher; FLOPs = 2 x MACs; biases not counted. other_ops = one op per "
+              "output element of every other computing op (norms, activations, adds, pooling); views/copies "
+              "count zero. params = unique parameter elements.")
+
+aten = torch.ops.aten
+_FREE = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "squeeze", "unsqueeze", "alias",
+    "detach", "clone", "contiguous", "_to_copy", "copy_", "empty", "empty_like", "zeros", "zeros_like", "ones",
+    "ones_like", "slice", "select", "split", "split_with_sizes", "unbind", "as_strided", "cat", "stack", "flatten",
+    "_reshape_alias", "lift_fresh", "new_empty", "new_zeros", "fill_", "zero_", "arange", "full", "scalar_tensor",
+    "lift_fresh_copy", "index_select", "narrow", "chunk", "unsafe_split", "_local_scalar_dense", "sym_size",
+    "sym_stride", "is_same_size", "empty_strided", "set_", "resize_", "_unsafe_index",
+}
+_SDPA = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+         "_scaled_dot_product_attention_math", "_scaled_dot_product_fused_attention_overrideable"}
+
+
+def _shape(t):
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else ()
+
+
+def op_macs(name, args, out):
+    """MACs of one aten op, or None if it is not a MAC op."""
+    if name in ("convolution", "_convolution", "mkldnn_convolution", "_convolution_mode", "conv2d", "conv1d",
+                "conv3d"):
+        x, w = args[0], args[1]
+        transposed = bool(args[6]) if name in ("convolution", "_convolution") else False
+        k = math.prod(w.shape[2:])
+        if transposed:
+            return x.numel() * w.shape[1] * k
+        o = out[0] if isinstance(out, (tuple, list)) else out
+        return o.numel() * w.shape[1] * k
+    if name == "mm":
+        (n, k), m = _shape(args[0]), _shape(args[1])[1]
+        return n * k * m
+    if name == "addmm":
+        (n, k), m = _shape(args[1]), _shape(args[2])[1]
+        return n * k * m
+    if name in ("bmm", "baddbmm"):
+        a, b = (args[0], args[1]) if name == "bmm" else (args[1], args[2])
+        bs, n, k = _shape(a)
+        return bs * n * k * _shape(b)[2]
+    if name == "linear":
+        w = args[1]
+        return args[0].numel() // w.shape[1] * w.shape[0] * w.shape[1]
+    if name == "_native_multi_head_attention":  # fused nn.MultiheadAttention (eval, no grad)
+        q, k, v, e = args[0], args[1], args[2], args[3]
+        bq, lq, ls = q.numel() // (q.shape[-2] * e), q.shape[-2], k.shape[-2]
+        proj = bq * (lq * e * e + 2 * ls * e * e + lq * e * e)
+        return proj + bq * lq * ls * 2 * e
+    if name in _SDPA:
+        q, k, v = args[0], args[1], args[2]
+        lead = math.prod(q.shape[:-2])
+        return lead * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    return None
+
+
+@dataclass
+class Layer:
+    name: str
+    type: str
+    macs: int = 0
+    other_ops: int = 0
+    params: int = 0
+    in_channels: int | None = None
+    out_channels: int | None = None
+
+
+@dataclass
+class Costs:
+    macs: int
+    params: int
+    other_ops: int
+    input_shape: list
+    layers: list = field(default_factory=list)
+    convention: str = CONVENTION
+
+    def to_dict(self, per_layer=True):
+        d = asdict(self)
+        if not per_layer:
+            d.pop("layers")
+        return d
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.stack = [""]
+        self.macs, self.other = {}, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__.split(".")[0]
+        where = self.stack[-1]
+        macs = op_macs(name, args, out)
+        if macs is not None:
+            self.macs[where] = self.macs.get(where, 0) + int(macs)
+        elif name not in _FREE and not name.startswith("_foreach"):
+            o = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(o, torch.Tensor) and o.is_floating_point():
+                self.other[where] = self.other.get(where, 0) + o.numel()
+        return out
+
+
+def _channels(m):
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.in_channels, m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    if isinstance(m, nn.modules.batchnorm._NormBase):
+        return m.num_features, m.num_features
+    return None, None
+
+
+@torch.no_grad()
+def count(model, input_shape):
+    """Costs of `model` for one sample; input_shape is the full input shape, its batch is set to 1."""
+    shape = [1] + list(input_shape)[1:]
+    counter = _Counter()
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: counter.stack.append(n)))  # returns None
+        handles.append(m.register_forward_hook(lambda mod, a, o: counter.stack.pop() and None))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        x = torch.zeros(shape, dtype=param.dtype if param is not None else torch.float32,
+                        device=param.device if param is not None else "cpu")
+        with counter:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    layers = []
+    modules = dict(model.named_modules())
+    for name, m in modules.items():
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        macs, other = counter.macs.get(name, 0), counter.other.get(name, 0)
+        if macs or other or own:
+            cin, cout = _channels(m)
+            layers.append(Layer(name or "(model)", type(m).__name__, macs, other, own, cin, cout))
+    params = sum(p.numel() for p in model.parameters())
+    return Costs(sum(counter.macs.values()), params, sum(counter.other.values()), shape, layers)

@@ -1,0 +1,155 @@
+"""Pruning units from torch-pruning's dependency graph, and the parameter slices each one owns.
+
+A `Unit group` is what `DependencyGraph.get_all_groups` yields: every layer slice that must go
+when one output channel of the root layer goes. `slices(group)` lists, for each parameter the
+group touches, which elements belong to which root channel, so criteria can (a) reduce any
+tensor shaped like a parameter to one number per channel and (b) build masks that scale a
+channel's weights along the SInGE path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+         nn.PReLU)
+
+
+@dataclass
+class Slice:
+    """Elements of one parameter removed with root channels `root_idxs` (one entry per idx)."""
+
+    name: str  # the parameter's name in the model
+    param: torch.Tensor
+    dim: int
+    idxs: torch.Tensor
+    root_idxs: torch.Tensor
+    groups: int = 1  # > 1: input channels of a grouped convolution (dim 1)
+
+    def reduce(self, t):
+        """Sum of t (shaped like the parameter) over each idx's elements: shape (len(idxs),)."""
+        if self.groups > 1:
+            g = self.groups
+            per = t.reshape(g, t.shape[0] // g, t.shape[1], -1).sum(dim=(1, 3))  # (groups, in per group)
+            return per.reshape(-1)[self.idxs]
+        moved = t.movedim(self.dim, 0)
+        return moved.reshape(moved.shape[0], -1).sum(1)[self.idxs]
+
+    def mask(self, select=None):
+        """A 0/1 tensor shaped like the parameter marking the elements of the idxs (or of `select`)."""
+        idxs = self.idxs if select is None else self.idxs[select]
+        m = torch.zeros_like(self.param, dtype=torch.bool)
+        if self.groups > 1:
+            g = self.groups
+            view = m.view(g, m.shape[0] // g, m.shape[1], -1)
+            per_group = m.shape[1]
+            view[idxs // per_group, :, idxs % per_group] = True
+            return m
+        m.index_fill_(self.dim, idxs, True)
+        return m
+
+
+def param_names(model):
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def slices(group, names):
+    """Every parameter slice a dependency group removes (layers we cannot score are left out)."""
+    out = []
+    for item in group:
+        dep, idxs, root = item.dep, item.idxs, item.root_idxs
+        if root is None or any(r is None for r in root) or len(idxs) == 0:
+            continue
+        layer = dep.target.module
+        is_out = _is_out(dep.handler)
+        idxs_t, root_t = torch.as_tensor(list(idxs)), torch.as_tensor(list(root))
+
+        def add(param, dim, groups=1):
+            if param is not None and id(param) in names:
+                out.append(Slice(names[id(param)], param, dim, idxs_t, root_t, groups))
+
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            depthwise = layer.groups > 1 and layer.groups == layer.in_channels
+            if is_out:
+                add(layer.weight, 1 if layer.transposed else 0)
+                add(layer.bias, 0)
+            elif depthwise:
+                continue  # the same elements as the output-channel slice
+            elif layer.transposed:
+                add(layer.weight, 0)
+            else:
+                add(layer.weight, 1, layer.groups)
+        elif isinstance(layer, nn.Linear):
+            add(layer.weight, 0 if is_out else 1)
+            if is_out:
+                add(layer.bias, 0)
+        elif isinstance(layer, NORMS):
+            add(getattr(layer, "weight", None), 0)
+            add(getattr(layer, "bias", None), 0)
+    return out
+
+
+def _is_out(fn):
+    name = getattr(fn, "__name__", "")
+    return name.startswith("prune_out") or "out_channels" in name
+
+
+def per_unit(group_slices, tensors, n):
+    """Sum of tensors[name] over each root channel's elements (each element once): shape (n,)."""
+    total = torch.zeros(n, dtype=torch.float64)
+    by_param = {}
+    for s in group_slices:
+        by_param.setdefault(s.name, []).append(s)
+    for name, group in by_param.items():
+        t = tensors[name]
+        if len(group) == 1:
+            s = group[0]
+            total.index_add_(0, s.root_idxs, s.reduce(t).double())
+            continue
+        # a layer whose input and output channels are in the same group (x + conv(x)): an element
+        # can sit in two slices of the same channel, so sum over the union of its masks
+        for unit in torch.unique(torch.cat([s.root_idxs for s in group])).tolist():
+            mask = torch.zeros_like(t, dtype=torch.bool)
+            for s in group:
+                select = s.root_idxs == unit
+                if select.any():
+                    mask |= s.mask(select)
+            total[unit] += t[mask].double().sum()
+    return total
+
+
+def root_module(group):
+    return group[0].dep.target.module
+
+
+def channel_groups(group):
+    """How many equal blocks the root channels form (grouped convs, GroupNorm): 1 for most layers."""
+    g = 1
+    for item in group:
+        layer = item.dep.target.module
+        if isinstance(layer, nn.modules.conv._ConvNd) and 1 < layer.groups < layer.in_channels:
+            g = max(g, layer.groups)
+        elif isinstance(layer, nn.GroupNorm):
+            g = max(g, layer.num_groups)
+    return g
+
+
+def all_groups(model, example_inputs, ignored_layers=()):
+    """Build the dependency graph and return (graph, groups rooted at conv/linear layers)."""
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    groups = list(graph.get_all_groups(ignored_layers=list(ignored_layers),
+                                       root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+    return graph, groups
+
+
+def default_ignored(model):
+    """Layers never pruned: the classifier (the last Linear, or a final 1x1 conv head) keeps its classes."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return [linears[-1]]
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return convs[-1:]

@@ -1,0 +1,265 @@
+"""Channel-importance criteria over torch-pruning dependency groups, behind one interface.
+
+Every criterion is a `torch_pruning` importance: `criterion(group)` returns one score per root
+channel of the group (higher = keep). Criteria that need data (`singe`, `taylor`, `hessian`) are
+first fitted on calibration batches with `fit(model, groups, batches)`; `score` does both.
+
+Scores of a unit g (its parameter slices W_g, see groups.py), with p the `norm` option:
+- l1 / l2:  ||W_g||_1 / ||W_g||_2 over every slice of the group.
+- bn:       sum of |gamma| over the group's BatchNorm/GroupNorm/LayerNorm slices (groups with no
+            norm layer get no score and are not pruned by this criterion).
+- taylor:   ||W_g * grad_g||_p at the current weights, averaged over calibration batches.
+- hessian:  sum of 1/2 * W_g^2 * F_g, F the diagonal empirical Fisher, accumulated over every
+            calibration batch (torch-pruning 1.6.1 keeps only the last batch).
+- singe:    (1/m) sum_k ||mu_k W_g||_p * ||grad_g L(theta(mu_k))||_p, mu_k = k/m, averaged over
+            batches; `elementwise` uses ||mu_k W_g * grad_g||_p. `path` says which units move
+            along mu together: `unit` (exact), `group` (one dependency group), `network` (all).
+- random:   seeded uniform scores.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch.func import functional_call
+
+from .errors import UserError
+from .groups import param_names, per_unit, slices
+from .train import progress
+
+
+def group_key(group):
+    dep = group[0].dep
+    return id(dep.target.module), getattr(dep.handler, "__name__", str(dep.handler))
+
+
+class Criterion(tp.importance.Importance):
+    """Base: subclasses implement `_score(model, groups, slices_per_group, batches)`."""
+
+    name = "base"
+    uses_data = False
+
+    def __init__(self, **options):
+        self.options = options
+        self._scores = {}
+
+    def fit(self, model, groups, batches=()):
+        """Score every group on `batches`; afterwards criterion(group) returns the cached scores."""
+        if self.uses_data and not batches:
+            raise UserError(f"criterion '{self.name}' needs calibration data; pass a dataset")
+        names = param_names(model)
+        group_slices = [slices(g, names) for g in groups]
+        was_training = model.training
+        model.eval()
+        try:
+            scores = self._score(model, groups, group_slices, list(batches))
+        finally:
+            model.train(was_training)
+        self._scores = {group_key(g): s for g, s in zip(groups, scores)}
+        return scores
+
+    def score(self, model, groups, batches=()):
+        return self.fit(model, groups, batches)
+
+    def __call__(self, group):
+        return self._scores.get(group_key(group))
+
+    def describe(self):
+        return {"name": self.name, "options": dict(self.options)}
+
+
+def _n(group):
+    return len(group[0].idxs)
+
+
+def _norm(t, p):
+    return t.abs().pow(p)
+
+
+class Magnitude(Criterion):
+    uses_data = False
+
+    def __init__(self, norm=2):
+        super().__init__(norm=norm)
+        self.name = "l1" if norm == 1 else "l2"
+
+    def _score(self, model, groups, group_slices, batches):
+        p = self.options["norm"]
+        weights = {n: w.detach() for n, w in model.named_parameters()}
+        powered = {n: _norm(w, p) for n, w in weights.items()}
+        return [per_unit(gs, powered, _n(g)).pow(1 / p) if gs else None for g, gs in zip(groups, group_slices)]
+
+
+class BNScale(Criterion):
+    name = "bn"
+
+    def _score(self, model, groups, group_slices, batches):
+        out = []
+        for g, gs in zip(groups, group_slices):
+            bn = [s for s in gs if s.name.endswith("weight") and s.param.dim() == 1 and s.dim == 0
+                  and _is_norm_weight(model, s.name)]
+            out.append(per_unit(bn, {s.name: s.param.detach().abs() for s in bn}, _n(g)) if bn else None)
+        return out
+
+
+def _is_norm_weight(model, name):
+    from .groups import NORMS
+
+    module = model.get_submodule(name.rpartition(".")[0])
+    return isinstance(module, NORMS)
+
+
+class RandomScores(Criterion):
+    name = "random"
+
+    def __init__(self, seed=0):
+        super().__init__(seed=seed)
+        self._calls = 0
+
+    def _score(self, model, groups, group_slices, batches):
+        gen = torch.Generator().manual_seed(self.options["seed"] * 7919 + self._calls)
+        self._calls += 1
+        return [torch.rand(_n(g), generator=gen, dtype=torch.float64) if gs else None
+                for g, gs in zip(groups, group_slices)]
+
+
+def _loss_grads(model, overrides, x, y):
+    """Gradients of the cross-entropy loss w.r.t. the tensors in `overrides` (name -> leaf tensor)."""
+    out = functional_call(model, overrides, (x,))
+    loss = F.cross_entropy(out, y)
+    grads = torch.autograd.grad(loss, list(overrides.values()))
+    return dict(zip(overrides.keys(), grads))
+
+
+def _touched(group_slices):
+    names = {}
+    for gs in group_slices:
+        for s in gs:
+            names[s.name] = s.param
+    return names
+
+
+class Taylor(Criterion):
+    name = "taylor"
+    uses_data = True
+
+    def __init__(self, norm=1):
+        super().__init__(norm=norm)
+
+    def _score(self, model, groups, group_slices, batches):
+        p = self.options["norm"]
+        params = _touched(group_slices)
+        weights = {n: w.detach() for n, w in params.items()}
+        totals = [torch.zeros(_n(g), dtype=torch.float64) for g in groups]
+        for x, y in progress(batches, desc="score taylor", unit="batch"):
+            leaves = {n: w.clone().requires_grad_() for n, w in weights.items()}
+            grads = _loss_grads(model, leaves, x, y)
+            prod = {n: _norm(weights[n] * grads[n], p) for n in weights}
+            for t, g, gs in zip(totals, groups, group_slices):
+                t += per_unit(gs, prod, _n(g)).pow(1 / p)
+        return [t / len(batches) if gs else None for t, gs in zip(totals, group_slices)]
+
+
+class Hessian(Criterion):
+    name = "hessian"
+    uses_data = True
+
+    def _score(self, model, groups, group_slices, batches):
+        params = _touched(group_slices)
+        weights = {n: w.detach() for n, w in params.items()}
+        fisher = {n: torch.zeros_like(w) for n, w in weights.items()}
+        for x, y in progress(batches, desc="score hessian", unit="batch"):
+            leaves = {n: w.clone().requires_grad_() for n, w in weights.items()}
+            for n, gr in _loss_grads(model, leaves, x, y).items():
+                fisher[n] += gr.pow(2)  # accumulate: every batch counts
+        obd = {n: 0.5 * weights[n].pow(2) * fisher[n] / len(batches) for n in weights}
+        return [per_unit(gs, obd, _n(g)) if gs else None for g, gs in zip(groups, group_slices)]
+
+
+class SInGE(Criterion):
+    name = "singe"
+    uses_data = True
+    PATHS = ("unit", "group", "network")
+
+    def __init__(self, steps=8, norm=2, path="network", elementwise=False):
+        if path not in self.PATHS:
+            raise UserError(f"unknown SInGE path '{path}'; use one of {', '.join(self.PATHS)}")
+        if int(steps) < 1:
+            raise UserError(f"SInGE steps must be >= 1, got {steps}")
+        super().__init__(steps=int(steps), norm=norm, path=path, elementwise=bool(elementwise))
+
+    def _score(self, model, groups, group_slices, batches):
+        path = self.options["path"]
+        if path == "network":
+            return self._network(groups, group_slices, batches, model)
+        out = []
+        for g, gs in progress(list(zip(groups, group_slices)), desc=f"score singe/{path}", unit="group"):
+            if not gs:
+                out.append(None)
+            elif path == "group":
+                out.append(self._integrate(model, [gs], [_n(g)], batches, [None])[0])
+            else:
+                n = _n(g)
+                out.append(torch.stack([self._integrate(model, [gs], [n], batches, [j])[0][j] for j in range(n)]))
+        return out
+
+    def _network(self, groups, group_slices, batches, model):
+        active = [i for i, gs in enumerate(group_slices) if gs]
+        scores = self._integrate(model, [group_slices[i] for i in active], [_n(groups[i]) for i in active],
+                                 batches, [None] * len(active), bar=True)
+        out = [None] * len(groups)
+        for i, s in zip(active, scores):
+            out[i] = s
+        return out
+
+    def _integrate(self, model, moved, sizes, batches, units, bar=False):
+        """Riemann sum of the SInGE integrand for the groups in `moved`, all scaled together by mu.
+
+        units[i] is None to scale all channels of group i, or one root channel index.
+        """
+        m, p, elementwise = self.options["steps"], self.options["norm"], self.options["elementwise"]
+        params = _touched(moved)
+        weights = {n: w.detach() for n, w in params.items()}
+        masks = {n: torch.zeros_like(w, dtype=torch.bool) for n, w in weights.items()}
+        for gs, unit in zip(moved, units):
+            for s in gs:
+                select = None if unit is None else (s.root_idxs == unit)
+                masks[s.name] |= s.mask(select)
+        powered = {n: _norm(w, p) for n, w in weights.items()}
+        wnorm = [per_unit(gs, powered, n).pow(1 / p) for gs, n in zip(moved, sizes)]
+        totals = [torch.zeros(n, dtype=torch.float64) for n in sizes]
+        pairs = [(x, y, k) for x, y in batches for k in range(1, m + 1)]
+        for x, y, k in progress(pairs, desc="score singe", unit="pass", disable=not bar or None):
+            mu = k / m
+            leaves = {n: torch.where(masks[n], weights[n] * mu, weights[n]).requires_grad_() for n in weights}
+            grads = _loss_grads(model, leaves, x, y)
+            if elementwise:
+                prod = {n: _norm(mu * weights[n] * grads[n], p) for n in weights}
+                for t, gs, n in zip(totals, moved, sizes):
+                    t += per_unit(gs, prod, n).pow(1 / p)
+            else:
+                gpow = {n: _norm(g, p) for n, g in grads.items()}
+                for t, w, gs, n in zip(totals, wnorm, moved, sizes):
+                    t += mu * w * per_unit(gs, gpow, n).pow(1 / p)
+        return [t / (m * len(batches)) for t in totals]
+
+
+CRITERIA = {
+    "singe": SInGE,
+    "l1": lambda **kw: Magnitude(norm=1, **kw),
+    "l2": lambda **kw: Magnitude(norm=2, **kw),
+    "taylor": Taylor,
+    "hessian": Hessian,
+    "bn": BNScale,
+    "random": RandomScores,
+}
+
+
+def make_criterion(name, **options):
+    """A criterion by name; options are the criterion's own (e.g. singe: steps, norm, path, elementwise)."""
+    if name not in CRITERIA:
+        raise UserError(f"unknown criterion '{name}'; use one of {', '.join(CRITERIA)}")
+    try:
+        return CRITERIA[name](**options)
+    except TypeError as e:
+        raise UserError(f"criterion '{name}' does not take those options ({e}); see docs") from None

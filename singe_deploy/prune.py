@@ -1,0 +1,260 @@
+"""The entwined flowchart: S pruning steps towards a MACs or params target, K fine-tuning
+iterations after each, then E epochs of fine-tuning.
+
+Each step scores every dependency group with the criterion, then finds by bisection the smallest
+pruning level whose result meets the step's target (dense / X^(s/S)); candidate levels are tried
+on a copy of the model and measured with the real counter, so the target holds for any topology.
+A level is turned into per-group channel counts by ranking: `global` compares scores normalised
+by each group's mean, `local` removes the same fraction from every group. `round_to` keeps every
+pruned channel count a multiple of N (per block for grouped convolutions).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+from .flops import count
+from .groups import all_groups, channel_groups, default_ignored
+from .train import evaluate, progress, train_iters
+
+
+@dataclass
+class Target:
+    metric: str  # "macs" or "params"
+    reduction: float
+
+    def __post_init__(self):
+        if self.metric not in ("macs", "params"):
+            raise UserError(f"unknown target metric '{self.metric}'; use macs or params")
+        if not self.reduction > 1:
+            raise UserError(f"--{self.metric}-reduction must be > 1 (it divides the dense {self.metric}), "
+                            f"got {self.reduction}")
+
+
+@dataclass
+class Schedule:
+    steps: int = 4
+    finetune_iters: int = 100
+    epochs: float = 1.0
+    lr: float = 0.01
+    ranking: str = "global"
+    round_to: int | None = None
+    max_layer_ratio: float = 0.9
+    calib_batches: int = 4
+
+
+@dataclass
+class StepRecord:
+    step: int
+    target: float
+    macs: int
+    params: int
+    accuracy: float | None
+    removed_channels: int
+    score_seconds: float
+    plan_seconds: float
+    finetune_seconds: float
+
+
+@dataclass
+class PruneResult:
+    model: torch.nn.Module
+    steps: list = field(default_factory=list)
+
+
+def measure(model, input_shape, metric):
+    if metric == "params":
+        return sum(p.numel() for p in model.parameters())
+    return count(model, input_shape).macs
+
+
+class Planner:
+    """Turns group scores and a level t in [0, 1] into channel indices to remove per group."""
+
+    def __init__(self, model, groups, scores, dense_channels, schedule, names):
+        self.schedule = schedule
+        self.entries = []  # (key, handler, n, blocks, block scores, keep_min)
+        for g, s in zip(groups, scores):
+            if s is None:
+                continue
+            root = g[0].dep.target.module
+            name = names[id(root)]
+            blocks = channel_groups(g)
+            n = len(g[0].idxs)
+            if n % blocks:
+                continue
+            per_block = s.double().view(blocks, -1).mean(0)
+            dense = dense_channels.setdefault(name, n) // blocks
+            q = self._quantum(blocks)
+            keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
+            self.entries.append((name, g[0].dep.handler, n // blocks, blocks, per_block, keep_min))
+        pooled = [e[4] / (e[4].mean() + 1e-12) for e in self.entries]
+        self.normalised = pooled
+        self.pooled = torch.sort(torch.cat(pooled)).values if pooled else torch.zeros(0)
+
+    def _quantum(self, blocks):
+        r = self.schedule.round_to or 1
+        return r // math.gcd(r, blocks)
+
+    def counts(self, t):
+        """Channels removed per block for each entry at level t."""
+        out = []
+        if self.schedule.ranking == "global":
+            k = int(t * len(self.pooled))
+            thr = self.pooled[k - 1] if k > 0 else -math.inf
+        for (name, handler, n, blocks, s, keep_min), norm in zip(self.entries, self.normalised):
+            if self.schedule.ranking == "global":
+                r = int((norm <= thr).sum())
+            else:
+                r = int(math.floor(t * n + 1e-9))
+            r = min(r, max(n - keep_min, 0))
+            q = self._quantum(blocks)
+            kept = math.ceil((n - r) / q) * q
+            out.append(0 if kept >= n else n - kept)
+        return out
+
+    def removals(self, counts):
+        """(module name, handler, idxs) for every entry that loses channels."""
+        plan = []
+        for (name, handler, n, blocks, s, _), r in zip(self.entries, counts):
+            if r <= 0:
+                continue
+            positions = torch.argsort(s, stable=True)[:r].tolist()
+            idxs = sorted(b * n + p for b in range(blocks) for p in positions)
+            plan.append((name, handler, idxs))
+        return plan
+
+
+def apply_plan(model, plan, example):
+    """Remove the planned channels through the dependency graph (consistent across coupled layers)."""
+    if not plan:
+        return model
+    graph, _ = all_groups(model, example)
+    modules = dict(model.named_modules())
+    for name, handler, idxs in plan:
+        group = graph.get_pruning_group(modules[name], handler, idxs)
+        group.prune()
+    for p in model.parameters():
+        p.grad = None
+    return model
+
+
+def _search(planner, model, example, input_shape, metric, target, desc):
+    """Smallest level whose pruned copy meets `target`; returns (plan, cost)."""
+    cache = {}
+
+    def trial(t):
+        counts = tuple(planner.counts(t))
+        if counts not in cache:
+            pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
+            cache[counts] = measure(pruned, input_shape, metric)
+        return counts, cache[counts]
+
+    counts_hi, cost_hi = trial(1.0)
+    if cost_hi > target:
+        return planner.removals(counts_hi), cost_hi, False
+    lo, hi = 0.0, 1.0
+    bar = progress(range(24), desc=desc, unit="trial")
+    for _ in bar:
+        mid = (lo + hi) / 2
+        counts, cost = trial(mid)
+        if cost <= target:
+            hi, counts_hi, cost_hi = mid, counts, cost
+        else:
+            lo = mid
+        if tuple(planner.counts(lo)) == counts_hi or sum(counts_hi) - sum(planner.counts(lo)) <= 1:
+            break
+    bar.close()
+    return planner.removals(counts_hi), cost_hi, True
+
+
+def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
+          history=None, on_step=None, log=print):
+    """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
+
+    data: a `Data` (calibration batches, fine-tuning and evaluation) or None (scoring needs no data
+    and nothing is fine-tuned). on_step(step, model, records) is called after each step (to checkpoint).
+    """
+    shape = [1] + list(input_shape[-3:]) if len(input_shape) >= 3 else [1] + list(input_shape)
+    example = torch.zeros(shape)
+    ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
+    records = list(history or [])
+    dense_cost = records[0]["dense"] if records else measure(model, shape, target.metric)
+    final_target = dense_cost / target.reduction
+    dense_channels = {}
+    real = data is not None and data.real
+    finetune_batches = _cycle(data.train) if real else None
+    for s in range(start_step, schedule.steps):
+        step_target = dense_cost / target.reduction ** ((s + 1) / schedule.steps)
+        names = {id(m): n for n, m in model.named_modules()}
+        t0 = time.time()
+        _, groups = all_groups(model, example, ignored)
+        batches = data.calibration(schedule.calib_batches) if data is not None else []
+        scores = criterion.score(model, groups, batches)
+        t1 = time.time()
+        planner = Planner(model, groups, scores, dense_channels, schedule, names)
+        plan, cost, reached = _search(planner, model, example, shape, target.metric, step_target,
+                                      desc=f"plan step {s + 1}/{schedule.steps}")
+        if s == 0 and not reached and schedule.steps == 1:
+            _unreachable(target, dense_cost, cost)
+        apply_plan(model, plan, example)
+        del groups, planner
+        t2 = time.time()
+        if real and schedule.finetune_iters > 0:
+            train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
+                        desc=f"fine-tune step {s + 1}")
+        t3 = time.time()
+        acc = evaluate(model, data.val) if real else None
+        macs = count(model, shape).macs
+        params = sum(p.numel() for p in model.parameters())
+        rec = StepRecord(s + 1, step_target, macs, params, acc, sum(len(i) for _, _, i in plan),
+                         round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3)).__dict__
+        rec["dense"] = dense_cost
+        records.append(rec)
+        if on_step:
+            on_step(s + 1, model, records)
+        log(f"step {s + 1}/{schedule.steps}: {target.metric} {cost / dense_cost:.3f} of dense "
+            f"(target {step_target / dense_cost:.3f}), removed {rec['removed_channels']} channels, "
+            f"accuracy {_fmt(acc)}, scored in {t1 - t0:.1f} s")
+    final = measure(model, shape, target.metric)
+    if final > final_target * 1.03:
+        _unreachable(target, dense_cost, final)
+    return PruneResult(model, records)
+
+
+def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
+    """Fail fast (bad input) when even the most pruning the schedule allows misses the target."""
+    shape = [1] + list(input_shape[-3:])
+    example = torch.zeros(shape)
+    ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
+    _, groups = all_groups(model, example, ignored)
+    names = {id(m): n for n, m in model.named_modules()}
+    scores = [torch.ones(len(g[0].idxs)) for g in groups]
+    planner = Planner(model, groups, scores, {}, schedule, names)
+    counts = planner.counts(1.0)
+    pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
+    dense = measure(model, shape, target.metric)
+    best = measure(pruned, shape, target.metric)
+    if best > dense / target.reduction:
+        _unreachable(target, dense, best)
+    return dense, best
+
+
+def _unreachable(target, dense, best):
+    raise UserError(f"--{target.metric}-reduction {target.reduction:g} is unreachable: at most "
+                    f"{dense / max(best, 1):.2f}x with these layers, --max-layer-ratio and --round-to; "
+                    "lower the reduction or raise --max-layer-ratio")
+
+
+def _fmt(acc):
+    return "n/a" if acc is None else f"{acc:.4f}"
+
+
+def _cycle(loader):
+    while True:
+        yield from loader

@@ -1,0 +1,130 @@
+"""report.json (validated against the report schema) and report.md for people."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import resources
+
+import torch
+
+from . import __version__
+from .errors import CheckFailed
+
+
+def schema():
+    return json.loads(resources.files("singe_deploy").joinpath("schemas/report.schema.json").read_text())
+
+
+def validate(report):
+    """Raise CheckFailed naming the first field that breaks the schema."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(report), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = "/".join(map(str, e.path)) or "(top)"
+        raise CheckFailed(f"report does not follow the schema at {where}: {e.message}")
+    return report
+
+
+def environment(threads=None):
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(), "threads": threads}
+    for mod in ("torch_pruning", "onnx", "onnxruntime", "torchvision"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except ImportError:
+                continue
+        env[mod] = getattr(m, "__version__", "unknown")
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def tool():
+    return {"name": "singe-deploy", "version": __version__}
+
+
+def _pct(a, b):
+    return f"{a / b:.3f}" if b else "n/a"
+
+
+def _acc(a):
+    return "n/a" if a is None else f"{100 * a:.2f}%"
+
+
+def markdown(r):
+    """A person's view of a compress report."""
+    d, p = r["dense"], r["pruned"]
+    lines = [f"# singe-deploy report: {r['model']['spec']}", "",
+             f"Criterion **{r['criterion']['name']}** ({_opts(r['criterion'].get('options', {}))}), "
+             f"target {r['target']['metric']} / {r['target']['reduction']:g}, "
+             f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}, data "
+             f"{r.get('data', {}).get('spec', 'n/a')}.", "",
+             "## Costs", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|",
+             f"| MACs | {d['macs']:,} | {p['macs']:,} | {_pct(p['macs'], d['macs'])} |",
+             f"| params | {d['params']:,} | {p['params']:,} | {_pct(p['params'], d['params'])} |",
+             f"| other ops | {d['other_ops']:,} | {p['other_ops']:,} | {_pct(p['other_ops'], d['other_ops'])} |",
+             f"| accuracy | {_acc(d['accuracy'])} | {_acc(p['accuracy'])} | |", "",
+             f"Counting convention: {r['convention']}", ""]
+    steps = r.get("steps", [])
+    if steps:
+        lines += ["## Accuracy per step", "", "| step | MACs / dense | params | accuracy | channels removed | "
+                  "score s | plan s | fine-tune s |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| dense | 1.000 | {d['params']:,} | {_acc(d['accuracy'])} | | | | |"]
+        for s in steps:
+            lines.append(f"| {s['step']} | {_pct(s['macs'], d['macs'])} | {s['params']:,} | {_acc(s['accuracy'])} | "
+                         f"{s['removed_channels']} | {s['score_seconds']:.1f} | {s['plan_seconds']:.1f} | "
+                         f"{s['finetune_seconds']:.1f} |")
+        lines.append(f"| fine-tuned | {_pct(p['macs'], d['macs'])} | {p['params']:,} | {_acc(p['accuracy'])} "
+                     f"| | | | |")
+        lines.append("")
+    if r.get("latency"):
+        lines += ["## Latency", "", "| backend | device | variant | batch | median ms | p90 ms | p99 ms | mean ms | "
+                  "std ms | throughput/s | speedup |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        dense = {(x["backend"], x["batch_size"]): x["median_ms"] for x in r["latency"] if x["variant"] == "dense"}
+        for x in r["latency"]:
+            base = dense.get((x["backend"], x["batch_size"]))
+            speed = f"{base / x['median_ms']:.2f}x" if x["variant"] == "pruned" and base else ""
+            lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x['batch_size']} | "
+                         f"{x['median_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['mean_ms']:.3f} | "
+                         f"{x['std_ms']:.3f} | {x['throughput_per_s']:.1f} | {speed} |")
+        lines.append("")
+    if r.get("exports"):
+        lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement |",
+                  "|---|---|---|---|---:|---:|"]
+        for e in r["exports"]:
+            q = e["parity"]
+            lines.append(f"| {e['format']} | {e.get('variant', '')} | {e['path']} | {q['reference']} | "
+                         f"{q['max_abs_diff']:.2e} | {q['top1_agreement']:.4f} |")
+        lines.append("")
+    layers = r.get("layers", [])
+    if layers:
+        lines += ["## Channels per layer", "", "| layer | type | in (dense → pruned) | out (dense → pruned) | "
+                  "MACs dense | MACs pruned |", "|---|---|---|---|---:|---:|"]
+        for l in layers:
+            lines.append(f"| {l['name']} | {l['type']} | {l['dense_in']} → {l['pruned_in']} | "
+                         f"{l['dense_out']} → {l['pruned_out']} | {l['dense_macs']:,} | {l['pruned_macs']:,} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _opts(o):
+    return ", ".join(f"{k}={v}" for k, v in o.items()) or "defaults"
+
+
+def layer_table(dense, pruned):
+    """Per-layer channels and costs of conv/linear/norm layers, dense beside pruned."""
+    after = {l.name: l for l in pruned.layers}
+    rows = []
+    for l in dense.layers:
+        if l.in_channels is None or l.name not in after:
+            continue
+        q = after[l.name]
+        rows.append({"name": l.name, "type": l.type, "dense_in": l.in_channels, "pruned_in": q.in_channels,
+                     "dense_out": l.out_channels, "pruned_out": q.out_channels, "dense_macs": l.macs,
+                     "pruned_macs": q.macs, "dense_params": l.params, "pruned_params": q.params})
+    return rows

@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from singe_deploy.data import find_fashion_mnist
+from singe_deploy.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _has_fashion():
+    try:
+        find_fashion_mnist()
+        return True
+    except UserError:
+        return False
+
+
+needs_fashion = pytest.mark.skipif(not _has_fashion(), reason="Fashion-MNIST not installed "
+                                   "(apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu x2 with a residual add, a grouped conv and a depthwise conv, then a classifier."""
+
+    def __init__(self, in_channels=1, num_classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.expand = nn.Conv2d(16, 24, 1)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = x + torch.relu(self.bn1(self.grouped(x)))
+        x = torch.relu(self.bn2(self.dw(x)))
+        x = torch.relu(self.expand(x))
+        return self.head(x.mean((2, 3)))
+
+
+def tiny_factory(num_classes=4, in_channels=1):
+    return TinyNet(in_channels, num_classes)
+
+
+@pytest.fixture
+def tiny():
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def report_schema():
+    return json.loads((ROOT / "singe_deploy" / "schemas" / "report.schema.json").read_text())
+
+
+def batches(n=2, size=8, shape=(1, 12, 12), classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn((size,) + shape, generator=g), torch.randint(0, classes, (size,), generator=g))
+            for _ in range(n)]

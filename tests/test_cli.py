@@ -1,0 +1,155 @@
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import torch
+
+from singe_deploy.cli import main
+from singe_deploy.compress import run
+from singe_deploy.config import defaults, validate
+from singe_deploy.models import build_model, load_pruned
+
+from .conftest import ROOT, SHARED, needs_fashion
+
+FAST = ["--train-limit", "512", "--val-limit", "256", "--steps", "2", "--finetune-iters", "3", "--epochs", "0.02",
+        "--calib-batches", "1", "--singe-steps", "2", "--latency-iters", "5", "--latency-seconds", "0.05",
+        "--batch-size", "64", "--parity-batches", "1"]
+
+
+def _bad(tmp_path, capsys, argv):
+    out = tmp_path / "out"
+    code = main(["compress", "--out", str(out)] + argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("singe-deploy: error:"), err
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
+    return err[0]
+
+
+def _files(tmp_path):
+    torch.save(build_model("builtin:resnet56", 10, 1).state_dict(), tmp_path / "r56.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    (tmp_path / "bad.yaml").write_text("steps: [\n")
+    (tmp_path / "unknown.yaml").write_text("learning_rate: 0.1\n")
+
+
+CASES = [
+    (["--model", "resnet20"], "no kind"),
+    (["--model", "builtin:resnet21"], "unknown builtin"),
+    (["--model", "torchvision:resnet51", "--data", "synthetic"], "unknown torchvision model"),
+    (["--checkpoint", "{tmp}/missing.pt"], "does not exist"),
+    (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt"),
+    (["--checkpoint", "{tmp}/r56.pt"], "does not fit"),
+    (["--criterion", "magnitude"], "must be one of"),
+    (["--macs-reduction", "1"], "must be > 1"),
+    (["--macs-reduction", "0.5"], "must be > 1"),
+    (["--macs-reduction", "500", "--data", "synthetic", "--checkpoint", "none"], "unreachable"),
+    (["--config", "{tmp}/bad.yaml"], "not valid YAML"),
+    (["--config", "{tmp}/unknown.yaml"], "unknown config key"),
+    (["--config", "{tmp}/none.yaml"], "does not exist"),
+    (["--data-dir", "{tmp}"], "Fashion-MNIST not found"),
+    (["--data", "imagefolder:{tmp}/nowhere"], "train/<class>"),
+    (["--model", "torchvision:resnet18", "--input-shape", "1,1,64,64", "--data", "synthetic"], "3 input channels"),
+    (["--model", "torchvision:vit_b_16", "--input-shape", "1,3,64,64", "--data", "synthetic"], "fails on input shape"),
+    (["--target", "trt"], "--target trt needs"),
+    (["--target", "torch", "--device", "cuda"], "CUDA"),
+    (["--ignore-layers", "nope"], "does not have"),
+]
+
+
+@pytest.mark.parametrize("argv,match", CASES, ids=[c[1] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    _files(tmp_path)
+    if torch.cuda.is_available() and "cuda" in argv:
+        pytest.skip("this machine has a GPU")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if needs_fashion.args[0] and "synthetic" not in argv and "--data-dir" not in argv and "imagefolder" not in " ".join(argv):
+        pytest.skip("needs Fashion-MNIST")
+    assert match in _bad(tmp_path, capsys, argv)
+
+
+def test_existing_output_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["compress", "--out", str(out), "--data", "synthetic"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exists" in err and "--force" in err
+    assert list(out.iterdir()) == []
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "singe_deploy", "compress", "--model", "builtin:nope", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _validate(report):
+    jsonschema.validate(report, json.loads((ROOT / "singe_deploy/schemas/report.schema.json").read_text()))
+    shared = SHARED / "spec" / "report.schema.json"
+    if shared.exists():
+        jsonschema.validate(report, json.loads(shared.read_text()))
+
+
+@needs_fashion
+def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compress", "--out", str(out), "--criterion", "singe"] + FAST)
+    stdout = capsys.readouterr().out
+    assert code in (0, 1)
+    assert f"wrote {out}" in stdout
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    d, p = report["dense"], report["pruned"]
+    assert d["macs"] / 2 * 0.9 <= p["macs"] <= d["macs"] / 2 * 1.03 and report["target"]["hit"]
+    assert 0 <= p["accuracy"] <= 1 and len(report["steps"]) == 2
+    assert {e["format"] for e in report["exports"]} == {"onnx", "torch"}
+    assert all(e["parity"]["max_abs_diff"] < 1e-3 for e in report["exports"])
+    assert {(x["variant"], x["batch_size"]) for x in report["latency"]} == {("dense", 1), ("pruned", 1)}
+    for f in ("report.md", "config.yaml", "dense.onnx", "pruned.onnx", "pruned.pt"):
+        assert (out / f).is_file(), f
+    assert "## Channels per layer" in (out / "report.md").read_text()
+    model = load_pruned(out / "pruned.pt")
+    assert sum(q.numel() for q in model.parameters()) == p["params"]
+    assert not list(tmp_path.glob(".*partial"))
+    again = main(["compress", "--config", str(out / "config.yaml"), "--out", str(out), "--force"] + FAST)
+    assert again in (0, 1)
+
+
+def test_latency_only_run_on_synthetic_data_with_torch_target(tmp_path, capsys):
+    out = tmp_path / "lat"
+    code = main(["compress", "--out", str(out), "--data", "synthetic", "--target", "torch", "--criterion", "l1",
+                 "--model", "tests/conftest.py:tiny_factory", "--input-shape", "1,1,12,12", "--batch-sizes", "1,4",
+                 "--round-to", "1"]
+                + FAST)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "synthetic data" in captured.out
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    assert report["dense"]["accuracy"] is None and report["pruned"]["accuracy"] is None
+    assert {x["backend"] for x in report["latency"]} == {"torch"}
+    assert sorted({x["batch_size"] for x in report["latency"]}) == [1, 4]
+    assert not (out / "pruned.onnx").exists()
+
+
+@needs_fashion
+def test_interrupted_run_resumes(tmp_path):
+    cfg = validate(dict(defaults(), out=str(tmp_path / "r"), train_limit=512, val_limit=256, steps=2,
+                        finetune_iters=2, epochs=0.0, calib_batches=1, criterion="l2", latency_iters=5,
+                        latency_seconds=0.05, batch_size=64, parity_batches=1, checkpoint="none"))
+
+    def stop_after_first_step(msg):
+        if msg.startswith("step 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, log=stop_after_first_step)
+    partial = tmp_path / ".r.partial"
+    assert (partial / "state.pt").is_file() and not (tmp_path / "r").exists()
+    seen = []
+    report, out = run(dict(cfg, resume=True), log=seen.append)
+    assert any(m.startswith("resuming") for m in seen)
+    assert not any(m.startswith("step 1/2") for m in seen) and any(m.startswith("step 2/2") for m in seen)
+    assert len(report["steps"]) == 2 and out.is_dir() and not partial.exists()

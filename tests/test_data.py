@@ -1,0 +1,92 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from singe_deploy.data import find_fashion_mnist, make_data, read_idx
+from singe_deploy.errors import UserError
+
+from .conftest import needs_fashion
+
+
+def _write_idx(path, array, compress=True):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(raw)
+
+
+def _fake_fashion(d, n=40):
+    rng = np.random.default_rng(0)
+    for images, labels in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                           ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+        _write_idx(d / f"{images}.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(d / f"{labels}.gz", rng.integers(0, 10, (n,)))
+
+
+def test_idx_reader_round_trip(tmp_path):
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", a)
+    _write_idx(tmp_path / "b", a, compress=False)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), a) and np.array_equal(read_idx(tmp_path / "b"), a)
+
+
+def test_idx_reader_rejects_garbage(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03")
+    with pytest.raises(UserError, match="not a uint8 IDX"):
+        read_idx(tmp_path / "bad")
+    a = np.zeros((4, 4), dtype=np.uint8)
+    _write_idx(tmp_path / "short", a, compress=False)
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-3])
+    with pytest.raises(UserError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_fashion_from_data_dir_is_seeded_and_shaped(tmp_path):
+    _fake_fashion(tmp_path)
+    d = make_data("fashion-mnist", batch_size=8, data_dir=tmp_path, seed=3)
+    assert d.real and d.num_classes == 10 and d.sample_shape == (1, 28, 28)
+    x, y = next(iter(d.train))
+    assert x.shape == (8, 1, 28, 28) and y.shape == (8,) and x.dtype == torch.float32
+    again = make_data("fashion-mnist", batch_size=8, data_dir=tmp_path, seed=3)
+    assert torch.equal(next(iter(again.train))[1], y)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(d.calibration(2), d.calibration(2)))
+    rgb = make_data("fashion-mnist", batch_size=4, sample_shape=(3, 32, 32), data_dir=tmp_path)
+    assert next(iter(rgb.val))[0].shape[1:] == (3, 32, 32)
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        make_data("fashion-mnist", data_dir=tmp_path)
+
+
+def test_synthetic_and_unknown_specs():
+    d = make_data("synthetic", batch_size=4, sample_shape=(3, 16, 16), num_classes=7)
+    assert not d.real and d.num_classes == 7
+    x, y = d.calibration(1)[0]
+    assert x.shape == (4, 3, 16, 16) and int(y.max()) < 7
+    with pytest.raises(UserError, match="unknown data spec"):
+        make_data("cifar10")
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((20, 24, 3), i * 40, dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    d = make_data(f"imagefolder:{tmp_path}", batch_size=2, sample_shape=(3, 16, 16), workers=0)
+    assert d.num_classes == 2 and d.real
+    x, y = next(iter(d.val))
+    assert x.shape == (2, 3, 16, 16)
+    with pytest.raises(UserError, match="train/<class>"):
+        make_data(f"imagefolder:{tmp_path / 'nope'}")
+
+
+@needs_fashion
+def test_real_fashion_mnist_sizes():
+    d = make_data("fashion-mnist")
+    assert len(d.train.labels) == 60000 and len(d.val.labels) == 10000
+    assert find_fashion_mnist()[0].is_dir()

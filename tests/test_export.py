@@ -1,0 +1,56 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from singe_deploy.bench import OnnxRuntime, Torch, measure
+from singe_deploy.errors import CheckFailed, UserError
+from singe_deploy.export import check_onnx, export_onnx, parity
+from singe_deploy.models import build_model
+
+from .conftest import TinyNet
+
+
+def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path):
+    m = TinyNet().eval()
+    path = export_onnx(m, (1, 1, 12, 12), tmp_path / "m.onnx")
+    assert check_onnx(path) >= 18
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    ort = OnnxRuntime(path, threads=1)
+    x = [torch.randn(5, 1, 12, 12) for _ in range(2)]
+    q = parity(Torch(m), ort, x, "pytorch")
+    assert q["max_abs_diff"] < 1e-4 and q["top1_agreement"] == 1.0 and q["samples"] == 10
+
+
+def test_parity_catches_a_different_model(tmp_path):
+    a, b = TinyNet().eval(), TinyNet().eval()
+    q = parity(Torch(a), Torch(b), [torch.randn(16, 1, 12, 12)], "a")
+    assert q["max_abs_diff"] > 1e-3
+
+
+def test_old_opset_is_refused(tmp_path):
+    with pytest.raises(UserError, match="opset"):
+        export_onnx(TinyNet(), (1, 1, 12, 12), tmp_path / "m.onnx", opset=13)
+
+
+def test_checker_failure_is_a_check_failure(tmp_path):
+    m = TinyNet().eval()
+    path = export_onnx(m, (1, 1, 12, 12), tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.graph.node[0].input[0] = "no_such_tensor"
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    with pytest.raises(CheckFailed, match="checker"):
+        check_onnx(tmp_path / "broken.onnx")
+
+
+def test_measure_follows_the_schema_fields(report_schema):
+    stats = measure(Torch(build_model("builtin:resnet20", 10, 1)), (1, 1, 28, 28), batch_size=2, min_iters=5,
+                    min_seconds=0.05, warmup_iters=2)
+    item = report_schema["properties"]["latency"]["items"]
+    for key in item["required"]:
+        if key != "variant":
+            assert key in stats, key
+    assert stats["iterations"] >= 5 and stats["warmup"] >= 2
+    assert stats["p99_ms"] >= stats["p90_ms"] >= stats["median_ms"] > 0
+    assert stats["throughput_per_s"] > 0 and stats["batch_size"] == 2

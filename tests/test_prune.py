@@ -1,0 +1,111 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from singe_deploy.errors import UserError
+from singe_deploy.flops import count
+from singe_deploy.importance import make_criterion
+from singe_deploy.models import build_model
+from singe_deploy.prune import Schedule, Target, check_reachable, prune
+
+from .conftest import TinyNet
+
+
+def _prune(model, shape, reduction=2.0, metric="macs", **kw):
+    schedule = Schedule(**dict(dict(steps=2, finetune_iters=0, epochs=0), **kw))
+    dense = count(model, shape)
+    result = prune(model, shape, make_criterion("l2"), Target(metric, reduction), schedule, log=lambda *a: None)
+    return dense, count(model, shape), result
+
+
+@pytest.mark.parametrize("reduction", [2.0, 3.0])
+def test_macs_target_is_hit_on_resnet20(reduction):
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense, pruned, result = _prune(model, (1, 1, 28, 28), reduction)
+    assert dense.macs / reduction * 0.9 <= pruned.macs <= dense.macs / reduction * 1.03
+    assert len(result.steps) == 2 and result.steps[0]["macs"] > result.steps[1]["macs"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_params_target():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense, pruned, _ = _prune(model, (1, 1, 28, 28), 2.5, metric="params", steps=1)
+    assert dense.params / 2.5 * 0.9 <= pruned.params <= dense.params / 2.5 * 1.03
+
+
+def _changed(dense, pruned, types=("Conv2d", "Linear")):
+    after = {l.name: l for l in pruned.layers}
+    return [(l.name, after[l.name].out_channels) for l in dense.layers
+            if l.type in types and after[l.name].out_channels != l.out_channels]
+
+
+def test_round_to_keeps_pruned_counts_multiples():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense, pruned, _ = _prune(model, (1, 1, 28, 28), 2.0, round_to=8)
+    changed = _changed(dense, pruned)
+    assert changed and all(c % 8 == 0 for _, c in changed)
+    assert pruned.macs <= dense.macs / 2 * 1.03
+
+
+def test_grouped_and_depthwise_convs_stay_consistent():
+    model = TinyNet().eval()
+    dense, pruned, _ = _prune(model, (1, 1, 12, 12), 1.6, round_to=4, max_layer_ratio=0.75)
+    assert model.grouped.in_channels % model.grouped.groups == 0
+    assert model.grouped.out_channels % model.grouped.groups == 0
+    assert model.dw.groups == model.dw.in_channels == model.dw.out_channels
+    assert all(c % 4 == 0 for _, c in _changed(dense, pruned))
+    assert model(torch.zeros(2, 1, 12, 12)).shape == (2, 4)
+
+
+def test_mobilenet_v2_depthwise_with_round_to():
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    dense, pruned, _ = _prune(model, (1, 3, 64, 64), 2.0, steps=1, round_to=8)
+    assert pruned.macs <= dense.macs / 2 * 1.03
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels
+    assert all(c % 8 == 0 for _, c in _changed(dense, pruned))
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 12, 1)
+        self.bn = nn.BatchNorm2d(20)
+        self.c = nn.Conv2d(20, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+def test_concatenation_is_pruned_consistently():
+    model = Concat().eval()
+    _prune(model, (1, 3, 10, 10), 2.0, steps=1)
+    assert model.bn.num_features == model.a.out_channels + model.b.out_channels == model.c.in_channels
+    assert model(torch.zeros(1, 3, 10, 10)).shape == (1, 5)
+
+
+def test_local_ranking_prunes_every_group():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense, pruned, _ = _prune(model, (1, 1, 28, 28), 2.0, steps=1, ranking="local")
+    assert pruned.macs <= dense.macs / 2 * 1.03
+    inner = [l for l in pruned.layers if l.name.endswith("conv1") and l.name.startswith("layers")]
+    dense_inner = {l.name: l.out_channels for l in dense.layers}
+    assert all(l.out_channels < dense_inner[l.name] for l in inner)
+
+
+def test_unreachable_target_is_bad_input():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    with pytest.raises(UserError, match="unreachable"):
+        check_reachable(model, (1, 1, 28, 28), Target("macs", 50.0), Schedule(max_layer_ratio=0.5))
+
+
+@pytest.mark.parametrize("bad", [1.0, 0.5, -2.0])
+def test_reduction_must_exceed_one(bad):
+    with pytest.raises(UserError, match="> 1"):
+        Target("macs", bad)

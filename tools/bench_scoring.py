@@ -1,0 +1,52 @@
+"""Time to score every channel of a model with each criterion, on the same calibration batches.
+
+    python tools/bench_scoring.py                       # the demo model, SInGE vs Taylor
+    python tools/bench_scoring.py --criteria singe,taylor,hessian,l2 --calib-batches 4
+
+Prints seconds per criterion (best of --repeat) and the ratio to Taylor.
+"""
+import argparse
+import time
+
+import torch
+
+from singe_deploy.compress import asset_path
+from singe_deploy.data import make_data
+from singe_deploy.groups import all_groups, default_ignored
+from singe_deploy.importance import make_criterion
+from singe_deploy.models import load_model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--criteria", default="singe,taylor")
+    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--singe-steps", type=int, default=8)
+    ap.add_argument("--singe-path", default="network")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    model = load_model("builtin:resnet20", asset_path("resnet20_fashion_mnist.pt"), 10, 1).eval()
+    data = make_data("fashion-mnist", batch_size=args.batch_size)
+    batches = data.calibration(args.calib_batches)
+    _, groups = all_groups(model, torch.zeros(1, 1, 28, 28), default_ignored(model))
+    times = {}
+    for name in args.criteria.split(","):
+        opts = {"steps": args.singe_steps, "path": args.singe_path} if name == "singe" else {}
+        best = float("inf")
+        for _ in range(args.repeat):
+            crit = make_criterion(name, **opts)
+            t = time.perf_counter()
+            crit.score(model, groups, batches)
+            best = min(best, time.perf_counter() - t)
+        times[name] = best
+    ref = times.get("taylor")
+    print(f"builtin:resnet20, {args.calib_batches} x {args.batch_size} calibration samples, "
+          f"{torch.get_num_threads()} threads")
+    for name, t in times.items():
+        ratio = f"{t / ref:.2f}x taylor" if ref else ""
+        print(f"{name:>8}: {t:.3f} s  {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -161,8 +161,8 @@ def run(cfg, log=print):
     target, criterion = p["target"], p["criterion"]
     schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"], cfg["lr"], cfg["ranking"],
                         cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
-    check_reachable(model, shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
     input_shape = [1] + list(shape)
+    check_reachable(model, input_shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
     state = _resume_state(cfg, work)
     if state is None and work.exists():
         shutil.rmtree(work)
@@ -309,8 +309,10 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
                                   min_seconds=cfg["latency_seconds"])
             latency.append(dict(stats, variant=variant))
         d, pr = latency[-2]["median_ms"], latency[-1]["median_ms"]
+        noisy = max(latency[-2]["cv"], latency[-1]["cv"])
+        note = f" (noisy: coefficient of variation {100 * noisy:.0f}% > 2.5%)" if noisy > 0.025 else ""
         log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
-            f"pruned {pr:.3f} ms, {d / pr:.2f}x")
+            f"pruned {pr:.3f} ms, {d / pr:.2f}x{note}")
     return exports, latency, failures
 
 

@@ -157,7 +157,7 @@ def load_yaml(path):
 
 def add_arguments(parser):
     """One flag per option; defaults are suppressed so only flags the user gave override the config."""
-    parser.add_argument("--config", help="YAML file holding any of these options")
+    parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options")
     for o in OPTIONS:
         flag = "--" + o.name.replace("_", "-")
         default = o.default if o.default is not None else "none"
@@ -165,9 +165,20 @@ def add_arguments(parser):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{o.help} (default: {o.default})")
         else:
-            choices = f" {{{','.join(map(str, o.choices))}}}" if o.choices else ""
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=o.type.upper().rstrip("S") + choices,
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=_metavar(o),
                                 help=f"{o.help} (default: {default})")
+
+
+METAVARS = {"model": "SPEC", "data": "SPEC", "checkpoint": "FILE", "data_dir": "DIR", "out": "DIR",
+            "input_shape": "1,C,H,W", "ignore_layers": "NAME[,NAME]"}
+
+
+def _metavar(o):
+    if o.choices:
+        return "{" + ",".join(map(str, o.choices)) + "}"
+    if o.name in METAVARS:
+        return METAVARS[o.name]
+    return {"ints": "N[,N]", "strs": "NAME[,NAME]", "int": "N", "float": "X"}.get(o.type, "VALUE")
 
 
 def resolve(args):

@@ -67,6 +67,26 @@ class PruneResult:
     steps: list = field(default_factory=list)
 
 
+def as_target(target):
+    """A Target from a Target or a dict like {"macs_reduction": 2} / {"params_reduction": 3}."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, dict) and len(target) == 1:
+        (key, value), = target.items()
+        if key in ("macs_reduction", "params_reduction"):
+            return Target(key.split("_")[0], float(value))
+    raise UserError(f"target {target!r} must be {{'macs_reduction': X}} or {{'params_reduction': X}}")
+
+
+def as_schedule(schedule):
+    if isinstance(schedule, Schedule):
+        return schedule
+    try:
+        return Schedule(**(schedule or {}))
+    except TypeError as e:
+        raise UserError(f"schedule {schedule!r}: {e}") from None
+
+
 def measure(model, input_shape, metric):
     if metric == "params":
         return sum(p.numel() for p in model.parameters())
@@ -177,10 +197,12 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
           history=None, on_step=None, log=print):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
-    data: a `Data` (calibration batches, fine-tuning and evaluation) or None (scoring needs no data
+    input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
+    {"params_reduction": X}. schedule: a Schedule or a dict of its fields. data: a `Data` (calibration batches, fine-tuning and evaluation) or None (scoring needs no data
     and nothing is fine-tuned). on_step(step, model, records) is called after each step (to checkpoint).
     """
-    shape = [1] + list(input_shape[-3:]) if len(input_shape) >= 3 else [1] + list(input_shape)
+    target, schedule = as_target(target), as_schedule(schedule)
+    shape = [1] + list(input_shape)[1:]
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
     records = list(history or [])
@@ -229,7 +251,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
 
 def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     """Fail fast (bad input) when even the most pruning the schedule allows misses the target."""
-    shape = [1] + list(input_shape[-3:])
+    target, schedule = as_target(target), as_schedule(schedule)
+    shape = [1] + list(input_shape)[1:]
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
     _, groups = all_groups(model, example, ignored)

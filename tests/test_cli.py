@@ -153,3 +153,28 @@ def test_interrupted_run_resumes(tmp_path):
     assert any(m.startswith("resuming") for m in seen)
     assert not any(m.startswith("step 1/2") for m in seen) and any(m.startswith("step 2/2") for m in seen)
     assert len(report["steps"]) == 2 and out.is_dir() and not partial.exists()
+
+
+def test_torchvision_model_on_an_imagefolder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / cls / f"{i}.png")
+    out = tmp_path / "tv"
+    code = main(["compress", "--out", str(out), "--model", "torchvision:resnet18", "--checkpoint", "none",
+                 "--data", f"imagefolder:{tmp_path / 'imgs'}", "--input-shape", "1,3,32,32", "--criterion", "taylor",
+                 "--steps", "1", "--finetune-iters", "2", "--epochs", "1", "--batch-size", "6", "--calib-batches", "1",
+                 "--latency-iters", "3", "--latency-seconds", "0.05", "--parity-batches", "1"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    assert report["model"]["num_classes"] == 3 and report["model"]["input_shape"] == [1, 3, 32, 32]
+    assert report["target"]["hit"] and report["pruned"]["accuracy"] is not None
+    changed = [l for l in report["layers"] if l["type"] == "Conv2d" and l["pruned_out"] != l["dense_out"]]
+    assert changed and all(l["pruned_out"] % 8 == 0 for l in changed)

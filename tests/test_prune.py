@@ -109,3 +109,13 @@ def test_unreachable_target_is_bad_input():
 def test_reduction_must_exceed_one(bad):
     with pytest.raises(UserError, match="> 1"):
         Target("macs", bad)
+
+
+def test_one_verb_api_takes_constraints_as_data():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense = count(model, (1, 1, 28, 28)).params
+    prune(model, (1, 1, 28, 28), make_criterion("l1"), {"params_reduction": 2}, {"steps": 1, "round_to": 8},
+          log=lambda *a: None)
+    assert count(model, (1, 1, 28, 28)).params <= dense / 2 * 1.03
+    with pytest.raises(UserError, match="macs_reduction"):
+        prune(model, (1, 1, 28, 28), make_criterion("l1"), {"flops": 2}, {})

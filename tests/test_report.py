@@ -1,0 +1,47 @@
+import copy
+import json
+
+import pytest
+
+from singe_deploy.errors import CheckFailed
+from singe_deploy.report import markdown, schema, validate
+
+from .conftest import ROOT, SHARED
+
+
+def _minimal():
+    cost = {"macs": 10, "params": 5, "other_ops": 1, "accuracy": None}
+    lat = {"backend": "onnxruntime", "device": "cpu", "variant": "dense", "batch_size": 1, "warmup": 1,
+           "iterations": 3, "median_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2, "mean_ms": 1.0, "std_ms": 0.1,
+           "throughput_per_s": 900.0}
+    return {"schema_version": 1, "tool": {"name": "singe-deploy", "version": "0"},
+            "model": {"spec": "builtin:resnet20", "input_shape": [1, 1, 28, 28]},
+            "dense": dict(cost), "pruned": dict(cost, macs=5), "criterion": {"name": "singe"},
+            "exports": [{"format": "onnx", "path": "p.onnx", "parity": {"max_abs_diff": 0.0, "top1_agreement": 1.0,
+                                                                        "reference": "pytorch"}}],
+            "latency": [lat, dict(lat, variant="pruned", median_ms=0.5)],
+            "environment": {"python": "3", "torch": "2", "platform": "x"},
+            "target": {"metric": "macs", "reduction": 2.0, "hit": True}, "convention": "MACs"}
+
+
+@pytest.mark.skipif(not (SHARED / "spec" / "report.schema.json").exists(), reason="no ../shared checkout")
+def test_schema_copy_is_in_sync_with_the_shared_contract():
+    assert schema() == json.loads((SHARED / "spec" / "report.schema.json").read_text())
+
+
+def test_validate_accepts_a_minimal_report_and_rejects_breaks():
+    validate(_minimal())
+    for breaking in (lambda r: r.pop("latency"), lambda r: r["dense"].update(macs=-1),
+                     lambda r: r["exports"][0]["parity"].update(top1_agreement=2),
+                     lambda r: r["latency"][0].update(variant="other")):
+        r = copy.deepcopy(_minimal())
+        breaking(r)
+        with pytest.raises(CheckFailed, match="schema"):
+            validate(r)
+
+
+def test_markdown_shows_costs_latency_and_speedup():
+    md = markdown(_minimal())
+    assert "| MACs | 10 | 5 | 0.500 |" in md
+    assert "2.00x" in md  # pruned 0.5 ms vs dense 1.0 ms
+    assert "n/a" in md  # accuracy of a latency-only run

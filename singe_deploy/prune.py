@@ -94,11 +94,19 @@ def measure(model, input_shape, metric):
 
 
 class Planner:
-    """Turns group scores and a level t in [0, 1] into channel indices to remove per group."""
+    """Turns group scores and an integer level into channel indices to remove per group.
+
+    Global ranking: each group's channels, sorted by score normalised by the group's mean, are cut
+    into chunks of `round_to` channels (per block for grouped convs); level k removes the k chunks of
+    lowest mean score across all groups, so one level more is one chunk more. Local ranking: level
+    k of `levels` removes the fraction k/levels of every group, kept counts rounded up.
+    """
+
+    LOCAL_LEVELS = 1000
 
     def __init__(self, model, groups, scores, dense_channels, schedule, names):
         self.schedule = schedule
-        self.entries = []  # (key, handler, n, blocks, block scores, keep_min)
+        self.entries = []  # (name, handler, channels per block, blocks, block scores, most removable)
         for g, s in zip(groups, scores):
             if s is None:
                 continue
@@ -112,28 +120,43 @@ class Planner:
             dense = dense_channels.setdefault(name, n) // blocks
             q = self._quantum(blocks)
             keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
-            self.entries.append((name, g[0].dep.handler, n // blocks, blocks, per_block, keep_min))
-        pooled = [e[4] / (e[4].mean() + 1e-12) for e in self.entries]
-        self.normalised = pooled
-        self.pooled = torch.sort(torch.cat(pooled)).values if pooled else torch.zeros(0)
+            most = n // blocks - keep_min
+            self.entries.append((name, g[0].dep.handler, n // blocks, blocks, per_block, max(most, 0)))
+        self.chunks = self._chunks() if schedule.ranking == "global" else None
+        self.levels = len(self.chunks) if self.chunks is not None else self.LOCAL_LEVELS
 
     def _quantum(self, blocks):
         r = self.schedule.round_to or 1
         return r // math.gcd(r, blocks)
 
-    def counts(self, t):
-        """Channels removed per block for each entry at level t."""
+    def _chunks(self):
+        """(score, entry index, channels removed after this chunk), in the order they are removed."""
         out = []
-        if self.schedule.ranking == "global":
-            k = int(t * len(self.pooled))
-            thr = self.pooled[k - 1] if k > 0 else -math.inf
-        for (name, handler, n, blocks, s, keep_min), norm in zip(self.entries, self.normalised):
-            if self.schedule.ranking == "global":
-                r = int((norm <= thr).sum())
-            else:
-                r = int(math.floor(t * n + 1e-9))
-            r = min(r, max(n - keep_min, 0))
+        for i, (_, _, n, blocks, s, most) in enumerate(self.entries):
             q = self._quantum(blocks)
+            norm = torch.sort(s / (s.mean() + 1e-12)).values
+            removed = n % q  # first bring an unaligned layer to a multiple of q
+            if removed and removed <= most:
+                out.append((float(norm[:removed].mean()), i, removed))
+            elif removed:
+                continue
+            while removed + q <= most:
+                out.append((float(norm[removed:removed + q].mean()), i, removed + q))
+                removed += q
+        # within a group, chunk means never decrease, so sorting keeps each group's order
+        return sorted(out, key=lambda c: (c[0], c[1], c[2]))
+
+    def counts(self, level):
+        """Channels removed per block for each entry at an integer level in [0, levels]."""
+        if self.chunks is not None:
+            out = [0] * len(self.entries)
+            for _, i, removed in self.chunks[:level]:
+                out[i] = max(out[i], removed)
+            return out
+        out = []
+        for _, _, n, blocks, _, most in self.entries:
+            q = self._quantum(blocks)
+            r = min(int(math.floor(level / self.levels * n + 1e-9)), most)
             kept = math.ceil((n - r) / q) * q
             out.append(0 if kept >= n else n - kept)
         return out
@@ -165,32 +188,47 @@ def apply_plan(model, plan, example):
 
 
 def _search(planner, model, example, input_shape, metric, target, desc):
-    """Smallest level whose pruned copy meets `target`; returns (plan, cost)."""
+    """Lowest level whose pruned copy meets `target` (bisection on levels); returns (plan, cost, reached)."""
     cache = {}
 
-    def trial(t):
-        counts = tuple(planner.counts(t))
+    def cost(counts):
+        counts = tuple(counts)
         if counts not in cache:
             pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
             cache[counts] = measure(pruned, input_shape, metric)
-        return counts, cache[counts]
+        return cache[counts]
 
-    counts_hi, cost_hi = trial(1.0)
-    if cost_hi > target:
-        return planner.removals(counts_hi), cost_hi, False
-    lo, hi = 0.0, 1.0
-    bar = progress(range(24), desc=desc, unit="trial")
-    for _ in bar:
-        mid = (lo + hi) / 2
-        counts, cost = trial(mid)
-        if cost <= target:
-            hi, counts_hi, cost_hi = mid, counts, cost
+    lo, hi = 0, planner.levels
+    if cost(planner.counts(lo)) <= target:
+        return [], cost(planner.counts(lo)), True
+    best = planner.counts(hi)
+    if cost(best) > target:
+        return planner.removals(best), cost(best), False
+    bar = progress(total=max(1, math.ceil(math.log2(hi + 1))), desc=desc, unit="trial")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost(planner.counts(mid)) <= target:
+            hi, best = mid, planner.counts(mid)
         else:
             lo = mid
-        if tuple(planner.counts(lo)) == counts_hi or sum(counts_hi) - sum(planner.counts(lo)) <= 1:
-            break
+        bar.update()
     bar.close()
-    return planner.removals(counts_hi), cost_hi, True
+    if planner.chunks is not None and cost(best) < 0.97 * target:
+        best = _closer(planner, cost, lo, target, best)
+    return planner.removals(best), cost(best), True
+
+
+def _closer(planner, cost, lo, target, best, tries=16):
+    """When the next chunk overshoots the target by far, try one later (cheaper) chunk instead."""
+    base = planner.counts(lo)
+    for _, i, removed in planner.chunks[lo + 1:lo + 1 + tries]:
+        if removed <= base[i]:
+            continue
+        candidate = list(base)
+        candidate[i] = removed
+        if cost(best) < cost(candidate) <= target:
+            best = candidate
+    return best
 
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
@@ -259,7 +297,7 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     names = {id(m): n for n, m in model.named_modules()}
     scores = [torch.ones(len(g[0].idxs)) for g in groups]
     planner = Planner(model, groups, scores, {}, schedule, names)
-    counts = planner.counts(1.0)
+    counts = planner.counts(planner.levels)
     pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
     dense = measure(model, shape, target.metric)
     best = measure(pruned, shape, target.metric)

@@ -119,3 +119,28 @@ def test_one_verb_api_takes_constraints_as_data():
     assert count(model, (1, 1, 28, 28)).params <= dense / 2 * 1.03
     with pytest.raises(UserError, match="macs_reduction"):
         prune(model, (1, 1, 28, 28), make_criterion("l1"), {"flops": 2}, {})
+
+
+def test_global_levels_remove_one_chunk_at_a_time():
+    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.prune import Planner
+
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    _, groups = all_groups(model, torch.zeros(1, 1, 28, 28), default_ignored(model))
+    scores = make_criterion("l2").score(model, groups)
+    names = {id(m): n for n, m in model.named_modules()}
+    planner = Planner(model, groups, scores, {}, Schedule(round_to=8), names)
+    previous = planner.counts(0)
+    assert sum(previous) == 0 and planner.levels > 10
+    for level in range(1, planner.levels + 1):
+        counts = planner.counts(level)
+        grown = [(a, b) for a, b in zip(previous, counts) if a != b]
+        assert len(grown) == 1 and grown[0][1] - grown[0][0] == 8
+        previous = counts
+
+
+def test_a_second_pruning_of_a_coarse_model_still_lands_in_the_window():
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    _prune(model, (1, 1, 28, 28), 2.0, steps=1, round_to=8)
+    dense, pruned, _ = _prune(model, (1, 1, 28, 28), 1.3, steps=1, round_to=8)
+    assert dense.macs / 1.3 * 0.9 <= pruned.macs <= dense.macs / 1.3 * 1.03

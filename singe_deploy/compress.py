@@ -50,13 +50,13 @@ def resolve_checkpoint(cfg):
     return Path(ck)
 
 
-def sample_shape(cfg, data_shape):
-    """(C, H, W) the model takes: --input-shape, else the data's for builtin/file models, else the zoo's."""
+def sample_shape(cfg):
+    """(C, H, W) the model takes: --input-shape; else Fashion-MNIST's for builtin and file models on it;
+    else the model's own default."""
     if cfg["input_shape"]:
         return tuple(cfg["input_shape"][1:])
-    kind = parse_spec(cfg["model"])[0]
-    if kind in ("builtin", "file") and data_shape is not None:
-        return tuple(data_shape)
+    if parse_spec(cfg["model"])[0] in ("builtin", "file") and cfg["data"] == "fashion-mnist":
+        return (1, 28, 28)
     return default_input_shape(cfg["model"])
 
 
@@ -91,22 +91,17 @@ def prepare(cfg, log=print):
     criterion = make_criterion(cfg["criterion"], **criterion_options(cfg))
     target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
     kind = parse_spec(cfg["model"])[0]
-    data_shape = tuple(cfg["input_shape"][1:]) if cfg["input_shape"] else None
-    if data_shape is None and kind in ("torchvision", "timm"):
-        data_shape = default_input_shape(cfg["model"])
-    data = make_data(cfg["data"], cfg["batch_size"], data_shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
+    shape = sample_shape(cfg)
+    data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
                      cfg["val_limit"], cfg["num_classes"])
-    shape = sample_shape(cfg, data.sample_shape)
-    if tuple(data.sample_shape) != tuple(shape):
-        data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
-                         cfg["val_limit"], cfg["num_classes"])
     checkpoint = resolve_checkpoint(cfg)
     classes = cfg["num_classes"] or (data.num_classes if data.real or kind == "builtin" else None)
     torch.manual_seed(cfg["seed"])
     model = load_model(cfg["model"], checkpoint, classes, shape[0], cfg["pretrained"], cfg["trust_checkpoint"])
     check_forward(model, cfg["model"], shape, data.num_classes if data.real else None)
     if not data.real:
-        log("synthetic data: no fine-tuning, accuracy is null; scores use random labels (latency-only run)")
+        labels = f"; {criterion.name} scores see random labels" if criterion.uses_data else ""
+        log(f"synthetic data: a latency-only run, no fine-tuning, accuracy is null{labels}")
     return dict(model=model, data=data, shape=shape, checkpoint=checkpoint, out=out, work=work,
                 criterion=criterion, target=target)
 

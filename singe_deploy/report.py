@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from importlib import resources
@@ -30,7 +31,7 @@ def validate(report):
 
 def environment(threads=None):
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(), "threads": threads}
+           "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads}
     for mod in ("torch_pruning", "onnx", "onnxruntime", "torchvision"):
         m = sys.modules.get(mod)
         if m is None:

@@ -24,7 +24,7 @@ from .flops import CONVENTION, count
 from .importance import make_criterion
 from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
 from .prune import Schedule, Target, check_reachable, prune
-from .train import evaluate, train_epochs
+from .train import evaluate, progress
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 STATE = "state.pt"
@@ -154,8 +154,8 @@ def run(cfg, log=print):
     p = prepare(cfg, log)
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
     target, criterion = p["target"], p["criterion"]
-    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"], cfg["lr"], cfg["ranking"],
-                        cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
+    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if p["data"].real else 0, cfg["lr"],
+                        cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
     input_shape = [1] + list(shape)
     check_reachable(model, input_shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
     state = _resume_state(cfg, work)
@@ -190,34 +190,30 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
     if state:
         dense_acc = state["dense_accuracy"]
         model = load_pruned(work / "checkpoint.pt")
-        records, start = state["records"], state["step"]
+        records, start, dense_channels = state["records"], state["step"], state["dense_channels"]
         log(f"resuming {work} after step {start}/{schedule.steps}")
     else:
         t = time.time()
         dense_acc = evaluate(model, data.val) if data.real else None
         timings["evaluate_dense_s"] = round(time.time() - t, 2)
-        records, start = [], 0
+        records, start, dense_channels = [], 0, {}
         log(f"dense {cfg['model']}: {dense_costs.macs:,} MACs, {dense_costs.params:,} params, "
             f"accuracy {_fmt(dense_acc)}")
     ignored = _ignored(model, cfg["ignore_layers"])
 
     def checkpoint(step, m, recs, phase="prune"):
         save_pruned(m, work / "checkpoint.pt", cfg["model"], _classes(m), shape[0], input_shape)
-        torch.save({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase},
-                   work / STATE)
+        torch.save({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
+                    "dense_channels": dense_channels}, work / STATE)
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
-    if not finetuned:
-        result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records, checkpoint, log)
-        records = result.steps
-    timings["prune_s"] = round(time.time() - t, 2)
+    result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records, checkpoint, log,
+                   finetuned, dense_channels)
+    records = result.steps
+    timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
+    timings["finetune_s"] = result.finetune_seconds
     acc_before = records[-1]["accuracy"] if records else None
-    t = time.time()
-    if data.real and cfg["epochs"] > 0 and not finetuned:
-        train_epochs(model, data.train, cfg["epochs"], cfg["lr"], desc="final fine-tune")
-        checkpoint(schedule.steps, model, records, "finetuned")
-    timings["finetune_s"] = round(time.time() - t, 2)
     pruned_acc = evaluate(model, data.val) if data.real else None
     pruned_costs = count(model, input_shape)
     log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
@@ -247,7 +243,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
         "criterion": {"name": criterion.name, "options": dict(criterion.options, ranking=cfg["ranking"],
                                                               calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
-                     **schedule.__dict__, "epochs": cfg["epochs"]},
+                     **schedule.__dict__},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": exports, "latency": latency,
@@ -280,6 +276,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
     q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)")
     exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
     runners = {}
+    bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] == "onnx" else 0),
+                   desc="export and latency", unit="task")
     if cfg["target"] == "onnx":
         for variant, m in variants.items():
             path = work / f"{variant}.onnx"
@@ -288,6 +286,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
             runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
             q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
             exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q})
+            bar.update()
             log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
                 f"{q['top1_agreement']:.4f} vs PyTorch")
     else:
@@ -303,11 +302,13 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
             stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
                                   min_seconds=cfg["latency_seconds"])
             latency.append(dict(stats, variant=variant))
+            bar.update()
         d, pr = latency[-2]["median_ms"], latency[-1]["median_ms"]
         noisy = max(latency[-2]["cv"], latency[-1]["cv"])
         note = f" (noisy: coefficient of variation {100 * noisy:.0f}% > 2.5%)" if noisy > 0.025 else ""
         log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
             f"pruned {pr:.3f} ms, {d / pr:.2f}x{note}")
+    bar.close()
     return exports, latency, failures
 
 

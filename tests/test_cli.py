@@ -178,3 +178,21 @@ def test_torchvision_model_on_an_imagefolder(tmp_path, capsys):
     assert report["target"]["hit"] and report["pruned"]["accuracy"] is not None
     changed = [l for l in report["layers"] if l["type"] == "Conv2d" and l["pruned_out"] != l["dense_out"]]
     assert changed and all(l["pruned_out"] % 8 == 0 for l in changed)
+
+
+@needs_fashion
+def test_resume_after_the_final_fine_tuning_skips_it(tmp_path):
+    cfg = validate(dict(defaults(), out=str(tmp_path / "r"), train_limit=256, val_limit=128, steps=1,
+                        finetune_iters=1, epochs=1.0, calib_batches=1, criterion="l1", latency_iters=3,
+                        latency_seconds=0.02, batch_size=64, parity_batches=1, checkpoint="none"))
+
+    def stop_before_export(msg):
+        if msg.startswith("pruned:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, log=stop_before_export)
+    seen = []
+    report, _ = run(dict(cfg, resume=True), log=seen.append)
+    assert report["timings"]["finetune_s"] == 0 and not any(m.startswith("step") for m in seen)
+    assert report["pruned"]["accuracy"] is not None

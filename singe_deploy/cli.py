@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import warnings
 
 from . import __version__
 from .errors import CheckFailed, UserError
@@ -48,7 +48,7 @@ def main(argv=None):
 
 
 def entry():
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore", module=r"torch_pruning(\.|$)")  # tracing notes, not for users
     sys.exit(main())
 
 

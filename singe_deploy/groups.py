@@ -14,6 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .errors import UserError
+
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
          nn.PReLU)
 
@@ -139,10 +141,15 @@ def channel_groups(group):
 
 def all_groups(model, example_inputs, ignored_layers=()):
     """Build the dependency graph and return (graph, groups rooted at conv/linear layers)."""
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    groups = list(graph.get_all_groups(ignored_layers=list(ignored_layers),
-                                       root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        groups = list(graph.get_all_groups(ignored_layers=list(ignored_layers),
+                                           root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+    except Exception as e:
+        raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
+                        f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "
+                        "(channel shuffles and data-dependent reshapes are beyond torch-pruning); try another model") from None
     return graph, groups
 
 

@@ -95,6 +95,18 @@ def measure(model, input_shape, metric):
     return count(model, input_shape).macs
 
 
+def measure_pruned(model, input_shape, metric):
+    """measure() of a freshly pruned model, whose forward pass must still run."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_shape))
+    except Exception as e:
+        raise UserError(f"pruning breaks this model's forward pass ({e.__class__.__name__}: {str(e)[:120]}): "
+                        "it has static shapes (reshape sizes, head counts) that torch-pruning does not update; "
+                        "keep those layers with --ignore-layers or prune another model") from None
+    return measure(model, input_shape, metric)
+
+
 class Planner:
     """Turns group scores and an integer level into channel indices to remove per group.
 
@@ -197,7 +209,7 @@ def _search(planner, model, example, input_shape, metric, target, desc):
         counts = tuple(counts)
         if counts not in cache:
             pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
-            cache[counts] = measure(pruned, input_shape, metric)
+            cache[counts] = measure_pruned(pruned, input_shape, metric)
         return cache[counts]
 
     lo, hi = 0, planner.levels
@@ -307,7 +319,7 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     counts = planner.counts(planner.levels)
     pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
     dense = measure(model, shape, target.metric)
-    best = measure(pruned, shape, target.metric)
+    best = measure_pruned(pruned, shape, target.metric)
     if best > dense / target.reduction:
         _unreachable(target, dense, best)
     return dense, best

@@ -144,3 +144,17 @@ def test_a_second_pruning_of_a_coarse_model_still_lands_in_the_window():
     _prune(model, (1, 1, 28, 28), 2.0, steps=1, round_to=8)
     dense, pruned, _ = _prune(model, (1, 1, 28, 28), 1.3, steps=1, round_to=8)
     assert dense.macs / 1.3 * 0.9 <= pruned.macs <= dense.macs / 1.3 * 1.03
+
+
+def test_a_model_that_pruning_breaks_gets_a_clear_error():
+    class Reshaper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.fc = nn.Linear(8 * 4 * 4, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(x.shape[0], 8 * 16))  # a static channel count
+
+    with pytest.raises(UserError, match="static shapes|cannot trace"):
+        check_reachable(Reshaper().eval(), (1, 3, 4, 4), Target("macs", 1.5), Schedule(round_to=1))

@@ -4,9 +4,10 @@ iterations after each, then E epochs of fine-tuning.
 Each step scores every dependency group with the criterion, then finds by bisection the smallest
 pruning level whose result meets the step's target (dense / X^(s/S)); candidate levels are tried
 on a copy of the model and measured with the real counter, so the target holds for any topology.
-A level is turned into per-group channel counts by ranking: `global` compares scores normalised
-by each group's mean, `local` removes the same fraction from every group. `round_to` keeps every
-pruned channel count a multiple of N (per block for grouped convolutions).
+A level is turned into per-group channel counts by ranking (see Planner): `global` removes chunks of
+`round_to` channels in order of their score normalised by the group's mean, `local` removes the same
+fraction from every group. Every pruned channel count stays a multiple of `round_to` (per block for
+grouped convolutions).
 """
 from __future__ import annotations
 
@@ -38,14 +39,20 @@ class Target:
 
 @dataclass
 class Schedule:
+    """The flowchart's knobs; the defaults are the CLI's (a test keeps them equal)."""
+
     steps: int = 4
-    finetune_iters: int = 100
-    epochs: float = 1.0
-    lr: float = 0.01
+    finetune_iters: int = 150
+    epochs: float = 4.0
+    lr: float = 0.05
     ranking: str = "global"
-    round_to: int | None = None
+    round_to: int | None = 8
     max_layer_ratio: float = 0.9
     calib_batches: int = 4
+
+    def __post_init__(self):
+        if self.ranking not in ("global", "local"):
+            raise UserError(f"ranking must be global or local, got {self.ranking!r}")
 
 
 @dataclass

@@ -196,3 +196,14 @@ def test_resume_after_the_final_fine_tuning_skips_it(tmp_path):
     report, _ = run(dict(cfg, resume=True), log=seen.append)
     assert report["timings"]["finetune_s"] == 0 and not any(m.startswith("step") for m in seen)
     assert report["pruned"]["accuracy"] is not None
+
+
+def test_a_failed_parity_check_exits_1_and_still_writes_the_output(tmp_path, capsys):
+    out = tmp_path / "p"
+    code = main(["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--round-to", "1",
+                 "--model", "tests/conftest.py:tiny_factory", "--input-shape", "1,1,12,12", "--parity-top1", "1.01"]
+                + FAST)
+    err = capsys.readouterr().err
+    assert code == 1 and "parity" in err and len(err.strip().splitlines()) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["checks"]["passed"] is False and report["checks"]["failures"]

@@ -70,3 +70,12 @@ def test_every_shipped_config_is_valid_and_demo_matches_defaults():
     for key, value in demo.items():
         assert defaults()[key.replace("-", "_")] == value, key
     assert set(k.replace("-", "_") for k in demo) == {o.name for o in OPTIONS if o.name not in ("out", "force", "resume")}
+
+
+def test_python_api_defaults_are_the_cli_defaults():
+    from dataclasses import fields
+
+    from singe_deploy.prune import Schedule
+
+    for f in fields(Schedule):
+        assert f.default == defaults()[f.name], f.name

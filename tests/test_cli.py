@@ -134,18 +134,27 @@ def test_latency_only_run_on_synthetic_data_with_torch_target(tmp_path, capsys):
     assert not (out / "pruned.onnx").exists()
 
 
-@needs_fashion
-def test_interrupted_run_resumes(tmp_path):
-    cfg = validate(dict(defaults(), out=str(tmp_path / "r"), train_limit=512, val_limit=256, steps=2,
-                        finetune_iters=2, epochs=0.0, calib_batches=1, criterion="l2", latency_iters=5,
-                        latency_seconds=0.05, batch_size=64, parity_batches=1, checkpoint="none"))
+def _small(tmp_path, **options):
+    """A validated config for a seconds-long run on a slice of Fashion-MNIST."""
+    return validate(dict(defaults(), out=str(tmp_path / "r"), train_limit=256, val_limit=128, calib_batches=1,
+                         latency_iters=3, latency_seconds=0.02, batch_size=64, parity_batches=1,
+                         checkpoint="none", **options))
 
-    def stop_after_first_step(msg):
-        if msg.startswith("step 1/2"):
+
+def _interrupt(cfg, at):
+    """Run until a log line starting with `at`, then stop as Ctrl-C would."""
+    def stop(msg):
+        if msg.startswith(at):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, log=stop_after_first_step)
+        run(cfg, log=stop)
+
+
+@needs_fashion
+def test_interrupted_run_resumes(tmp_path):
+    cfg = _small(tmp_path, steps=2, finetune_iters=2, epochs=0.0, criterion="l2")
+    _interrupt(cfg, "step 1/2")
     partial = tmp_path / ".r.partial"
     assert (partial / "state.pt").is_file() and not (tmp_path / "r").exists()
     seen = []
@@ -182,16 +191,8 @@ def test_torchvision_model_on_an_imagefolder(tmp_path, capsys):
 
 @needs_fashion
 def test_resume_after_the_final_fine_tuning_skips_it(tmp_path):
-    cfg = validate(dict(defaults(), out=str(tmp_path / "r"), train_limit=256, val_limit=128, steps=1,
-                        finetune_iters=1, epochs=1.0, calib_batches=1, criterion="l1", latency_iters=3,
-                        latency_seconds=0.02, batch_size=64, parity_batches=1, checkpoint="none"))
-
-    def stop_before_export(msg):
-        if msg.startswith("pruned:"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, log=stop_before_export)
+    cfg = _small(tmp_path, steps=1, finetune_iters=1, epochs=1.0, criterion="l1")
+    _interrupt(cfg, "pruned:")
     seen = []
     report, _ = run(dict(cfg, resume=True), log=seen.append)
     assert report["timings"]["finetune_s"] == 0 and not any(m.startswith("step") for m in seen)

@@ -43,7 +43,7 @@ def main(argv=None):
         print(f"singe-deploy: check failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("singe-deploy: interrupted; rerun with --resume and the same --out to continue", file=sys.stderr)
+        print("singe-deploy: interrupted", file=sys.stderr)
         return 130
 
 

@@ -161,11 +161,17 @@ def run(cfg, log=print):
     state = _resume_state(cfg, work)
     if state is None and work.exists():
         shutil.rmtree(work)
+    parent_existed = work.parent.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
         return _run(cfg, log, t_start, p, schedule, input_shape, state)
     except UserError:
         shutil.rmtree(work, ignore_errors=True)
+        if not parent_existed and not any(work.parent.iterdir()):
+            work.parent.rmdir()
+        raise
+    except KeyboardInterrupt:
+        print(f"interrupted; to continue, rerun with the same options plus --resume --out {out}")
         raise
 
 

@@ -141,6 +141,7 @@ def channel_groups(group):
 
 def all_groups(model, example_inputs, ignored_layers=()):
     """Build the dependency graph and return (graph, groups rooted at conv/linear layers)."""
+    was_training = model.training  # build_dependency switches to eval and does not switch back
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
@@ -150,6 +151,8 @@ def all_groups(model, example_inputs, ignored_layers=()):
         raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
                         f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "
                         "(channel shuffles and data-dependent reshapes are beyond torch-pruning); try another model") from None
+    finally:
+        model.train(was_training)
     return graph, groups
 
 

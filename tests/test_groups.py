@@ -63,3 +63,9 @@ def test_per_unit_sums_over_slices(tiny):
             sel[j] = True
             manual[r] += s.mask(sel).sum()
     assert torch.equal(counts, manual)
+
+
+def test_building_the_graph_keeps_train_mode(tiny):
+    tiny.train()
+    _groups(tiny)
+    assert tiny.training

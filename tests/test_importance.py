@@ -167,3 +167,9 @@ def test_bad_names_and_options():
 def test_data_criteria_need_batches(tiny):
     with pytest.raises(UserError, match="calibration"):
         make_criterion("taylor").score(tiny, _groups(tiny), [])
+
+
+def test_scoring_restores_train_mode(tiny):
+    tiny.train()
+    make_criterion("taylor").score(tiny, _groups(tiny), batches(1))
+    assert tiny.training

@@ -158,3 +158,16 @@ def test_a_model_that_pruning_breaks_gets_a_clear_error():
 
     with pytest.raises(UserError, match="static shapes|cannot trace"):
         check_reachable(Reshaper().eval(), (1, 3, 4, 4), Target("macs", 1.5), Schedule(round_to=1))
+
+
+def test_pruning_leaves_no_stale_gradients():
+    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.prune import Planner, apply_plan
+
+    model = TinyNet().eval()
+    model(torch.randn(2, 1, 12, 12)).sum().backward()
+    _, groups = all_groups(model, torch.zeros(1, 1, 12, 12), default_ignored(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    planner = Planner(model, groups, make_criterion("l1").score(model, groups), {}, Schedule(round_to=1), names)
+    apply_plan(model, planner.removals(planner.counts(planner.levels // 2)), torch.zeros(1, 1, 12, 12))
+    assert all(p.grad is None for p in model.parameters())

@@ -24,7 +24,7 @@ import torch_pruning as tp
 from torch.func import functional_call
 
 from .errors import UserError
-from .groups import param_names, per_unit, slices
+from .groups import NORMS, param_names, per_unit, slices
 from .train import progress
 
 
@@ -103,8 +103,6 @@ class BNScale(Criterion):
 
 
 def _is_norm_weight(model, name):
-    from .groups import NORMS
-
     module = model.get_submodule(name.rpartition(".")[0])
     return isinstance(module, NORMS)
 

@@ -21,7 +21,7 @@ import torch
 from .errors import UserError
 from .flops import count
 from .groups import all_groups, channel_groups, default_ignored
-from .train import evaluate, progress, train_epochs, train_iters
+from .train import cycle, evaluate, progress, train_epochs, train_iters
 
 
 @dataclass
@@ -269,7 +269,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     final_target = dense_cost / target.reduction
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
-    finetune_batches = _cycle(data.train) if real else None
+    finetune_batches = cycle(data.train) if real else None
     for s in range(start_step, schedule.steps):
         step_target = dense_cost / target.reduction ** ((s + 1) / schedule.steps)
         names = {id(m): n for n, m in model.named_modules()}
@@ -340,8 +340,3 @@ def _unreachable(target, dense, best):
 
 def _fmt(acc):
     return "n/a" if acc is None else f"{acc:.4f}"
-
-
-def _cycle(loader):
-    while True:
-        yield from loader

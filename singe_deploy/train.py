@@ -32,7 +32,8 @@ def evaluate(model, loader, limit=None):
     return correct / max(total, 1)
 
 
-def _cycle(loader):
+def cycle(loader):
+    """Batches from a loader forever (each pass is a new, seeded epoch)."""
     while True:
         yield from loader
 
@@ -51,7 +52,7 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
     """SGD for `iters` iterations over `loader` (cycled); returns the mean training loss."""
     if iters <= 0:
         return None
-    batches = batches if batches is not None else _cycle(loader)
+    batches = batches if batches is not None else cycle(loader)
     opt = make_optimizer(model, lr, weight_decay)
     model.train()
     total = 0.0

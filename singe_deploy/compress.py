@@ -23,7 +23,7 @@ from .errors import CheckFailed, UserError
 from .flops import CONVENTION, count
 from .importance import make_criterion
 from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
-from .prune import Schedule, Target, check_reachable, prune
+from .prune import Schedule, Target, check_reachable, in_window, prune
 from .train import evaluate, progress
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
@@ -154,7 +154,7 @@ def run(cfg, log=print):
     p = prepare(cfg, log)
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
     target, criterion = p["target"], p["criterion"]
-    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if p["data"].real else 0, cfg["lr"],
+    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
                         cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
     input_shape = [1] + list(shape)
     check_reachable(model, input_shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
@@ -230,9 +230,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
-    achieved = (dense_costs.macs / pruned_costs.macs if target.metric == "macs"
-                else dense_costs.params / pruned_costs.params)
-    hit = (1 / achieved) <= (1 / target.reduction) * 1.03 and (1 / achieved) >= (1 / target.reduction) * 0.9
+    before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
+    achieved = before / after
+    hit = in_window(after, before, target.reduction)
     if not hit:
         failures.append(f"target {target.metric} / {target.reduction:g} missed: got / {achieved:.3f}")
     rep = {

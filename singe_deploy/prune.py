@@ -72,7 +72,7 @@ class StepRecord:
 class PruneResult:
     model: torch.nn.Module
     steps: list = field(default_factory=list)
-    target_met: bool = True  # final cost <= dense / X * 1.03
+    target_met: bool = True  # see in_window
     finetune_seconds: float = 0.0  # the final fine-tuning
 
 
@@ -103,15 +103,21 @@ def measure(model, input_shape, metric):
 
 
 def measure_pruned(model, input_shape, metric):
-    """measure() of a freshly pruned model, whose forward pass must still run."""
+    """measure() of a freshly pruned model, whose forward pass must still run (counting MACs runs it)."""
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(input_shape))
+        if metric == "params":
+            with torch.no_grad():
+                model.eval()(torch.zeros(input_shape))
+        return measure(model, input_shape, metric)
     except Exception as e:
         raise UserError(f"pruning breaks this model's forward pass ({e.__class__.__name__}: {str(e)[:120]}): "
                         "it has static shapes (reshape sizes, head counts) that torch-pruning does not update; "
                         "keep those layers with --ignore-layers or prune another model") from None
-    return measure(model, input_shape, metric)
+
+
+def in_window(pruned, dense, reduction):
+    """The target counts as met when dense/X * 0.9 <= pruned <= dense/X * 1.03."""
+    return dense / reduction * 0.9 <= pruned <= dense / reduction * 1.03
 
 
 class Planner:
@@ -257,8 +263,11 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
-    {"params_reduction": X}. schedule: a Schedule or a dict of its fields. data: a `Data` (calibration batches, fine-tuning and evaluation) or None (scoring needs no data
-    and nothing is fine-tuned). on_step(step, model, records) is called after each step (to checkpoint).
+    {"params_reduction": X}. schedule: a Schedule or a dict of its fields. data: a `Data`
+    (calibration batches, fine-tuning and evaluation) or None (scoring needs no data and nothing is
+    fine-tuned). on_step(step, model, records, phase="prune") is called after each step and after
+    the final fine-tuning (phase "finetuned"), to checkpoint; start_step, history, finetuned and
+    dense_channels (the dict this run fills) resume from such a checkpoint.
     """
     target, schedule = as_target(target), as_schedule(schedule)
     shape = [1] + list(input_shape)[1:]
@@ -266,7 +275,6 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
     records = list(history or [])
     dense_cost = records[0]["dense"] if records else measure(model, shape, target.metric)
-    final_target = dense_cost / target.reduction
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
     finetune_batches = cycle(data.train) if real else None
@@ -310,7 +318,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         if on_step:
             on_step(schedule.steps, model, records, "finetuned")
     final = measure(model, shape, target.metric)
-    return PruneResult(model, records, final <= final_target * 1.03, finetune_seconds)
+    return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds)
 
 
 def check_reachable(model, input_shape, target, schedule, ignored_layers=None):

@@ -21,6 +21,12 @@ def _parser():
                        "check parity, measure latency and write a report. With no options it runs the demo: the "
                        "shipped builtin:resnet20 Fashion-MNIST baseline pruned to 2x fewer MACs.")
     add_arguments(c)
+    from . import flops_command
+
+    f = sub.add_parser("flops", help="MACs, params and other ops of a model, a pruned .pt or an .onnx file",
+                       description="Count MACs (multiply-accumulates), params and other ops per sample, per layer "
+                       "if asked, and with --onnx-check count them again from the exported ONNX graph.")
+    flops_command.add_arguments(f)
     return ap
 
 
@@ -35,6 +41,10 @@ def main(argv=None):
             from .config import resolve
 
             run(resolve(args))
+        elif args.command == "flops":
+            from .flops_command import run
+
+            return run(args)
         return 0
     except UserError as e:
         print(f"singe-deploy: error: {e}", file=sys.stderr)

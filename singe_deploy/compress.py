@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from . import bench, export, report
+from . import bench, export, onnx_flops, report
 from .config import to_yaml
 from .data import make_data
 from .errors import CheckFailed, UserError
-from .flops import CONVENTION, count
+from .flops import CONVENTION, compare, count
 from .importance import make_criterion
 from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
 from .prune import Schedule, Target, check_reachable, in_window, prune
@@ -226,7 +226,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
         f"{pruned_costs.params:,} params, accuracy {_fmt(pruned_acc)}")
 
     t = time.time()
-    exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log)
+    costs = {"dense": dense_costs, "pruned": pruned_costs}
+    exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs)
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
@@ -272,8 +273,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
     return rep, out
 
 
-def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
-    """Exports with parity against PyTorch, then latency of dense and pruned; returns (exports, latency, failures)."""
+def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs):
+    """Exports with parity against PyTorch and MACs counted again on the graph, then latency of dense and
+    pruned; returns (exports, latency, failures)."""
     exports, latency, failures = [], [], []
     batches = [x for x, _ in (data.val if data.real else data.train)][: cfg["parity_batches"]]
     save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
@@ -291,7 +293,15 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log):
             opset = export.check_onnx(path)
             runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
             q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
-            exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q})
+            g = compare(m, costs[variant], onnx_flops.count(path, input_shape))
+            graph = {k: g[k] for k in ("macs", "params", "macs_rel_diff", "macs_agree", "folded_norms",
+                                       "params_expected", "params_agree", "uncounted_ops")}
+            exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q,
+                            "graph_count": graph})
+            if not g["agree"]:
+                failures.append(f"{variant}.onnx graph MACs {g['macs']:,} differ from the model's "
+                                f"{costs[variant].macs:,} by {100 * g['macs_rel_diff']:+.3f}% "
+                                f"(layers: {', '.join(d['layer'] for d in g['layer_differences'][:5])})")
             bar.update()
             log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
                 f"{q['top1_agreement']:.4f} vs PyTorch")

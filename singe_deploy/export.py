@@ -12,12 +12,16 @@ import torch
 from .errors import CheckFailed, UserError
 
 
-def export_onnx(model, input_shape, path, opset=18):
-    """Export with a dynamic batch dimension; input 'input', output 'logits'."""
+def export_onnx(model, input_shape, path, opset=18, external_data=None):
+    """Export with a dynamic batch dimension; input 'input', output 'logits'. Weights go to a file beside
+    the graph when asked, or by default when they pass 1.5 GB (one ONNX file holds at most 2 GB)."""
     if opset < 18:
         raise UserError(f"--opset {opset} is too old for the dynamo exporter; use 18 or newer")
     model = model.eval()
-    example = torch.randn([2] + list(input_shape[-3:]))  # batch >= 2 so the batch stays dynamic
+    if external_data is None:
+        tensors = list(model.parameters()) + list(model.buffers())
+        external_data = sum(t.numel() * t.element_size() for t in tensors) > 1.5e9
+    example = torch.randn([2] + list(input_shape[1:]))  # batch >= 2 so the batch stays dynamic
     batch = torch.export.Dim("batch", min=1, max=4096)
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -27,7 +31,7 @@ def export_onnx(model, input_shape, path, opset=18):
             torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), report=False, verify=False,
-                              external_data=False)
+                              external_data=external_data)
         except Exception as e:
             raise CheckFailed(f"ONNX export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}") from None
     return path

@@ -7,7 +7,8 @@ Convention (also written into every report):
 - other_ops: one op per output element of every other computing op (norms, activations,
   elementwise adds, pooling); views and copies count zero. A BatchNorm folded into its conv at
   deploy time costs nothing, so other_ops is an upper bound for deployed models.
-- params: unique parameter elements (shared weights once); buffers are not parameters.
+- params: unique parameter elements (shared weights once); buffers are not parameters. unused_params:
+  those the counted forward never reads (auxiliary heads in eval mode); an export leaves them out.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ class Costs:
     other_ops: int
     input_shape: list
     layers: list = field(default_factory=list)
+    unused_params: int = 0  # params this forward never reads (e.g. auxiliary heads in eval mode)
     convention: str = CONVENTION
 
     def to_dict(self, per_layer=True):
@@ -109,8 +111,11 @@ class _Counter(TorchDispatchMode):
         super().__init__()
         self.stack = [""]
         self.macs, self.other = {}, {}
+        self.seen = set()  # ids of the tensors ops read: parameters never read are unused in this forward
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.update(id(a) for a in args if isinstance(a, torch.Tensor))
+        self.seen.update(id(a) for a in (kwargs or {}).values() if isinstance(a, torch.Tensor))
         out = func(*args, **(kwargs or {}))
         name = func.__name__.split(".")[0]
         where = self.stack[-1]
@@ -164,4 +169,78 @@ def count(model, input_shape):
             cin, cout = _channels(m)
             layers.append(Layer(name or "(model)", type(m).__name__, macs, other, own, cin, cout))
     params = sum(p.numel() for p in model.parameters())
-    return Costs(sum(counter.macs.values()), params, sum(counter.other.values()), shape, layers)
+    unused = sum(p.numel() for p in model.parameters() if id(p) not in counter.seen)
+    return Costs(sum(counter.macs.values()), params, sum(counter.other.values()), shape, layers, unused)
+
+
+def rolled(layers):
+    """Totals per module subtree: 'a.b' also counts into 'a' and into '' (the whole model)."""
+    out = {}
+    for name, value in layers.items():
+        parts = [] if name in ("", "(model)") else name.split(".")
+        for i in range(len(parts) + 1):
+            key = ".".join(parts[:i])
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def layer_differences(a, b):
+    """Deepest modules whose MACs differ between two {module: MACs} maps, where the difference reaches
+    the whole model (work moved between a module and its child, as fused attention does, is not listed)."""
+    ra, rb = rolled(a), rolled(b)
+    differ = {k for k in set(ra) | set(rb) if ra.get(k, 0) != rb.get(k, 0)}
+    out = []
+    for k in sorted(differ):
+        parts = k.split(".") if k else []
+        ancestors = all(".".join(parts[:i]) in differ for i in range(len(parts)))
+        deepest = not any(d != k and (d.startswith(k + ".") or (k == "" and d)) for d in differ)
+        if ancestors and deepest:
+            out.append({"layer": k or "(model)", "model": ra.get(k, 0), "onnx": rb.get(k, 0)})
+    return out
+
+
+def randomized(model):
+    """A copy with random, distinct weights and positive variances: the exporter then cannot merge equal
+    constants (fresh norms are all ones and zeros) and folding a norm leaves a real bias."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in list(m.parameters()) + [b for b in m.buffers() if b.is_floating_point()]:
+            t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) * 0.1 + 0.05)
+    return m
+
+
+def cross_check(model, costs, opset=18, tolerance=1e-3):
+    """Count `model` again from the ONNX graph of a randomized copy and compare (see `compare`)."""
+    import tempfile
+    from pathlib import Path
+
+    from . import onnx_flops
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(randomized(model), costs.input_shape, path, opset)
+        graph = onnx_flops.count(path, costs.input_shape)
+    return compare(model, costs, graph, tolerance)
+
+
+def compare(model, costs, graph, tolerance=1e-3):
+    """The model counter's Costs against an ONNX GraphCosts of the same model. MACs agree within
+    `tolerance`; params are expected to differ by exactly the params the forward never reads and the
+    norms the exporter folded into convs (their weight and bias go, the conv gains a bias if it had none)."""
+    modules = dict(model.named_modules())
+    folded = sum(p.numel() for norm, _ in graph.folded_norms if norm in modules for p in modules[norm].parameters())
+    bias = sum(getattr(modules.get(conv), "out_channels", 0) for _, conv in graph.folded_norms
+               if conv in modules and getattr(modules[conv], "bias", 0) is None)
+    expected = costs.params - costs.unused_params - folded + bias
+    rel = (graph.macs - costs.macs) / costs.macs if costs.macs else float(graph.macs != 0)
+    ours = {l.name: l.macs for l in costs.layers if l.macs}
+    result = dict(graph.to_dict(), macs_rel_diff=rel, macs_agree=abs(rel) <= tolerance,
+                  params_expected=expected, params_agree=graph.params == expected,
+                  folded_params=folded, added_biases=bias,
+                  layer_differences=layer_differences(ours, graph.layers))
+    result["agree"] = result["macs_agree"] and not graph.uncounted
+    return result

@@ -169,7 +169,7 @@ def read_checkpoint(path, trust=False):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if not trust and "weights_only" in str(e):
+        if not trust and "Unsupported global" in str(e):  # a class or function to import: pickled code
             raise UserError(f"checkpoint {path} holds pickled code, not just tensors; if you trust the "
                             "file, pass --trust-checkpoint (it runs that code)") from None
         raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); save it again with "

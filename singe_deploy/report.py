@@ -95,13 +95,15 @@ def markdown(r):
                          f"{x['std_ms']:.3f} | {x['throughput_per_s']:.1f} | {speed} |")
         lines.append("")
     if r.get("exports"):
-        lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement |",
-                  "|---|---|---|---|---:|---:|"]
+        lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
+                  "MACs counted on the graph |", "|---|---|---|---|---:|---:|---:|"]
         for e in r["exports"]:
-            q = e["parity"]
+            q, g = e["parity"], e.get("graph_count")
+            graph = f"{g['macs']:,} ({100 * g['macs_rel_diff']:+.3f}%)" if g else ""
             lines.append(f"| {e['format']} | {e.get('variant', '')} | {e['path']} | {q['reference']} | "
-                         f"{q['max_abs_diff']:.2e} | {q['top1_agreement']:.4f} |")
-        lines.append("")
+                         f"{q['max_abs_diff']:.2e} | {q['top1_agreement']:.4f} | {graph} |")
+        lines += ["", "The graph count is an independent check of the MACs above: Conv, ConvTranspose, Gemm and "
+                  "MatMul read from the exported ONNX graph with shapes inferred (`singe-deploy flops FILE.onnx`).", ""]
     layers = r.get("layers", [])
     if layers:
         lines += ["## Channels per layer", "", "| layer | type | in (dense → pruned) | out (dense → pruned) | "

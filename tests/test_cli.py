@@ -30,7 +30,7 @@ def _bad(tmp_path, capsys, argv):
 
 def _files(tmp_path):
     torch.save(build_model("builtin:resnet56", 10, 1).state_dict(), tmp_path / "r56.pt")
-    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    (tmp_path / "broken.pt").write_bytes(b"\x00garbage")
     (tmp_path / "bad.yaml").write_text("steps: [\n")
     (tmp_path / "unknown.yaml").write_text("learning_rate: 0.1\n")
 
@@ -40,7 +40,7 @@ CASES = [
     (["--model", "builtin:resnet21"], "unknown builtin"),
     (["--model", "torchvision:resnet51", "--data", "synthetic"], "unknown torchvision model"),
     (["--checkpoint", "{tmp}/missing.pt"], "does not exist"),
-    (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt"),
+    (["--checkpoint", "{tmp}/broken.pt"], "is corrupt"),
     (["--checkpoint", "{tmp}/r56.pt"], "does not fit"),
     (["--criterion", "magnitude"], "must be one of"),
     (["--macs-reduction", "1"], "must be > 1"),
@@ -106,6 +106,8 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     assert 0 <= p["accuracy"] <= 1 and len(report["steps"]) == 2
     assert {e["format"] for e in report["exports"]} == {"onnx", "torch"}
     assert all(e["parity"]["max_abs_diff"] < 1e-3 for e in report["exports"])
+    graph = {e["variant"]: e["graph_count"] for e in report["exports"] if e["format"] == "onnx"}
+    assert graph["dense"]["macs"] == d["macs"] and graph["pruned"]["macs"] == p["macs"]  # counted twice, agreeing
     assert {(x["variant"], x["batch_size"]) for x in report["latency"]} == {("dense", 1), ("pruned", 1)}
     for f in ("report.md", "config.yaml", "dense.onnx", "pruned.onnx", "pruned.pt"):
         assert (out / f).is_file(), f

@@ -1,9 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from singe_deploy.flops import count
+from singe_deploy.flops import count, layer_differences, rolled
 
 
 def _macs(model, shape):
@@ -73,3 +74,56 @@ def test_count_is_per_sample_and_restores_mode():
     m.train()
     assert count(m, (1, 3)).macs == count(m, (5, 3)).macs == 6
     assert m.training
+
+
+# one model per family that a counter can get wrong: plain, depthwise, squeeze-excite, concat, grouped,
+# attention (fused MultiheadAttention) and windowed attention (functional matmul)
+ZOO = ["resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "resnext50_32x4d", "vit_b_16", "swin_t"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_torchvision_zoo_matches_the_published_figures(name):
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    size = weights.transforms().crop_size[0]
+    with torch.device("meta"):  # shapes only: no compute, no memory for activations
+        model = torchvision.models.get_model(name)
+    c = count(model, (1, 3, size, size))
+    published = weights.meta["_ops"]  # torchvision's "GFLOPS" are MACs, 3 decimals
+    assert abs(c.macs / (published * 1e9) - 1) < 0.005
+    assert c.params == weights.meta["num_params"]
+
+
+def test_grouped_transposed_conv_and_interpolate():
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, groups=2)
+
+        def forward(self, x):
+            return F.interpolate(self.up(x), scale_factor=2, mode="bilinear")
+
+    c = count(Up(), (1, 8, 5, 5))
+    assert c.macs == 8 * 25 * (4 // 2) * 16  # each input element meets out/groups x kernel weights
+    assert c.other_ops >= 4 * 20 * 20  # interpolation is not free: one op per output element at least
+
+
+def test_layer_differences_list_real_differences_only():
+    ours = {"blocks.0.attn": 30, "blocks.0.fc": 10, "head": 5}
+    moved = {"blocks.0.attn": 20, "blocks.0.attn.out_proj": 10, "blocks.0.fc": 10, "head": 5}
+    assert layer_differences(ours, moved) == []
+    wrong = dict(moved, head=7)
+    assert layer_differences(ours, wrong) == [{"layer": "head", "model": 5, "onnx": 7}]
+    assert rolled(ours)[""] == 45 and rolled(ours)["blocks"] == 40
+
+
+def test_params_the_forward_never_reads_are_reported():
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Linear(4, 3), nn.Linear(4, 7)
+
+        def forward(self, x):
+            return self.body(x) + (self.aux(x).sum() if self.training else 0)
+
+    c = count(Aux(), (1, 4))
+    assert c.params == 15 + 35 and c.unused_params == 35

@@ -19,8 +19,8 @@ import torch
 from . import bench, export, onnx_flops, report
 from .config import to_yaml
 from .data import make_data
-from .errors import CheckFailed, UserError
-from .flops import CONVENTION, compare, count
+from .errors import CheckFailed, UserError, first_line
+from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
 from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
 from .prune import Schedule, Target, check_reachable, in_window, prune
@@ -122,8 +122,7 @@ def check_forward(model, spec, shape, classes):
     try:
         out = model(torch.zeros((1,) + tuple(shape)))
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({msg}); "
+        raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({first_line(e)}); "
                         "pass an --input-shape the model takes") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(f"{spec} must return (batch, classes) logits; it returned "
@@ -153,7 +152,7 @@ def run(cfg, log=print):
     t_start = time.time()
     p = prepare(cfg, log)
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
-    target, criterion = p["target"], p["criterion"]
+    target = p["target"]
     schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
                         cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
     input_shape = [1] + list(shape)
@@ -299,12 +298,11 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q,
                             "graph_count": graph})
             if not g["agree"]:
-                failures.append(f"{variant}.onnx graph MACs {g['macs']:,} differ from the model's "
-                                f"{costs[variant].macs:,} by {100 * g['macs_rel_diff']:+.3f}% "
-                                f"(layers: {', '.join(d['layer'] for d in g['layer_differences'][:5])})")
+                failures.append(f"{variant}.onnx: {disagreement(g)}")
             bar.update()
             log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
-                f"{q['top1_agreement']:.4f} vs PyTorch")
+                f"{q['top1_agreement']:.4f} vs PyTorch; graph MACs {g['macs']:,} "
+                f"({'agree' if g['agree'] else 'DIFFER'}: {100 * g['macs_rel_diff']:+.3f}%)")
     else:
         for variant, m in variants.items():
             runners[variant] = bench.Torch(_clone(m), cfg["device"], cfg["threads"])

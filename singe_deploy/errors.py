@@ -11,3 +11,9 @@ class CheckFailed(Exception):
     """A parity check or a budget did not hold."""
 
     exit_code = 1
+
+
+def first_line(e, limit=160):
+    """An exception's first line, for one-line error messages."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else e.__class__.__name__)[:limit]

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import CheckFailed, UserError
+from .errors import CheckFailed, UserError, first_line
 
 
 def export_onnx(model, input_shape, path, opset=18, external_data=None):
@@ -33,7 +33,7 @@ def export_onnx(model, input_shape, path, opset=18, external_data=None):
                               dynamic_shapes=({0: batch},), report=False, verify=False,
                               external_data=external_data)
         except Exception as e:
-            raise CheckFailed(f"ONNX export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}") from None
+            raise CheckFailed(f"ONNX export failed: {e.__class__.__name__}: {first_line(e, 200)}") from None
     return path
 
 
@@ -45,7 +45,7 @@ def check_onnx(path):
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise CheckFailed(f"{path} fails the ONNX checker: {str(e).splitlines()[0][:200]}") from None
+        raise CheckFailed(f"{path} fails the ONNX checker: {first_line(e, 200)}") from None
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

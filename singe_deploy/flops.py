@@ -244,3 +244,16 @@ def compare(model, costs, graph, tolerance=1e-3):
                   layer_differences=layer_differences(ours, graph.layers))
     result["agree"] = result["macs_agree"] and not graph.uncounted
     return result
+
+
+def disagreement(check, where=None):
+    """One line saying how a `compare` result disagrees; `where` says where the layers are listed."""
+    parts = []
+    if not check["macs_agree"]:
+        layers = check["layer_differences"]
+        named = where or ", ".join(d["layer"] for d in layers[:5]) + (" ..." if len(layers) > 5 else "")
+        parts.append(f"ONNX graph MACs {check['macs']:,} differ from the model's by {100 * check['macs_rel_diff']:+.3f}% "
+                     f"(> 0.1%) in {len(layers)} layer(s): {named}")
+    if check["uncounted_ops"]:
+        parts.append(f"the graph has MAC ops this counter does not read: {', '.join(check['uncounted_ops'][:5])}")
+    return "; ".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import CheckFailed, UserError
+from .errors import CheckFailed, UserError, first_line
 
 
 def add_arguments(p):
@@ -63,16 +63,13 @@ def run(args):
                       convention=onnx_flops.CONVENTION, **graph.to_dict(args.per_layer))
         print(json.dumps(result, indent=1) if args.json else text_onnx(result))
         return 0
-    from .flops import count, cross_check
+    from .flops import count, cross_check, disagreement
 
     model, shape = load(args.spec, shape, args.num_classes)
     try:
         costs = count(model, shape)
-    except UserError:
-        raise
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{args.spec} fails on input shape {','.join(map(str, shape))} ({msg}); "
+        raise UserError(f"{args.spec} fails on input shape {','.join(map(str, shape))} ({first_line(e)}); "
                         "pass an --input-shape the model takes") from None
     result = dict(spec=args.spec, source="model", flops=2 * costs.macs, **costs.to_dict(args.per_layer))
     if args.per_layer:
@@ -80,23 +77,11 @@ def run(args):
             layer["share"] = layer["macs"] / costs.macs if costs.macs else 0.0
     if args.onnx_check:
         result["onnx"] = cross_check(model, costs)
-        if not args.per_layer:
-            result["onnx"].pop("layers", None)
     print(json.dumps(result, indent=1) if args.json else text(result))
     check = result.get("onnx")
     if check and not check["agree"]:
-        raise CheckFailed(_disagreement(check))
+        raise CheckFailed(disagreement(check, "listed above"))
     return 0
-
-
-def _disagreement(check):
-    parts = []
-    if not check["macs_agree"]:
-        parts.append(f"ONNX graph MACs {check['macs']:,} differ from the model's by {100 * check['macs_rel_diff']:+.3f}% "
-                     f"(> 0.1%) in {len(check['layer_differences'])} layer(s), listed above")
-    if check["uncounted_ops"]:
-        parts.append(f"the graph has MAC ops this counter does not read: {', '.join(check['uncounted_ops'][:5])}")
-    return "; ".join(parts)
 
 
 def _n(v):

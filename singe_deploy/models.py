@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .builtin.resnet_cifar import resnet20, resnet56
-from .errors import UserError
+from .errors import UserError, first_line
 
 BUILTINS = {"resnet20": resnet20, "resnet56": resnet56}
 PRUNED_FORMAT = "singe-deploy/pruned-model/v1"
@@ -172,16 +172,11 @@ def read_checkpoint(path, trust=False):
         if not trust and "Unsupported global" in str(e):  # a class or function to import: pickled code
             raise UserError(f"checkpoint {path} holds pickled code, not just tensors; if you trust the "
                             "file, pass --trust-checkpoint (it runs that code)") from None
-        raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); save it again with "
+        raise UserError(f"checkpoint {path} is corrupt ({first_line(e)}); save it again with "
                         "torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"checkpoint {path} is corrupt ({_first_line(e)}); save it again with "
+        raise UserError(f"checkpoint {path} is corrupt ({first_line(e)}); save it again with "
                         "torch.save(model.state_dict(), path)") from None
-
-
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return (text[0] if text else e.__class__.__name__)[:160]
 
 
 def state_dict_of(obj, path):

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 CONVENTION = ("MACs per sample (batch 1) from the graph: Conv = output elements x input channels per group x "
               "kernel elements; ConvTranspose = input elements x output channels per group x kernel elements; "
@@ -115,7 +115,7 @@ def _with_static_shapes(model, shape):
     try:
         return onnx.shape_inference.infer_shapes(copy, data_prop=True)
     except Exception as e:
-        raise UserError(f"ONNX shape inference failed ({str(e).splitlines()[0][:160]}); "
+        raise UserError(f"ONNX shape inference failed ({first_line(e)}); "
                         "check the graph with onnx.checker") from None
 
 
@@ -154,7 +154,7 @@ def _run_shapes(model, shape, names, folder=None):
         dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(first.type, np.float32)
         outs = sess.run(names, {first.name: np.zeros(shape, dtype)})
     except Exception as e:
-        raise UserError(f"running the graph to read its shapes failed ({str(e).splitlines()[0][:160]}); "
+        raise UserError(f"running the graph to read its shapes failed ({first_line(e)}); "
                         "check it with onnx.checker and --input-shape") from None
     return {n: list(o.shape) for n, o in zip(names, outs)}
 
@@ -199,33 +199,32 @@ def einsum_macs(equation, shapes):
     return math.prod(sizes.values())
 
 
+def _scopes(node):
+    """The module path the torch exporter recorded for a node: ['', 'layer1', 'layer1.0', ..., op]."""
+    text = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    try:
+        scopes = ast.literal_eval(text) if text else []
+    except (ValueError, SyntaxError):
+        return []
+    return scopes if isinstance(scopes, list) else []
+
+
 def _module(node, weight_names):
     """The PyTorch module a node came from: its weight's owner, else the exporter's name scope."""
     for name in node.input[1:2]:
         if name in weight_names and name.endswith(".weight"):
             return name[: -len(".weight")]
-    for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                break
-            if len(scopes) >= 2:
-                return scopes[-2] or "(model)"
+    scopes = _scopes(node)
+    if len(scopes) >= 2:
+        return scopes[-2] or "(model)"
     return node.name or node.output[0]
 
 
 def _folded(node):
     """Name of a norm module the exporter folded into this conv, if any."""
     rules = next((p.value for p in node.metadata_props if p.key == "pkg.onnxscript.rewriter.rule_name"), "")
-    if "FuseBatchNorm" not in rules:
-        return None
-    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-    try:
-        scopes = ast.literal_eval(scopes) if scopes else []
-    except (ValueError, SyntaxError):
-        return None
-    return scopes[-2] if len(scopes) >= 2 else None
+    scopes = _scopes(node)
+    return scopes[-2] if "FuseBatchNorm" in rules and len(scopes) >= 2 else None
 
 
 def count(model_or_path, shape=None):

@@ -210,3 +210,18 @@ def test_a_failed_parity_check_exits_1_and_still_writes_the_output(tmp_path, cap
     assert code == 1 and "parity" in err and len(err.strip().splitlines()) == 1
     report = json.loads((out / "report.json").read_text())
     assert report["checks"]["passed"] is False and report["checks"]["failures"]
+
+
+def test_graph_macs_that_disagree_with_the_model_exit_1(tmp_path, capsys, monkeypatch):
+    from singe_deploy import onnx_flops
+
+    real = onnx_flops.node_macs
+    monkeypatch.setattr(onnx_flops, "node_macs", lambda n, s: real(n, s) * (3 if "stem.weight" in n.input else 1))
+    out = tmp_path / "g"
+    code = main(["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--round-to", "1",
+                 "--model", "tests/conftest.py:tiny_factory", "--input-shape", "1,1,12,12"] + FAST)
+    err = capsys.readouterr().err
+    assert code == 1 and "graph MACs" in err and "stem" in err, err
+    report = json.loads((out / "report.json").read_text())
+    failures = report["checks"]["failures"]
+    assert len(failures) == 2 and all("in 1 layer(s): stem" in f for f in failures)

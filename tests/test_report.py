@@ -6,7 +6,7 @@ import pytest
 from singe_deploy.errors import CheckFailed
 from singe_deploy.report import markdown, schema, validate
 
-from .conftest import ROOT, SHARED
+from .conftest import SHARED
 
 
 def _minimal():

@@ -45,3 +45,10 @@ def test_markdown_shows_costs_latency_and_speedup():
     assert "| MACs | 10 | 5 | 0.500 |" in md
     assert "2.00x" in md  # pruned 0.5 ms vs dense 1.0 ms
     assert "n/a" in md  # accuracy of a latency-only run
+
+
+def test_markdown_shows_the_graph_count_beside_parity():
+    r = _minimal()
+    r["exports"][0]["graph_count"] = {"macs": 5, "macs_rel_diff": 0.0}
+    line = next(l for l in markdown(r).splitlines() if l.startswith("| onnx |"))
+    assert line.rstrip().endswith("| 5 (+0.000%) |")

@@ -1,8 +1,12 @@
 """Latency backends behind one small interface, and the measurement loop.
 
-A backend has `name`, `device`, `infer(x: np.ndarray) -> np.ndarray` and `info()`. `measure`
-times any backend the same way trtexec does: warm-up by time and count, then at least
+A backend has `name`, `device`, `infer(x: np.ndarray) -> np.ndarray` and `info()`. Backends that run on
+a GPU also have `stream`, `prepare(x)` (copy the input to device buffers) and `launch()` (enqueue compute
+on the stream), so that `measure` times compute alone with CUDA events and host-device copies apart.
+`measure` times any backend the same way trtexec does: warm-up by time and count, then at least
 `min_iters` iterations and at least `min_seconds`, reporting median/p90/p99/mean/std and throughput.
+Backends: onnxruntime (CPU or CUDA provider), torch (CPU, CUDA eager, CUDA graph replay), and
+tensorrt (singe_deploy.trt.TensorRT).
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import time
 
 import numpy as np
 import torch
+
+from .errors import UserError
 
 
 def default_threads():
@@ -37,6 +43,9 @@ class OnnxRuntime:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        if providers[0] not in ort.get_available_providers():  # else onnxruntime falls back to the CPU
+            raise UserError(f"onnxruntime here has no {providers[0]} (it has {', '.join(ort.get_available_providers())}); "
+                            "pip install onnxruntime-gpu or use the cpu provider")
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
         self.device = provider
@@ -53,44 +62,80 @@ class OnnxRuntime:
 class Torch:
     name = "torch"
 
-    def __init__(self, model, device="cpu", threads=None):
+    def __init__(self, model, device="cpu", threads=None, cuda_graph=False):
         self.model = model.eval().to(device)
         self.device = device
         self.threads = threads or torch.get_num_threads()
+        self.cuda_graph = cuda_graph and device == "cuda"
+        if device == "cuda":
+            self.stream = torch.cuda.Stream()
+        self._graph, self._x, self._out = None, None, None
 
     @torch.inference_mode()
     def infer(self, x):
-        t = torch.as_tensor(x, device=self.device)
-        out = self.model(t)
-        if self.device != "cpu":
-            torch.cuda.synchronize()
-        return out.float().cpu().numpy()
+        if self.device == "cpu":
+            return self.model(torch.as_tensor(x)).float().numpy()
+        self.prepare(x)
+        self.launch()
+        self.stream.synchronize()
+        return self._out.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def prepare(self, x):
+        x = torch.as_tensor(x)
+        if self._x is None or self._x.shape != x.shape:
+            self._x = torch.empty(x.shape, dtype=x.dtype, device=self.device)
+            self._graph = None
+        with torch.cuda.stream(self.stream):
+            self._x.copy_(x, non_blocking=False)
+        if self.cuda_graph and self._graph is None:  # capture once per input shape, after a warm-up run
+            with torch.cuda.stream(self.stream):
+                self.model(self._x)
+            self.stream.synchronize()
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, stream=self.stream):
+                self._out = self.model(self._x)
+
+    @torch.inference_mode()
+    def launch(self):
+        with torch.cuda.stream(self.stream):  # replay too runs on the current stream
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._out = self.model(self._x)
 
     def info(self):
-        return {"backend": self.name, "version": torch.__version__, "threads": self.threads}
+        return {"backend": self.name, "version": torch.__version__, "threads": self.threads,
+                "cuda_graph": self.cuda_graph}
+
+
+def gpu_info():
+    """The GPU, driver and clocks, for reports (nvidia-smi where present)."""
+    if not torch.cuda.is_available():
+        return None
+    info = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+    try:
+        import subprocess
+
+        fields = "driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.limit"
+        line = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        info.update(dict(zip(["driver", "sm_clock_mhz", "mem_clock_mhz", "max_sm_clock_mhz", "power_limit_w"],
+                             [v.strip() for v in line.split(",")])))
+    except (OSError, ValueError):
+        pass
+    return info
 
 
 def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters=10, min_iters=50,
             min_seconds=2.0, seed=0):
-    """Latency statistics of backend.infer on random inputs of (batch_size, *input_shape[-3:])."""
-    x = np.random.default_rng(seed).standard_normal([batch_size] + list(input_shape[-3:])).astype(np.float32)
-    threads = getattr(backend, "threads", None)
-    previous = torch.get_num_threads()
-    if backend.name == "torch" and threads:
-        torch.set_num_threads(threads)
-    try:
-        start, warm = time.perf_counter(), 0
-        while warm < warmup_iters or time.perf_counter() - start < warmup_seconds:
-            backend.infer(x)
-            warm += 1
-        times, begin = [], time.perf_counter()
-        while len(times) < min_iters or time.perf_counter() - begin < min_seconds:
-            t0 = time.perf_counter()
-            backend.infer(x)
-            times.append((time.perf_counter() - t0) * 1000)
-        wall = time.perf_counter() - begin
-    finally:
-        torch.set_num_threads(previous)
+    """Latency statistics of a backend on random inputs of (batch_size, *input_shape[1:])."""
+    x = np.random.default_rng(seed).standard_normal([batch_size] + list(input_shape[1:])).astype(np.float32)
+    if backend.device != "cpu" and hasattr(backend, "launch"):
+        times, warm, wall, extra = _timed_on_gpu(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
+    else:
+        times, warm, wall, extra = _timed_on_host(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
     ms = np.asarray(times)
     mean = float(ms.mean())
     return {
@@ -98,5 +143,57 @@ def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters
         "iterations": len(times), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
         "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": mean,
         "std_ms": float(ms.std()), "cv": float(ms.std() / mean) if mean else 0.0,
-        "throughput_per_s": len(times) * batch_size / wall, "threads": threads,
+        "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None), **extra,
     }
+
+
+def _loop(step, warmup_seconds, warmup_iters, min_iters, min_seconds):
+    start, warm = time.perf_counter(), 0
+    while warm < warmup_iters or time.perf_counter() - start < warmup_seconds:
+        step(False)
+        warm += 1
+    times, begin = [], time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - begin < min_seconds:
+        times.append(step(True))
+    return times, warm, time.perf_counter() - begin
+
+
+def _timed_on_host(backend, x, *limits):
+    threads = getattr(backend, "threads", None)
+    previous = torch.get_num_threads()
+    if backend.name == "torch" and threads:
+        torch.set_num_threads(threads)
+
+    def step(_):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        return (time.perf_counter() - t0) * 1000
+
+    try:
+        times, warm, wall = _loop(step, *limits)
+    finally:
+        torch.set_num_threads(previous)
+    return times, warm, wall, {"timer": "host clock, input and output copies included"}
+
+
+def _timed_on_gpu(backend, x, *limits):
+    """Compute alone, timed with CUDA events on the backend's stream; copies measured apart."""
+    stream = backend.stream
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    backend.prepare(x)
+
+    def step(_):
+        start.record(stream)
+        backend.launch()
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    times, warm, wall = _loop(step, *limits)
+    copies = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        copies.append((time.perf_counter() - t0) * 1000)
+    return times, warm, wall, {"timer": "CUDA events around compute on a dedicated stream",
+                               "with_copies_median_ms": float(np.median(copies)), "gpu": gpu_info()}

@@ -70,8 +70,7 @@ def check_target(cfg):
             missing.append("the tensorrt Python package")
         if missing:
             raise UserError(f"--target trt needs {' and '.join(missing)}, not found here; run it on a TensorRT "
-                            "machine (pip install singe-deploy[trt]) or use --target onnx")
-        raise UserError("--target trt is not implemented yet in this version; use --target onnx or torch")
+                            "machine (pip install 'singe-deploy[trt]'; JetPack on Jetson) or use --target onnx")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda needs a CUDA GPU and none was found; use --device cpu")
 
@@ -266,7 +265,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
-    log(f"wrote {out}/ (report.md, report.json, pruned.pt{', dense.onnx, pruned.onnx' if cfg['target'] == 'onnx' else ''})")
+    files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
+    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '')})")
     if failures:
         raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
     return rep, out
@@ -283,9 +283,9 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)")
     exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
     runners = {}
-    bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] == "onnx" else 0),
+    bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] in ("onnx", "trt") else 0),
                    desc="export and latency", unit="task")
-    if cfg["target"] == "onnx":
+    if cfg["target"] in ("onnx", "trt"):
         for variant, m in variants.items():
             path = work / f"{variant}.onnx"
             export.export_onnx(m, input_shape, path, cfg["opset"])
@@ -303,14 +303,17 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
                 f"{q['top1_agreement']:.4f} vs PyTorch; graph MACs {g['macs']:,} "
                 f"({'agree' if g['agree'] else 'DIFFER'}: {100 * g['macs_rel_diff']:+.3f}%)")
-    else:
+    if cfg["target"] == "trt":
+        runners = _engines(cfg, variants, input_shape, batches, work, exports, log)
+    elif cfg["target"] == "torch":
         for variant, m in variants.items():
-            runners[variant] = bench.Torch(_clone(m), cfg["device"], cfg["threads"])
+            runners[variant] = bench.Torch(_clone(m), cfg["device"], cfg["threads"], cfg["cuda_graph"])
     for e in exports:
         q = e["parity"]
-        if q["max_abs_diff"] > cfg["parity_atol"] or q["top1_agreement"] < cfg["parity_top1"]:
+        atol = e.get("atol", cfg["parity_atol"])
+        if q["max_abs_diff"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
             failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e} "
-                            f"(<= {cfg['parity_atol']:g}), top-1 {q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
+                            f"(<= {atol:g}), top-1 {q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
     for batch in cfg["batch_sizes"]:
         for variant, runner in runners.items():
             stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
@@ -324,6 +327,32 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             f"pruned {pr:.3f} ms, {d / pr:.2f}x{note}")
     bar.close()
     return exports, latency, failures
+
+
+def _engines(cfg, variants, input_shape, batches, work, exports, log):
+    """TensorRT engines for dense and pruned, each checked against PyTorch; returns their runners."""
+    from . import trt
+
+    version = trt.major(trt.import_trt())
+    plan = trt.precision_plan(version, cfg["trt_precision"], cfg["trt_tf32"])
+    sizes = sorted(cfg["batch_sizes"])
+    profile = trt.Profile(sizes[0], sizes[len(sizes) // 2], sizes[-1]).check()
+    atol = trt.tolerance(cfg["trt_precision"], cfg["parity_atol"])
+    runners = {}
+    for variant, m in variants.items():
+        onnx_path = work / f"{variant}.onnx"
+        if plan["fp16_graph"]:  # TensorRT 11 is strongly typed: fp16 comes from an fp16 graph
+            onnx_path = trt.export_for(m, input_shape, work / f"{variant}.fp16.onnx", plan, cfg["opset"])
+        engine = work / f"{variant}.engine"
+        record = trt.build_engine(onnx_path, engine, input_shape, cfg["trt_precision"], cfg["trt_tf32"], profile,
+                                  cfg["trt_workspace_gb"], cfg["trt_timing_cache"], log)
+        runners[variant] = trt.TensorRT(engine)
+        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
+        exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
+                        "engine": record})
+        log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e} (<= {atol:g}), top-1 agreement "
+            f"{q['top1_agreement']:.4f} vs PyTorch")
+    return runners
 
 
 def _clone(model):

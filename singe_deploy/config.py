@@ -55,8 +55,14 @@ OPTIONS = [
     Option("ignore_layers", "strs", None, "module names never pruned (the classifier always is)"),
     Option("target", "str", "onnx", "deployment target", ("onnx", "torch", "trt")),
     Option("device", "str", "cpu", "device for torch-target latency", ("cpu", "cuda")),
+    Option("cuda_graph", "bool", False, "torch target on cuda: time CUDA-graph replay instead of eager"),
+    Option("trt_precision", "str", "fp32", "TensorRT engine precision", ("fp32", "fp16")),
+    Option("trt_tf32", "bool", True, "TensorRT fp32 engines may use TF32 tensor cores (recorded in the report)"),
+    Option("trt_workspace_gb", "float", 4.0, "TensorRT builder workspace limit in GiB"),
+    Option("trt_timing_cache", "str", None, "TensorRT timing cache file, read and updated (speeds up rebuilds)"),
     Option("opset", "int", 18, "ONNX opset (>= 18)"),
-    Option("batch_sizes", "ints", [1], "latency batch sizes, e.g. 1,8"),
+    Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
+           "the TensorRT profile spans them"),
     Option("threads", "int", None, "onnxruntime/torch threads for latency (default: physical cores)"),
     Option("latency_iters", "int", 50, "at least this many timed iterations"),
     Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
@@ -223,6 +229,12 @@ def validate(cfg):
         raise UserError(f"--input-shape must be 1,C,H,W (4 numbers), got {','.join(map(str, cfg['input_shape']))}")
     if cfg["target"] == "trt" and cfg["round_to"] is None:
         cfg["round_to"] = 8
+    if cfg["cuda_graph"] and not (cfg["target"] == "torch" and cfg["device"] == "cuda"):
+        raise UserError("--cuda-graph times CUDA-graph replay of the torch target; add --target torch --device cuda")
+    if cfg["batch_sizes"] is None:
+        cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
+    if cfg["trt_workspace_gb"] <= 0:
+        raise UserError(f"--trt-workspace-gb must be > 0, got {cfg['trt_workspace_gb']:g}")
     return cfg
 
 

@@ -12,7 +12,7 @@ import torch
 from .errors import CheckFailed, UserError, first_line
 
 
-def export_onnx(model, input_shape, path, opset=18, external_data=None):
+def export_onnx(model, input_shape, path, opset=18, external_data=None, dtype="float32"):
     """Export with a dynamic batch dimension; input 'input', output 'logits'. Weights go to a file beside
     the graph when asked, or by default when they pass 1.5 GB (one ONNX file holds at most 2 GB)."""
     if opset < 18:
@@ -21,7 +21,7 @@ def export_onnx(model, input_shape, path, opset=18, external_data=None):
     if external_data is None:
         tensors = list(model.parameters()) + list(model.buffers())
         external_data = sum(t.numel() * t.element_size() for t in tensors) > 1.5e9
-    example = torch.randn([2] + list(input_shape[1:]))  # batch >= 2 so the batch stays dynamic
+    example = torch.randn([2] + list(input_shape[1:]), dtype=getattr(torch, dtype))  # batch >= 2: stays dynamic
     batch = torch.export.Dim("batch", min=1, max=4096)
     sink = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -42,6 +42,8 @@ def environment(threads=None):
         env[mod] = getattr(m, "__version__", "unknown")
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+    if "tensorrt" in sys.modules:  # only when a trt target loaded it
+        env["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "unknown")
     return env
 
 
@@ -93,7 +95,8 @@ def markdown(r):
             lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x['batch_size']} | "
                          f"{x['median_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['mean_ms']:.3f} | "
                          f"{x['std_ms']:.3f} | {x['throughput_per_s']:.1f} | {speed} |")
-        lines.append("")
+        lines += ["", f"Beside the speedups: the pruned model has {d['macs'] / max(p['macs'], 1):.2f}x fewer MACs. "
+                  f"Timer: {r['latency'][0].get('timer', 'host clock')}.", ""]
     if r.get("exports"):
         lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
                   "MACs counted on the graph |", "|---|---|---|---|---:|---:|---:|"]

@@ -56,6 +56,8 @@ CASES = [
     (["--target", "trt"], "--target trt needs"),
     (["--target", "torch", "--device", "cuda"], "CUDA"),
     (["--ignore-layers", "nope"], "does not have"),
+    (["--cuda-graph"], "--cuda-graph times"),
+    (["--trt-precision", "int8"], "must be one of"),
 ]
 
 

@@ -53,3 +53,14 @@ def test_measure_follows_the_schema_fields(report_schema):
     assert stats["iterations"] >= 5 and stats["warmup"] >= 2
     assert stats["p99_ms"] >= stats["p90_ms"] >= stats["median_ms"] > 0
     assert stats["throughput_per_s"] > 0 and stats["batch_size"] == 2
+
+
+def test_a_missing_onnxruntime_provider_is_bad_input_not_a_silent_cpu_run(tmp_path):
+    import onnxruntime as ort
+
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    export_onnx(build_model("builtin:resnet20", 10, 1), (1, 1, 28, 28), tmp_path / "m.onnx")
+    with pytest.raises(UserError, match="no CUDAExecutionProvider"):
+        OnnxRuntime(tmp_path / "m.onnx", provider="cuda")

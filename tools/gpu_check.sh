@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One script for a GPU machine (any NVIDIA GPU with CUDA PyTorch): the gpu-marked tests, then
+# compress of torchvision:resnet50 (synthetic 224x224, 2x fewer MACs) with the best GPU target there
+# (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio.
+#   tools/gpu_check.sh [OUT_DIR]      about 3-6 minutes on one H100
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-/tmp}/gpu_check}"
+python -m pip install -q -e '.[test]' 2>/dev/null || python -m pip install -q --no-deps -e .
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+python -m pytest -q -m gpu -rs tests
+if python -c "import tensorrt" 2>/dev/null; then target=(--target trt); else target=(--target torch --device cuda); fi
+echo "target: ${target[*]}"
+rm -rf "$out"
+singe-deploy compress --model torchvision:resnet50 --data synthetic --input-shape 1,3,224,224 --criterion l1 \
+  --macs-reduction 2 --steps 1 --finetune-iters 0 --epochs 0 --batch-sizes 1,8,32 --latency-iters 100 \
+  --latency-seconds 2 "${target[@]}" --out "$out"
+if [ "${target[1]}" = torch ]; then  # the same with CUDA-graph replay, beside eager
+  singe-deploy compress --model torchvision:resnet50 --data synthetic --input-shape 1,3,224,224 --criterion l1 \
+    --macs-reduction 2 --steps 1 --finetune-iters 0 --epochs 0 --batch-sizes 1,8,32 --latency-iters 100 \
+    --latency-seconds 2 "${target[@]}" --cuda-graph --out "$out-graph"
+fi
+python - "$out" "$out-graph" <<'PY'
+import json, sys, pathlib
+for d in sys.argv[1:]:
+    p = pathlib.Path(d) / "report.json"
+    if not p.is_file():
+        continue
+    r = json.loads(p.read_text())
+    macs = r["dense"]["macs"] / r["pruned"]["macs"]
+    lat = {(x["variant"], x["batch_size"]): x for x in r["latency"]}
+    graph = " (CUDA graph)" if "graph" in d else ""
+    print(f"\n{r['model']['spec']}{graph}: MACs {r['dense']['macs'] / 1e9:.3f} G -> {r['pruned']['macs'] / 1e9:.3f} G ({macs:.2f}x)")
+    print("| backend | batch | dense median ms | pruned median ms | speedup | MACs ratio | CV dense/pruned |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for b in sorted({k[1] for k in lat}):
+        d_, p_ = lat[("dense", b)], lat[("pruned", b)]
+        print(f"| {d_['backend']} {d_['device']}{graph} | {b} | {d_['median_ms']:.3f} | {p_['median_ms']:.3f} | "
+              f"{d_['median_ms'] / p_['median_ms']:.2f}x | {macs:.2f}x | {100 * d_['cv']:.1f}% / {100 * p_['cv']:.1f}% |")
+    print("GPU:", (r["latency"][0].get("gpu") or {}))
+PY

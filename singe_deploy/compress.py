@@ -346,7 +346,7 @@ def _engines(cfg, variants, input_shape, batches, work, exports, log):
         engine = work / f"{variant}.engine"
         record = trt.build_engine(onnx_path, engine, input_shape, cfg["trt_precision"], cfg["trt_tf32"], profile,
                                   cfg["trt_workspace_gb"], cfg["trt_timing_cache"], log)
-        runners[variant] = trt.TensorRT(engine)
+        runners[variant] = trt.TensorRT(engine, cfg["cuda_graph"])
         q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
         exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
                         "engine": record})

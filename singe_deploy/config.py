@@ -55,7 +55,7 @@ OPTIONS = [
     Option("ignore_layers", "strs", None, "module names never pruned (the classifier always is)"),
     Option("target", "str", "onnx", "deployment target", ("onnx", "torch", "trt")),
     Option("device", "str", "cpu", "device for torch-target latency", ("cpu", "cuda")),
-    Option("cuda_graph", "bool", False, "torch target on cuda: time CUDA-graph replay instead of eager"),
+    Option("cuda_graph", "bool", False, "trt, or torch on cuda: time CUDA-graph replay instead of each enqueue"),
     Option("trt_precision", "str", "fp32", "TensorRT engine precision", ("fp32", "fp16")),
     Option("trt_tf32", "bool", True, "TensorRT fp32 engines may use TF32 tensor cores (recorded in the report)"),
     Option("trt_workspace_gb", "float", 4.0, "TensorRT builder workspace limit in GiB"),
@@ -229,8 +229,9 @@ def validate(cfg):
         raise UserError(f"--input-shape must be 1,C,H,W (4 numbers), got {','.join(map(str, cfg['input_shape']))}")
     if cfg["target"] == "trt" and cfg["round_to"] is None:
         cfg["round_to"] = 8
-    if cfg["cuda_graph"] and not (cfg["target"] == "torch" and cfg["device"] == "cuda"):
-        raise UserError("--cuda-graph times CUDA-graph replay of the torch target; add --target torch --device cuda")
+    if cfg["cuda_graph"] and not (cfg["target"] == "trt" or (cfg["target"] == "torch" and cfg["device"] == "cuda")):
+        raise UserError("--cuda-graph times CUDA-graph replay on a GPU; use it with --target trt or "
+                        "--target torch --device cuda")
     if cfg["batch_sizes"] is None:
         cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
     if cfg["trt_workspace_gb"] <= 0:

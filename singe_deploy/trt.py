@@ -142,11 +142,12 @@ def build_engine(onnx_path, engine_path, input_shape, precision="fp32", tf32=Tru
 
 class TensorRT:
     """Runner for a serialized engine: torch CUDA buffers, `execute_async_v3` on a dedicated stream.
-    `infer` copies in and out; `prepare`/`launch` let `bench.measure` time compute alone with CUDA events."""
+    `infer` copies in and out; `prepare`/`launch` let `bench.measure` time compute alone with CUDA events.
+    With cuda_graph, each input shape's enqueue is captured once and replayed."""
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, engine_path):
+    def __init__(self, engine_path, cuda_graph=False):
         import torch
 
         trt = import_trt()
@@ -163,24 +164,43 @@ class TensorRT:
                        for n in names}
         self.stream = torch.cuda.Stream()
         self.buffers = {}
+        self.cuda_graph, self.graph = cuda_graph, None
 
     def prepare(self, x):
+        """Copy x into the input buffer (reused while its shape holds, so a captured graph stays valid)."""
         import torch
 
-        name = self.inputs[0]
-        with torch.cuda.stream(self.stream):  # the copy is ordered before compute on the same stream
-            self.buffers[name] = torch.as_tensor(x).to("cuda", self.dtypes[name]).contiguous()
-        self.context.set_input_shape(name, tuple(self.buffers[name].shape))
-        self.context.set_tensor_address(name, self.buffers[name].data_ptr())
-        for out in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(out))
-            if out not in self.buffers or tuple(self.buffers[out].shape) != shape:
-                self.buffers[out] = torch.empty(shape, dtype=self.dtypes[out], device="cuda")
-            self.context.set_tensor_address(out, self.buffers[out].data_ptr())
+        name, x = self.inputs[0], torch.as_tensor(x)
+        with torch.cuda.stream(self.stream):  # copies and buffers belong to the stream compute runs on
+            if name in self.buffers and tuple(self.buffers[name].shape) == tuple(x.shape):
+                self.buffers[name].copy_(x)
+                return
+            self.buffers[name] = x.to("cuda", self.dtypes[name]).contiguous()
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, self.buffers[name].data_ptr())
+            for out in self.outputs:
+                self.buffers[out] = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self.dtypes[out],
+                                                device="cuda")
+                self.context.set_tensor_address(out, self.buffers[out].data_ptr())
+        if self.cuda_graph:  # capture one enqueue per input shape, as trtexec does
+            self._enqueue()  # the first enqueue after a shape change does setup work that must not be captured
+            self.stream.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=self.stream):
+                self._enqueue()
 
-    def launch(self):
+    def _enqueue(self):
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise CheckFailed("TensorRT execute_async_v3 failed")
+
+    def launch(self):
+        if self.graph is not None:
+            import torch
+
+            with torch.cuda.stream(self.stream):
+                self.graph.replay()
+        else:
+            self._enqueue()
 
     def infer(self, x):
         self.prepare(x)
@@ -189,4 +209,4 @@ class TensorRT:
         return self.buffers[self.outputs[0]].float().cpu().numpy()
 
     def info(self):
-        return {"backend": self.name, "version": self.version}
+        return {"backend": self.name, "version": self.version, "cuda_graph": self.cuda_graph}

@@ -56,7 +56,7 @@ CASES = [
     (["--target", "trt"], "--target trt needs"),
     (["--target", "torch", "--device", "cuda"], "CUDA"),
     (["--ignore-layers", "nope"], "does not have"),
-    (["--cuda-graph"], "--cuda-graph times"),
+    (["--cuda-graph"], "--cuda-graph times CUDA-graph replay on a GPU"),
     (["--trt-precision", "int8"], "must be one of"),
 ]
 

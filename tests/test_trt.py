@@ -53,7 +53,8 @@ NOT_TENSORRT = {  # attributes this module reads on torch, pathlib, json and its
     "empty", "shape", "float", "cpu", "numpy", "synchronize", "cuda_stream", "read_bytes", "write_bytes",
     "write_text", "dumps", "is_file", "split", "half", "deepcopy", "time", "check", "shapes", "min_batch",
     "max_batch", "opt_batch", "engine", "context", "inputs", "outputs", "dtypes", "stream", "buffers", "version",
-    "prepare", "launch", "append", "join", "is_available",
+    "prepare", "launch", "append", "join", "is_available", "cuda_graph", "graph", "CUDAGraph", "copy_",
+    "synchronize", "replay", "stream", "_enqueue",
 }
 
 
@@ -138,6 +139,10 @@ def test_engine_build_and_parity(tmp_path):
     q = parity(bench.Torch(model), runner, [torch.randn(8, 1, 12, 12)], "pytorch")
     assert q["max_abs_diff"] < 1e-3 and q["top1_agreement"] == 1.0
     assert bench.measure(runner, (1, 1, 12, 12), 4, min_iters=10, min_seconds=0.1)["median_ms"] > 0
+    graph = trt.TensorRT(tmp_path / "m.engine", cuda_graph=True)
+    x = np.random.default_rng(1).standard_normal((4, 1, 12, 12)).astype(np.float32)
+    assert np.allclose(graph.infer(x), runner.infer(x), atol=1e-5) and graph.graph is not None
+    assert bench.measure(graph, (1, 1, 12, 12), 4, min_iters=10, min_seconds=0.1)["timer"].startswith("CUDA events")
 
 
 class _Recorder:

@@ -17,7 +17,7 @@ from .errors import CheckFailed, UserError
 # name -> TensorRT major versions whose code path here uses it
 API = {
     "__version__": (10, 11), "Logger": (10, 11), "WARNING": (10, 11), "Builder": (10, 11),
-    "create_network": (10, 11), "OnnxParser": (10, 11), "parse": (10, 11), "num_errors": (10, 11),
+    "create_network": (10, 11), "OnnxParser": (10, 11), "parse_from_file": (10, 11), "num_errors": (10, 11),
     "get_error": (10, 11), "desc": (10, 11), "create_builder_config": (10, 11),
     "set_memory_pool_limit": (10, 11), "MemoryPoolType": (10, 11), "WORKSPACE": (10, 11),
     "set_flag": (10, 11), "clear_flag": (10, 11), "BuilderFlag": (10, 11), "TF32": (10, 11),
@@ -105,7 +105,7 @@ def build_engine(onnx_path, engine_path, input_shape, precision="fp32", tf32=Tru
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode since 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: weights stored beside it are found too
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise CheckFailed("TensorRT cannot parse " + str(onnx_path) + ":\n  " + "\n  ".join(errors))
     config = builder.create_builder_config()
@@ -152,8 +152,9 @@ class TensorRT:
 
         trt = import_trt()
         self.version = str(trt.__version__)
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-            Path(engine_path).read_bytes())
+        self.logger = trt.Logger(trt.Logger.WARNING)  # logger and runtime must outlive the engine
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
             raise UserError(f"{engine_path} is not a TensorRT engine for this TensorRT/GPU; build it again here")
         self.context = self.engine.create_execution_context()

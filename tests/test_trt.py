@@ -53,7 +53,7 @@ NOT_TENSORRT = {  # attributes this module reads on torch, pathlib, json and its
     "empty", "shape", "float", "cpu", "numpy", "synchronize", "cuda_stream", "read_bytes", "write_bytes",
     "write_text", "dumps", "is_file", "split", "half", "deepcopy", "time", "check", "shapes", "min_batch",
     "max_batch", "opt_batch", "engine", "context", "inputs", "outputs", "dtypes", "stream", "buffers", "version",
-    "prepare", "launch", "append", "join", "is_available", "cuda_graph", "graph", "CUDAGraph", "copy_",
+    "prepare", "launch", "append", "join", "is_available", "cuda_graph", "graph", "CUDAGraph", "copy_", "logger", "runtime",
     "synchronize", "replay", "stream", "_enqueue",
 }
 
@@ -165,7 +165,7 @@ class _Recorder:
 
                 def call(*args):
                     rec.calls.append((self.kind, attr, args))
-                    return {"parse": rec.parse_ok, "build_serialized_network": b"engine", "get_input": Obj("input"),
+                    return {"parse_from_file": rec.parse_ok, "build_serialized_network": b"engine", "get_input": Obj("input"),
                             "get_error": Obj("error"), "desc": "node 3: unsupported op Foo",
                             "serialize": b"cache", "get_timing_cache": Obj("cache")}.get(attr, Obj(attr))
                 return call

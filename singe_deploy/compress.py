@@ -145,15 +145,17 @@ def _resume_state(cfg, work):
     return state
 
 
-def run(cfg, log=print):
+def run(cfg, log=print, dense_accuracy=None):
     """The whole compress job; returns (report dict, out path). Raises CheckFailed after writing
-    the output when parity or the target missed."""
+    the output when parity or the target missed. dense_accuracy, when known (compare runs the same
+    baseline many times), skips evaluating the dense model again."""
     t_start = time.time()
     p = prepare(cfg, log)
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
     target = p["target"]
     schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
-                        cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"])
+                        cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
+                        cfg["step_eval"])
     input_shape = [1] + list(shape)
     check_reachable(model, input_shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
     state = _resume_state(cfg, work)
@@ -162,7 +164,7 @@ def run(cfg, log=print):
     parent_existed = work.parent.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(cfg, log, t_start, p, schedule, input_shape, state)
+        return _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy)
     except UserError:
         shutil.rmtree(work, ignore_errors=True)
         if not parent_existed and not any(work.parent.iterdir()):
@@ -185,7 +187,7 @@ def _ignored(model, names):
     return layers
 
 
-def _run(cfg, log, t_start, p, schedule, input_shape, state):
+def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None):
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
     target, criterion = p["target"], p["criterion"]
     timings = {}
@@ -198,7 +200,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
         log(f"resuming {work} after step {start}/{schedule.steps}")
     else:
         t = time.time()
-        dense_acc = evaluate(model, data.val) if data.real else None
+        dense_acc = dense_accuracy if dense_accuracy is not None else evaluate(model, data.val) if data.real else None
         timings["evaluate_dense_s"] = round(time.time() - t, 2)
         records, start, dense_channels = [], 0, {}
         log(f"dense {cfg['model']}: {dense_costs.macs:,} MACs, {dense_costs.params:,} params, "
@@ -225,7 +227,11 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
 
     t = time.time()
     costs = {"dense": dense_costs, "pruned": pruned_costs}
-    exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs)
+    if cfg["export"]:
+        exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs)
+    else:
+        save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
+        exports, latency, failures = [], [], []
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
@@ -266,7 +272,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state):
         shutil.rmtree(out)
     work.rename(out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
-    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '')})")
+    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''})")
     if failures:
         raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
     return rep, out

@@ -52,6 +52,7 @@ OPTIONS = [
     Option("round_to", "int", 8, "keep every pruned channel count a multiple of N (1: any count)"),
     Option("max_layer_ratio", "float", 0.9, "never remove more than this fraction of a layer's channels"),
     Option("calib_batches", "int", 4, "calibration batches B for data-driven criteria"),
+    Option("step_eval", "bool", True, "evaluate accuracy after every pruning step (off: after the last only)"),
     Option("ignore_layers", "strs", None, "module names never pruned (the classifier always is)"),
     Option("target", "str", "onnx", "deployment target", ("onnx", "torch", "trt")),
     Option("device", "str", "cpu", "device for torch-target latency", ("cpu", "cuda")),
@@ -69,6 +70,7 @@ OPTIONS = [
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
     Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted"),
     Option("parity_batches", "int", 4, "validation batches used for parity"),
+    Option("export", "bool", True, "export, check parity and measure latency (off: accuracy and costs only)"),
     Option("seed", "int", 0, "seed for data order, init and random scores"),
     Option("out", "str", None, "output folder (default: singe-deploy-out/<model>-<time>)"),
     Option("force", "bool", False, "replace the output folder if it exists"),
@@ -161,10 +163,10 @@ def load_yaml(path):
     return out
 
 
-def add_arguments(parser):
+def add_arguments(parser, options=OPTIONS):
     """One flag per option; defaults are suppressed so only flags the user gave override the config."""
     parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options")
-    for o in OPTIONS:
+    for o in options:
         flag = "--" + o.name.replace("_", "-")
         default = o.default if o.default is not None else "none"
         if o.type == "bool":
@@ -187,9 +189,10 @@ def _metavar(o):
     return {"ints": "N[,N]", "strs": "NAME[,NAME]", "int": "N", "float": "X"}.get(o.type, "VALUE")
 
 
-def resolve(args):
-    """defaults < YAML config < command-line flags; returns a validated dict of every option."""
-    cfg = defaults()
+def resolve(args, base=None):
+    """defaults < `base` (a command's own defaults) < YAML config < command-line flags; returns a validated
+    dict of every option."""
+    cfg = dict(defaults(), **(base or {}))
     given = vars(args)
     if given.get("config"):
         cfg.update(load_yaml(given["config"]))

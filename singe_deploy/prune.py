@@ -49,6 +49,7 @@ class Schedule:
     round_to: int | None = 8
     max_layer_ratio: float = 0.9
     calib_batches: int = 4
+    step_eval: bool = True  # accuracy after every step (off: after the last one only)
 
     def __post_init__(self):
         if self.ranking not in ("global", "local"):
@@ -298,7 +299,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
             train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
                         desc=f"fine-tune step {s + 1}")
         t3 = time.time()
-        acc = evaluate(model, data.val) if real else None
+        acc = evaluate(model, data.val) if real and (schedule.step_eval or s + 1 == schedule.steps) else None
         macs = count(model, shape).macs
         params = sum(p.numel() for p in model.parameters())
         rec = StepRecord(s + 1, step_target, macs, params, acc, sum(len(i) for _, _, i in plan),

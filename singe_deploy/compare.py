@@ -1,0 +1,205 @@
+"""`singe-deploy compare`: every criterion through the same compress flowchart (same data order, schedule
+and seeds), so that the gain of a criterion is told apart from the gain of the schedule.
+
+Each criterion x MACs reduction x seed (x flowchart with --one-shot) is one compress run without export,
+written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mean +- std per criterion and
+target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
+as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from .config import OPTIONS, add_arguments
+from .errors import CheckFailed, UserError
+
+# the compare command's own defaults: a short schedule, accuracy after the last step only, so that
+# 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
+# flags override them)
+DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
+PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed", "out", "force", "resume")
+CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
+
+
+def add_compare_arguments(p):
+    p.add_argument("--criteria", default=",".join(CRITERIA), metavar="NAME[,NAME]",
+                   help=f"criteria to compare (default: {','.join(CRITERIA)})")
+    p.add_argument("--macs-reduction", default="2,3", metavar="X[,X]", help="MACs reductions (default: 2,3)")
+    p.add_argument("--seeds", default="0,1,2", metavar="N[,N]", help="seeds (default: 0,1,2)")
+    p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: singe-deploy-out/compare-<time>)")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted comparison into the same --out")
+    shared = [o for o in OPTIONS if o.name not in PER_RUN]
+    add_arguments(p, shared)
+
+
+def _list(text, kind, flag):
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise UserError(f"{flag} must be a comma-separated list, got '{text}'")
+    return values
+
+
+def plan(criteria, reductions, seeds, one_shot):
+    """(run name, per-run options) for every run, in a fixed order."""
+    flowcharts = ["entwined"] + (["one-shot"] if one_shot else [])
+    runs = []
+    for flowchart in flowcharts:
+        for x in reductions:
+            for criterion in criteria:
+                for seed in seeds:
+                    opts = {"criterion": criterion, "macs_reduction": x, "seed": seed}
+                    if flowchart == "one-shot":
+                        opts.update(steps=1, finetune_iters=0)
+                    runs.append((f"{criterion}-x{x:g}-s{seed}-{flowchart}", flowchart, opts))
+    return runs
+
+
+def run(args, log=print):
+    from .compress import run as compress
+    from .config import resolve, validate
+
+    criteria = _list(args.criteria, str, "--criteria")
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise UserError(f"unknown criteria {', '.join(unknown)}; choose from {', '.join(CRITERIA)}")
+    reductions = _list(args.macs_reduction, float, "--macs-reduction")
+    if any(not x > 1 for x in reductions):
+        raise UserError(f"--macs-reduction values must be > 1, got {args.macs_reduction}")
+    seeds = _list(args.seeds, int, "--seeds")
+    shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in PER_RUN})
+    base = resolve(shared, DEFAULTS)
+    out = Path(args.out) if args.out else Path("singe-deploy-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = out.parent / f".{out.name}.partial"
+    if out.exists() and not args.force:
+        raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
+    if work.exists() and not args.resume:
+        shutil.rmtree(work)
+    runs = plan(criteria, reductions, seeds, args.one_shot)
+    for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
+        validate(dict(base, **opts))
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    rows, dense = [], None  # every run starts from the same baseline: its accuracy is measured once
+    for i, (name, flowchart, opts) in enumerate(runs, 1):
+        folder = work / "runs" / name
+        if not (folder / "report.json").is_file():
+            log(f"[{i}/{len(runs)}] {name}")
+            cfg = validate(dict(base, **opts, out=str(folder), force=True, resume=False))
+            try:
+                compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense)
+            except CheckFailed:  # a missed target is a result, recorded with the run
+                pass
+        else:
+            log(f"[{i}/{len(runs)}] {name}: done earlier")
+        rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))
+        dense = rows[-1]["dense_accuracy"]
+    result = {"runs": rows, "criteria": criteria, "macs_reductions": reductions, "seeds": seeds,
+              "options": {k: base[k] for k in base if k not in PER_RUN}}
+    (work / "compare.json").write_text(json.dumps(result, indent=1))
+    (work / "compare.md").write_text(markdown(rows, base))
+    plot(rows, work / "compare.png")
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    log(f"wrote {out}/ (compare.md, compare.json, compare.png, runs/)")
+    return result, out
+
+
+def row(rep, name, flowchart, opts):
+    steps = rep.get("steps", [])
+    return {"name": name, "criterion": opts["criterion"], "macs_reduction": opts["macs_reduction"],
+            "seed": opts["seed"], "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
+            "accuracy_before_finetune": rep["pruned"].get("accuracy_before_finetune"),
+            "dense_accuracy": rep["dense"]["accuracy"], "macs": rep["pruned"]["macs"],
+            "params": rep["pruned"]["params"], "achieved_reduction": rep["target"]["achieved"],
+            "target_hit": rep["target"]["hit"], "score_seconds": round(sum(s["score_seconds"] for s in steps), 3),
+            "seconds": rep.get("timings", {}).get("total_s")}
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary(rows):
+    """(flowchart, reduction, criterion) -> mean/std of accuracy, MACs, params and score time."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["flowchart"], r["macs_reduction"], r["criterion"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        acc, acc_std = _stats([r["accuracy"] for r in rs])
+        out[key] = {"accuracy": acc, "accuracy_std": acc_std, "n": len(rs),
+                    "macs": statistics.fmean(r["macs"] for r in rs), "params": statistics.fmean(r["params"] for r in rs),
+                    "score_seconds": statistics.fmean(r["score_seconds"] for r in rs),
+                    "targets_hit": sum(r["target_hit"] for r in rs)}
+    return out
+
+
+def markdown(rows, cfg):
+    s = summary(rows)
+    lines = [f"# Criteria compared: {cfg['model']} on {cfg['data']}", "",
+             f"Same flowchart for every criterion: steps {cfg['steps']}, {cfg['finetune_iters']} fine-tuning "
+             f"iterations per step, {cfg['epochs']:g} final epochs, lr {cfg['lr']:g}, {cfg['calib_batches']} "
+             f"calibration batches of {cfg['batch_size']}, ranking {cfg['ranking']}, round_to {cfg['round_to']}; "
+             "the same seeds give every criterion the same data order. One-shot = 1 step, no fine-tuning between "
+             "steps (the final fine-tuning is the same). Accuracy is mean +- std over seeds; **bold** = best of "
+             "its flowchart and target.", ""]
+    dense = _stats([r["dense_accuracy"] for r in rows])[0]
+    if dense is not None:
+        lines += [f"Dense accuracy: {dense:.4f}.", ""]
+    for flowchart in dict.fromkeys(r["flowchart"] for r in rows):
+        for x in dict.fromkeys(r["macs_reduction"] for r in rows):
+            keys = [k for k in s if k[0] == flowchart and k[1] == x]
+            if not keys:
+                continue
+            best = max((s[k]["accuracy"] for k in keys if s[k]["accuracy"] is not None), default=None)
+            lines += [f"## {flowchart}, {x:g}x fewer MACs", "",
+                      "| criterion | accuracy | runs | MACs | params | targets hit | score s |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for k in sorted(keys, key=lambda k: -(s[k]["accuracy"] or 0)):
+                v = s[k]
+                acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.4f} +- {v['accuracy_std']:.4f}"
+                if v["accuracy"] is not None and v["accuracy"] == best:
+                    acc = f"**{acc}**"
+                lines.append(f"| {k[2]} | {acc} | {v['n']} | {v['macs']:,.0f} | {v['params']:,.0f} | "
+                             f"{v['targets_hit']}/{v['n']} | {v['score_seconds']:.2f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {c: f"C{i}" for i, c in enumerate(dict.fromkeys(k[2] for k in s))}  # one colour per criterion
+    for flowchart, style in (("entwined", "-o"), ("one-shot", "--s")):
+        for criterion in colors:
+            keys = sorted((k for k in s if k[0] == flowchart and k[2] == criterion and s[k]["accuracy"] is not None),
+                          key=lambda k: k[1])
+            if keys:
+                ax.errorbar([k[1] for k in keys], [s[k]["accuracy"] for k in keys],
+                            yerr=[s[k]["accuracy_std"] for k in keys], fmt=style, capsize=3, color=colors[criterion],
+                            label=f"{criterion} ({flowchart})")
+    ax.set_xlabel("MACs reduction (dense / pruned)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

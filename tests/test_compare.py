@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from singe_deploy import compare, compress
+from singe_deploy.cli import main
+
+from .conftest import needs_fashion
+
+FAST = ["--train-limit", "256", "--val-limit", "128", "--finetune-iters", "2", "--epochs", "0.02",
+        "--calib-batches", "1", "--singe-steps", "2", "--batch-size", "64"]
+
+
+def test_plan_covers_every_combination_in_a_fixed_order():
+    runs = compare.plan(["singe", "l1"], [2.0, 3.0], [0, 1], one_shot=True)
+    assert len(runs) == 16 and len({name for name, _, _ in runs}) == 16
+    one_shot = [opts for _, flowchart, opts in runs if flowchart == "one-shot"]
+    assert len(one_shot) == 8 and all(o["steps"] == 1 and o["finetune_iters"] == 0 for o in one_shot)
+    assert runs[0] == ("singe-x2-s0-entwined", "entwined", {"criterion": "singe", "macs_reduction": 2.0, "seed": 0})
+
+
+@needs_fashion
+def test_compare_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--criteria", "l1,random", "--macs-reduction", "2", "--seeds", "0", "--one-shot",
+                 "--out", str(out)] + FAST) == 0
+    result = json.loads((out / "compare.json").read_text())
+    runs = result["runs"]
+    assert len(runs) == 4
+    for r in runs:
+        for key in ("criterion", "macs_reduction", "seed", "flowchart", "accuracy", "macs", "params", "score_seconds"):
+            assert key in r, key
+        report = json.loads((out / "runs" / r["name"] / "report.json").read_text())
+        accuracies = [step["accuracy"] for step in report["steps"]]
+        assert accuracies[-1] is not None and all(a is None for a in accuracies[:-1])  # last step only
+    assert {r["flowchart"] for r in runs} == {"entwined", "one-shot"}
+    assert len({r["dense_accuracy"] for r in runs}) == 1  # the same baseline and validation data for every run
+    md = (out / "compare.md").read_text()
+    assert md.count("**") >= 4 and "## one-shot, 2x fewer MACs" in md
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*partial"))
+
+
+@needs_fashion
+def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--criteria", "l1,l2", "--macs-reduction", "2", "--seeds", "0", "--out", str(out)] + FAST
+    real, calls = compress.run, []
+
+    def flaky(cfg, log=print, dense_accuracy=None):
+        calls.append(cfg["criterion"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, log, dense_accuracy)
+
+    monkeypatch.setattr(compress, "run", flaky)
+    assert main(argv) == 130 and not out.exists()
+    calls.clear()
+    assert main(argv + ["--resume"]) == 0
+    assert calls == ["l2"]  # l1 finished before the interruption
+    assert len(json.loads((out / "compare.json").read_text())["runs"]) == 2
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--criteria", "singe,magnitude"], "unknown criteria magnitude"),
+    (["--macs-reduction", "2,x"], "--macs-reduction must be"),
+    (["--macs-reduction", "1"], "must be > 1"),
+    (["--seeds", ""], "--seeds must be"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    assert main(["compare", "--out", str(tmp_path / "c")] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "c").exists() and not (tmp_path / ".c.partial").exists()

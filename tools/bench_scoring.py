@@ -2,6 +2,8 @@
 
     python tools/bench_scoring.py                       # the demo model, SInGE vs Taylor
     python tools/bench_scoring.py --criteria singe,taylor,hessian,l2 --calib-batches 4
+    python tools/bench_scoring.py --model torchvision:resnet50 --data synthetic --input-shape 1,3,224,224 \
+        --batch-size 8 --calib-batches 1 --repeat 1
 
 Prints seconds per criterion (best of --repeat) and the ratio to Taylor.
 """
@@ -25,11 +27,17 @@ def main():
     ap.add_argument("--singe-steps", type=int, default=8)
     ap.add_argument("--singe-path", default="network")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", default="builtin:resnet20")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--input-shape", help="1,C,H,W (default: the data's)")
     args = ap.parse_args()
-    model = load_model("builtin:resnet20", asset_path("resnet20_fashion_mnist.pt"), 10, 1).eval()
-    data = make_data("fashion-mnist", batch_size=args.batch_size)
+    shape = tuple(int(v) for v in args.input_shape.split(","))[1:] if args.input_shape else (1, 28, 28)
+    demo = args.model == "builtin:resnet20" and args.data == "fashion-mnist"
+    data = make_data(args.data, batch_size=args.batch_size, sample_shape=shape)
+    classes = data.num_classes if data.real or args.model.startswith("builtin") else None
+    model = load_model(args.model, asset_path("resnet20_fashion_mnist.pt") if demo else None, classes, shape[0]).eval()
     batches = data.calibration(args.calib_batches)
-    _, groups = all_groups(model, torch.zeros(1, 1, 28, 28), default_ignored(model))
+    _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
     times = {}
     for name in args.criteria.split(","):
         opts = {"steps": args.singe_steps, "path": args.singe_path} if name == "singe" else {}
@@ -41,7 +49,7 @@ def main():
             best = min(best, time.perf_counter() - t)
         times[name] = best
     ref = times.get("taylor")
-    print(f"builtin:resnet20, {args.calib_batches} x {args.batch_size} calibration samples, "
+    print(f"{args.model} at {'x'.join(map(str, shape))}, {args.calib_batches} x {args.batch_size} calibration samples, "
           f"{torch.get_num_threads()} threads")
     for name, t in times.items():
         ratio = f"{t / ref:.2f}x taylor" if ref else ""

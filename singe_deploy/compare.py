@@ -95,9 +95,12 @@ def run(args, log=print):
             log(f"[{i}/{len(runs)}] {name}")
             cfg = validate(dict(base, **opts, out=str(folder), force=True, resume=False))
             try:
-                compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense)
+                compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense, resume_hint=False)
             except CheckFailed:  # a missed target is a result, recorded with the run
                 pass
+            except KeyboardInterrupt:
+                log(f"interrupted; to continue, rerun the same command plus --resume --out {out}")
+                raise
         else:
             log(f"[{i}/{len(runs)}] {name}: done earlier")
         rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))

@@ -145,7 +145,7 @@ def _resume_state(cfg, work):
     return state
 
 
-def run(cfg, log=print, dense_accuracy=None):
+def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     """The whole compress job; returns (report dict, out path). Raises CheckFailed after writing
     the output when parity or the target missed. dense_accuracy, when known (compare runs the same
     baseline many times), skips evaluating the dense model again."""
@@ -171,7 +171,8 @@ def run(cfg, log=print, dense_accuracy=None):
             work.parent.rmdir()
         raise
     except KeyboardInterrupt:
-        print(f"interrupted; to continue, rerun with the same options plus --resume --out {out}")
+        if resume_hint:
+            print(f"interrupted; to continue, rerun with the same options plus --resume --out {out}")
         raise
 
 

@@ -42,19 +42,20 @@ def test_compare_writes_json_markdown_and_plot(tmp_path, capsys):
 
 
 @needs_fashion
-def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypatch):
+def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "--criteria", "l1,l2", "--macs-reduction", "2", "--seeds", "0", "--out", str(out)] + FAST
     real, calls = compress.run, []
 
-    def flaky(cfg, log=print, dense_accuracy=None):
+    def flaky(cfg, log=print, dense_accuracy=None, resume_hint=True):
         calls.append(cfg["criterion"])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cfg, log, dense_accuracy)
+        return real(cfg, log, dense_accuracy, resume_hint)
 
     monkeypatch.setattr(compress, "run", flaky)
     assert main(argv) == 130 and not out.exists()
+    assert f"--resume --out {out}" in capsys.readouterr().out
     calls.clear()
     assert main(argv + ["--resume"]) == 0
     assert calls == ["l2"]  # l1 finished before the interruption

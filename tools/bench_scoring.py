@@ -12,11 +12,18 @@ import time
 
 import torch
 
-from singe_deploy.compress import asset_path
-from singe_deploy.data import make_data
+from singe_deploy.compress import prepare
+from singe_deploy.config import defaults, validate
 from singe_deploy.groups import all_groups, default_ignored
 from singe_deploy.importance import make_criterion
-from singe_deploy.models import load_model
+
+
+def load(args):
+    """Model, data and sample shape exactly as compress loads them (the demo's baseline for the demo)."""
+    shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
+    cfg = validate(dict(defaults(), model=args.model, data=args.data, batch_size=args.batch_size, input_shape=shape))
+    p = prepare(cfg, log=lambda *a: None)
+    return p["model"].eval(), p["data"], p["shape"]
 
 
 def main():
@@ -31,11 +38,7 @@ def main():
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--input-shape", help="1,C,H,W (default: the data's)")
     args = ap.parse_args()
-    shape = tuple(int(v) for v in args.input_shape.split(","))[1:] if args.input_shape else (1, 28, 28)
-    demo = args.model == "builtin:resnet20" and args.data == "fashion-mnist"
-    data = make_data(args.data, batch_size=args.batch_size, sample_shape=shape)
-    classes = data.num_classes if data.real or args.model.startswith("builtin") else None
-    model = load_model(args.model, asset_path("resnet20_fashion_mnist.pt") if demo else None, classes, shape[0]).eval()
+    model, data, shape = load(args)
     batches = data.calibration(args.calib_batches)
     _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
     times = {}

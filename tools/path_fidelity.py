@@ -19,11 +19,9 @@ import time
 import numpy as np
 import torch
 
-from singe_deploy.compress import asset_path
-from singe_deploy.data import make_data
+from bench_scoring import load  # tools/ is on the path when run as a script
 from singe_deploy.groups import all_groups, default_ignored
 from singe_deploy.importance import SInGE
-from singe_deploy.models import load_model
 
 
 def ranks(v):
@@ -59,12 +57,7 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    shape = tuple(int(v) for v in args.input_shape.split(","))[1:] if args.input_shape else (1, 28, 28)
-    data = make_data(args.data, batch_size=args.batch_size, sample_shape=shape)
-    demo = args.model == "builtin:resnet20" and args.data == "fashion-mnist"
-    model = load_model(args.model, asset_path("resnet20_fashion_mnist.pt") if demo else None,
-                       data.num_classes if data.real or args.model.startswith("builtin") else None, shape[0]).eval()
+    model, data, shape = load(args)
     batches = data.calibration(args.calib_batches)
     _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
     result = {"model": args.model, "data": args.data, "samples": args.calib_batches * args.batch_size,

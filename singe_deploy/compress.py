@@ -109,7 +109,8 @@ def criterion_options(cfg):
     name = cfg["criterion"]
     if name == "singe":
         return {"steps": cfg["singe_steps"], "norm": cfg["singe_norm"], "path": cfg["singe_path"],
-                "elementwise": cfg["singe_elementwise"]}
+                "elementwise": cfg["singe_elementwise"], "batch_steps": cfg["singe_batch_steps"],
+                "rule": cfg["singe_rule"]}
     if name == "random":
         return {"seed": cfg["seed"]}
     return {}

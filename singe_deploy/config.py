@@ -37,10 +37,14 @@ OPTIONS = [
     Option("train_limit", "int", None, "use only the first N training samples"),
     Option("val_limit", "int", None, "use only the first N validation samples"),
     Option("criterion", "str", "singe", "channel criterion", ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")),
-    Option("singe_steps", "int", 8, "SInGE: Riemann steps m along the path"),
+    Option("singe_steps", "int", 8, "SInGE: steps m along the path (forward/backward passes per batch)"),
     Option("singe_norm", "int", 2, "SInGE: the p of the norms", (1, 2)),
     Option("singe_path", "str", "network", "SInGE: units moved along mu together", ("unit", "group", "network")),
     Option("singe_elementwise", "bool", False, "SInGE: ||mu W (*) grad||_p instead of ||mu W|| ||grad||"),
+    Option("singe_rule", "str", "riemann", "SInGE: quadrature of the path integral (right Riemann sum or "
+           "Gauss-Legendre)", ("riemann", "gauss")),
+    Option("singe_batch_steps", "str", "auto",
+           "SInGE: path points per vmapped pass, N or auto (1 on CPU; on CUDA the faster way, timed on the first batch)"),
     Option("macs_reduction", "float", None, "prune until MACs <= dense / X (default 2 when no target is given)"),
     Option("params_reduction", "float", None, "prune until params <= dense / X"),
     Option("steps", "int", 4, "pruning steps S of the entwined flowchart"),
@@ -221,6 +225,9 @@ def validate(cfg):
     for key in positive:
         if cfg[key] is not None and cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
+    bs = cfg["singe_batch_steps"]
+    if bs != "auto" and not (str(bs).isdigit() and int(bs) >= 1):
+        raise UserError(f"--singe-batch-steps must be 'auto' or a positive integer, got {bs!r}")
     for key in ("finetune_iters", "epochs", "lr", "latency_seconds", "parity_atol"):
         if cfg[key] < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")

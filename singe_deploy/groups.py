@@ -44,6 +44,7 @@ class Slice:
         """A 0/1 tensor shaped like the parameter marking the elements of the idxs (or of `select`)."""
         idxs = self.idxs if select is None else self.idxs[select]
         m = torch.zeros_like(self.param, dtype=torch.bool)
+        idxs = idxs.to(m.device)
         if self.groups > 1:
             g = self.groups
             view = m.view(g, m.shape[0] // g, m.shape[1], -1)
@@ -109,16 +110,17 @@ def per_unit(group_slices, tensors, n):
         t = tensors[name]
         if len(group) == 1:
             s = group[0]
-            total.index_add_(0, s.root_idxs, s.reduce(t).double())
+            total.index_add_(0, s.root_idxs, s.reduce(t).double().cpu())
             continue
         # a layer whose input and output channels are in the same group (x + conv(x)): an element
         # can sit in two slices of the same channel, so sum over the union of its masks
+        t = t.cpu()
         for unit in torch.unique(torch.cat([s.root_idxs for s in group])).tolist():
             mask = torch.zeros_like(t, dtype=torch.bool)
             for s in group:
                 select = s.root_idxs == unit
                 if select.any():
-                    mask |= s.mask(select)
+                    mask |= s.mask(select).cpu()
             total[unit] += t[mask].double().sum()
     return total
 

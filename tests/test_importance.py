@@ -173,3 +173,153 @@ def test_scoring_restores_train_mode(tiny):
     tiny.train()
     make_criterion("taylor").score(tiny, _groups(tiny), batches(1))
     assert tiny.training
+
+
+@pytest.mark.parametrize("path,elementwise,chunk", [("network", False, 4), ("network", True, 3), ("group", False, 2),
+                                                    ("unit", False, 4)])
+def test_batched_path_steps_equal_one_pass_per_step(tiny, path, elementwise, chunk):
+    data = batches(2)
+    groups = _groups(tiny)[:2] if path == "unit" else _groups(tiny)
+    score = lambda b: make_criterion("singe", steps=4, path=path, elementwise=elementwise,
+                                     batch_steps=b).score(tiny, groups, data)
+    for a, b in zip(score(1), score(chunk)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-10)
+
+
+def test_batched_path_steps_are_one_vmapped_pass(tiny, monkeypatch):
+    import singe_deploy.importance as imp
+
+    calls = []
+    real = imp._vmapped_grads
+    monkeypatch.setattr(imp, "_vmapped_grads", lambda *a: calls.append(len(next(iter(a[1].values())))) or real(*a))
+    crit = make_criterion("singe", steps=8, batch_steps=3)
+    crit.score(tiny, _groups(tiny), batches(2))
+    assert calls == [3, 3, 2, 3, 3, 2]  # per batch: ceil(8 / 3) passes, not 8
+    assert crit.fallback is None
+
+
+def test_batched_path_steps_fall_back_when_vmap_cannot_batch(tiny, monkeypatch):
+    import singe_deploy.importance as imp
+
+    def refuse(*a):
+        raise RuntimeError("vmap: an op without a batching rule\nmore")
+
+    data, groups = batches(1), _groups(tiny)
+    monkeypatch.setattr(imp, "_vmapped_grads", refuse)
+    crit = make_criterion("singe", steps=4, batch_steps=4)
+    fell_back = crit.score(tiny, groups, data)
+    assert crit.fallback == "vmap: an op without a batching rule"
+    monkeypatch.undo()
+    for a, b in zip(fell_back, make_criterion("singe", steps=4, batch_steps=1).score(tiny, groups, data)):
+        assert torch.allclose(a, b)
+
+
+def test_batch_steps_auto_is_one_by_one_on_cpu(tiny, monkeypatch):
+    import singe_deploy.importance as imp
+
+    monkeypatch.setattr(imp, "_vmapped_grads", lambda *a: pytest.fail("batched on CPU"))
+    crit = make_criterion("singe", steps=4)
+    crit.score(tiny, _groups(tiny), batches(2))
+    assert crit.describe()["options"]["batch_steps"] == 1
+    for bad in (0, "two", -1):
+        with pytest.raises(UserError, match="batch_steps"):
+            make_criterion("singe", batch_steps=bad)
+
+
+@pytest.mark.parametrize("batched_cost,chosen", [(0.001, 4), (0.03, 1)])
+def test_batch_steps_auto_on_cuda_keeps_the_faster_way(monkeypatch, batched_cost, chosen):
+    import time
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    seen = []
+
+    def grads_at(mus):
+        time.sleep(batched_cost * len(mus) if len(mus) > 1 else 0.01)
+        return [{} for _ in mus]
+
+    crit = make_criterion("singe", steps=8)
+    mus = [mu for mu, _ in crit.nodes()]
+    crit._choose_batch_steps(torch.device("cuda"), mus, grads_at, lambda mu, g: seen.append(mu))
+    assert crit.options["batch_steps"] == chosen
+    assert sorted(seen) == [k / 8 for k in range(1, 9)]  # every step computed once, none wasted
+
+
+def test_batched_path_steps_halve_on_out_of_memory(tiny, monkeypatch):
+    import singe_deploy.importance as imp
+
+    sizes, real = [], imp._vmapped_grads
+
+    def small_memory(model, stacked, x, y):
+        sizes.append(len(next(iter(stacked.values()))))
+        if sizes[-1] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, stacked, x, y)
+
+    data, groups = batches(2), _groups(tiny)
+    monkeypatch.setattr(imp, "_vmapped_grads", small_memory)
+    crit = make_criterion("singe", steps=8, batch_steps=8)
+    halved = crit.score(tiny, groups, data)
+    assert crit.options["batch_steps"] == 2 and sizes.count(8) == 1 and sizes.count(4) == 1
+    monkeypatch.undo()
+    for a, b in zip(halved, make_criterion("singe", steps=8, batch_steps=1).score(tiny, groups, data)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-10)
+
+
+def test_quadrature_rules():
+    import numpy as np
+
+    for rule in ("riemann", "gauss"):
+        for m in (1, 3, 8):
+            nodes = make_criterion("singe", steps=m, rule=rule).nodes()
+            assert len(nodes) == m and all(0 < mu <= 1 for mu, _ in nodes)
+            assert abs(sum(w for _, w in nodes) - 1) < 1e-12
+    cubic = lambda mu: 4 * mu ** 3  # integral over [0, 1] is 1
+    gauss = sum(w * cubic(mu) for mu, w in make_criterion("singe", steps=2, rule="gauss").nodes())
+    riemann = sum(w * cubic(mu) for mu, w in make_criterion("singe", steps=2).nodes())
+    assert abs(gauss - 1) < 1e-12 and abs(riemann - 1) > 0.1
+    assert np.allclose([mu for mu, _ in make_criterion("singe", steps=4).nodes()], [0.25, 0.5, 0.75, 1.0])
+    with pytest.raises(UserError, match="rule"):
+        make_criterion("singe", rule="simpson")
+
+
+def test_gauss_rule_weights_each_node(tiny):
+    """One-node Gauss is the integrand at mu = 1/2 (weight 1): twice the elementwise Taylor score of the
+    half-scaled model's gradient, which a direct computation reproduces."""
+    data = batches(1)
+    groups = _groups(tiny)
+    half = make_criterion("singe", steps=1, rule="gauss", norm=1, elementwise=True).score(tiny, groups, data)
+    scaled = copy.deepcopy(tiny)
+    names = param_names(tiny)
+    with torch.no_grad():
+        masks = {}
+        for g in groups:
+            for s in slices(g, names):
+                masks.setdefault(s.name, torch.zeros_like(s.param, dtype=torch.bool))
+                masks[s.name] |= s.mask(None)
+        for n, p in scaled.named_parameters():
+            if n in masks:
+                p[masks[n]] *= 0.5
+    grads = _grads(scaled.eval(), *data[0])
+    params = dict(tiny.named_parameters())
+    for g, s in zip(groups, half):
+        manual = _per_unit_manual(tiny, g, lambda n, m: (0.5 * params[n].detach() * grads[n])[m].abs().sum())
+        assert torch.allclose(s, manual, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_path_steps_on_cuda_match_the_cpu(tiny):
+    data, groups = batches(2), _groups(tiny)
+    cpu = make_criterion("singe", steps=8, batch_steps=1).score(tiny, groups, data)
+    gpu_model = copy.deepcopy(tiny).cuda()
+    gpu_groups = _groups_on(gpu_model)
+    for bs in (8, "auto"):
+        crit = make_criterion("singe", steps=8, batch_steps=bs)
+        scores = crit.score(gpu_model, gpu_groups, [(x.cuda(), y.cuda()) for x, y in data])
+        assert crit.fallback is None and crit.options["batch_steps"] in (1, 4, 8)
+        for a, b in zip(cpu, scores):
+            assert torch.allclose(a, b.cpu(), rtol=1e-3, atol=1e-7)
+
+
+def _groups_on(model):
+    return all_groups(model, torch.zeros(1, 1, 12, 12, device="cuda"), default_ignored(model))[1]

@@ -2,6 +2,7 @@
 
     python tools/bench_scoring.py                       # the demo model, SInGE vs Taylor
     python tools/bench_scoring.py --criteria singe,taylor,hessian,l2 --calib-batches 4
+    python tools/bench_scoring.py --singe-batch-steps 1,2,8 --repeat 1   # batched path steps vs one by one
     python tools/bench_scoring.py --model torchvision:resnet50 --data synthetic --input-shape 1,3,224,224 \
         --batch-size 8 --calib-batches 1 --repeat 1
 
@@ -33,27 +34,39 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--singe-steps", type=int, default=8)
     ap.add_argument("--singe-path", default="network")
+    ap.add_argument("--singe-rule", default="riemann")
+    ap.add_argument("--singe-batch-steps", default="auto", help="N or auto; a list like 1,2,8 times each")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", default="builtin:resnet20")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--input-shape", help="1,C,H,W (default: the data's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     model, data, shape = load(args)
-    batches = data.calibration(args.calib_batches)
-    _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
+    model.to(args.device)
+    batches = [(x.to(args.device), y.to(args.device)) for x, y in data.calibration(args.calib_batches)]
+    _, groups = all_groups(model, torch.zeros((1,) + shape, device=args.device), default_ignored(model))
     times = {}
     for name in args.criteria.split(","):
-        opts = {"steps": args.singe_steps, "path": args.singe_path} if name == "singe" else {}
-        best = float("inf")
-        for _ in range(args.repeat):
-            crit = make_criterion(name, **opts)
-            t = time.perf_counter()
-            crit.score(model, groups, batches)
-            best = min(best, time.perf_counter() - t)
-        times[name] = best
+        for bs in args.singe_batch_steps.split(",") if name == "singe" else [None]:
+            opts = {"steps": args.singe_steps, "path": args.singe_path, "rule": args.singe_rule,
+                    "batch_steps": bs} if name == "singe" else {}
+            label = f"singe (batch_steps {bs})" if "," in args.singe_batch_steps and bs else name
+            best = float("inf")
+            for _ in range(args.repeat):
+                crit = make_criterion(name, **opts)
+                t = time.perf_counter()
+                crit.score(model, groups, batches)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t)
+            if name == "singe" and bs == "auto":
+                label += f" -> {crit.options['batch_steps']}"
+            times[label] = best
     ref = times.get("taylor")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"{args.model} at {'x'.join(map(str, shape))}, {args.calib_batches} x {args.batch_size} calibration samples, "
-          f"{torch.get_num_threads()} threads")
+          f"{where}")
     for name, t in times.items():
         ratio = f"{t / ref:.2f}x taylor" if ref else ""
         print(f"{name:>8}: {t:.3f} s  {ratio}")

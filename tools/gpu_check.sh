@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One script for a GPU machine (any NVIDIA GPU with CUDA PyTorch): the gpu-marked tests, then
 # compress of torchvision:resnet50 (synthetic 224x224, 2x fewer MACs) with the best GPU target there
-# (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio.
-#   tools/gpu_check.sh [OUT_DIR]      about 3-6 minutes on one H100
+# (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio,
+# then SInGE scoring on the GPU with path steps batched (vmap) against one by one.
+#   tools/gpu_check.sh [OUT_DIR]      about 4-7 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp}/gpu_check}"
@@ -39,3 +40,7 @@ for d in sys.argv[1:]:
               f"{d_['median_ms'] / p_['median_ms']:.2f}x | {macs:.2f}x | {100 * d_['cv']:.1f}% / {100 * p_['cv']:.1f}% |")
     print("GPU:", (r["latency"][0].get("gpu") or {}))
 PY
+python tools/bench_scoring.py --device cuda --model torchvision:resnet50 --data synthetic \
+  --input-shape 1,3,224,224 --batch-size 32 --calib-batches 2 --repeat 2 --singe-batch-steps 1,2,4,8,auto
+python tools/bench_scoring.py --device cuda --batch-size 128 --calib-batches 4 --repeat 2 \
+  --singe-batch-steps 1,2,4,8,auto

@@ -3,12 +3,14 @@
 The `unit` path integrates each channel's removal alone (one pass per channel and step); `group` moves a
 whole dependency group along the path together, `network` every group at once (m passes per batch).
 For each path: seconds to score, and the Spearman rank correlation of its scores with the unit path's,
-over all channels and within each group (the ranking the planner uses). A steps sweep compares the
-network path at m = 1, 2, 4, 8 with m = 16.
+over all channels and within each group (the ranking the planner uses). A quadrature sweep compares the
+network path's right Riemann sums (m = 1..16) and Gauss-Legendre sums (m = 1..8) with a 32-point
+Gauss-Legendre reference: how many passes the integral needs.
 
     python tools/path_fidelity.py                                    # demo model, Fashion-MNIST
     python tools/path_fidelity.py --model torchvision:resnet18 --data synthetic --input-shape 1,3,32,32 \
         --batch-size 16 --steps 4
+    python tools/path_fidelity.py --rules-only                       # only the quadrature sweep
 """
 from __future__ import annotations
 
@@ -38,13 +40,39 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def scores(model, groups, batches, path, steps):
-    crit = SInGE(steps=steps, path=path)
+def scores(model, groups, batches, path, steps, rule="riemann"):
+    crit = SInGE(steps=steps, path=path, rule=rule)
     t = time.perf_counter()
     crit.fit(model, groups, batches)
     seconds = time.perf_counter() - t
     per_group = [crit(g) for g in groups]
     return [s.double().numpy() for s in per_group if s is not None], seconds
+
+
+def paths(model, groups, batches, steps, result):
+    """group and network paths against the exact unit path, at `steps` Riemann steps."""
+    ref, ref_s = scores(model, groups, batches, "unit", steps)
+    result["paths"]["unit"] = {"seconds": ref_s, "spearman_all": 1.0, "spearman_within_group_mean": 1.0}
+    for path in ("group", "network"):
+        s, sec = scores(model, groups, batches, path, steps)
+        result["paths"][path] = {"seconds": sec, **agreement(s, ref)}
+
+
+def agreement(s, ref):
+    within = [spearman(a, b) for a, b in zip(s, ref) if len(a) > 1]
+    flat, ref_flat = np.concatenate(s), np.concatenate(ref)
+    scale = np.abs(ref_flat).max()
+    return {"spearman_all": spearman(flat, ref_flat), "spearman_within_group_mean": float(np.nanmean(within)),
+            "max_rel_error": float(np.abs(flat - ref_flat).max() / scale)}
+
+
+def rules(model, groups, batches, result):
+    """Riemann and Gauss-Legendre sums of the network path against a 32-point Gauss-Legendre reference."""
+    ref, _ = scores(model, groups, batches, "network", 32, "gauss")
+    for rule, ms in (("riemann", (1, 2, 4, 8, 16)), ("gauss", (1, 2, 3, 4, 8))):
+        for m in ms:
+            s, sec = scores(model, groups, batches, "network", m, rule)
+            result["rules"][f"{rule}-{m}"] = {"rule": rule, "m": m, "seconds": sec, **agreement(s, ref)}
 
 
 def main():
@@ -56,33 +84,29 @@ def main():
     ap.add_argument("--calib-batches", type=int, default=1)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument("--rules-only", action="store_true",
+                    help="only the quadrature sweep (skips the unit path, the slow part)")
     args = ap.parse_args()
     model, data, shape = load(args)
     batches = data.calibration(args.calib_batches)
     _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
     result = {"model": args.model, "data": args.data, "samples": args.calib_batches * args.batch_size,
-              "steps": args.steps, "threads": torch.get_num_threads(), "paths": {}, "steps_sweep": {}}
-    ref, ref_s = scores(model, groups, batches, "unit", args.steps)
-    result["paths"]["unit"] = {"seconds": ref_s, "spearman_all": 1.0, "spearman_within_group_mean": 1.0}
-    flat = np.concatenate(ref)
-    for path in ("group", "network"):
-        s, sec = scores(model, groups, batches, path, args.steps)
-        within = [spearman(a, b) for a, b in zip(s, ref) if len(a) > 1]
-        result["paths"][path] = {"seconds": sec, "spearman_all": spearman(np.concatenate(s), flat),
-                                 "spearman_within_group_mean": float(np.nanmean(within))}
-    top, _ = scores(model, groups, batches, "network", 16)
-    for m in (1, 2, 4, 8):
-        s, sec = scores(model, groups, batches, "network", m)
-        result["steps_sweep"][m] = {"seconds": sec, "spearman_vs_m16": spearman(np.concatenate(s), np.concatenate(top))}
-    print(f"{args.model} on {args.data}: {result['samples']} calibration samples, m = {args.steps}, "
-          f"{len(flat)} channels in {len(ref)} groups, {result['threads']} threads")
-    print("| path | seconds | Spearman vs unit, all channels | mean within-group Spearman |")
-    print("|---|---:|---:|---:|")
-    for path, v in result["paths"].items():
-        print(f"| {path} | {v['seconds']:.2f} | {v['spearman_all']:.4f} | {v['spearman_within_group_mean']:.4f} |")
-    print("\n| network path, m | seconds | Spearman vs m = 16 |\n|---:|---:|---:|")
-    for m, v in result["steps_sweep"].items():
-        print(f"| {m} | {v['seconds']:.2f} | {v['spearman_vs_m16']:.4f} |")
+              "steps": args.steps, "threads": torch.get_num_threads(), "paths": {}, "rules": {}}
+    header = f"{args.model} on {args.data}: {result['samples']} calibration samples, {torch.get_num_threads()} threads"
+    if not args.rules_only:
+        paths(model, groups, batches, args.steps, result)
+        print(header + f", m = {args.steps}")
+        print("| path | seconds | Spearman vs unit, all channels | mean within-group Spearman |")
+        print("|---|---:|---:|---:|")
+        for path, v in result["paths"].items():
+            print(f"| {path} | {v['seconds']:.2f} | {v['spearman_all']:.4f} | {v['spearman_within_group_mean']:.4f} |")
+    rules(model, groups, batches, result)
+    print(f"\n{header}; network path; reference: Gauss-Legendre m = 32")
+    print("| rule | m | seconds | Spearman vs reference | mean within-group Spearman | max relative error |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for v in result["rules"].values():
+        print(f"| {v['rule']} | {v['m']} | {v['seconds']:.2f} | {v['spearman_all']:.4f} | "
+              f"{v['spearman_within_group_mean']:.4f} | {v['max_rel_error']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

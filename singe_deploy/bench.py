@@ -6,56 +6,59 @@ on the stream), so that `measure` times compute alone with CUDA events and host-
 `measure` times any backend the same way trtexec does: warm-up by time and count, then at least
 `min_iters` iterations and at least `min_seconds`, reporting median/p90/p99/mean/std and throughput.
 Backends: onnxruntime (CPU or CUDA provider), torch (CPU, CUDA eager, CUDA graph replay), and
-tensorrt (singe_deploy.trt.TensorRT).
+tensorrt (singe_deploy.trt.TensorRT). Only numpy is imported here: onnxruntime on a CPU works on a device
+that has neither torch nor torch-pruning.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
-import torch
 
+from .device import physical_cores as default_threads
 from .errors import UserError
 
-
-def default_threads():
-    """Physical cores when known (onnxruntime's own default), else logical CPUs."""
-    try:
-        cores = {(l.split(":")[1].strip()) for l in open("/proc/cpuinfo") if l.startswith("core id")}
-        sockets = {(l.split(":")[1].strip()) for l in open("/proc/cpuinfo") if l.startswith("physical id")}
-        if cores:
-            return max(1, len(cores) * max(1, len(sockets)))
-    except OSError:
-        pass
-    return os.cpu_count() or 1
+PROVIDERS = {  # --provider -> onnxruntime execution providers, in priority order
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+}
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, path, threads=None, provider="cpu"):
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)") from None
+        if provider not in PROVIDERS:
+            raise UserError(f"unknown onnxruntime provider '{provider}'; use one of {', '.join(PROVIDERS)}")
         self.threads = threads or default_threads()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        providers = PROVIDERS[provider]
         if providers[0] not in ort.get_available_providers():  # else onnxruntime falls back to the CPU
             raise UserError(f"onnxruntime here has no {providers[0]} (it has {', '.join(ort.get_available_providers())}); "
-                            "pip install onnxruntime-gpu or use the cpu provider")
+                            f"pip install onnxruntime-gpu{' built with TensorRT' if provider == 'tensorrt' else ''} "
+                            "or use --provider cpu")
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.input = self.session.get_inputs()[0].name
-        self.device = provider
+        inp = self.session.get_inputs()[0]
+        self.input, self.input_shape = inp.name, list(inp.shape)
+        self.dtype = ONNX_TYPES.get(inp.type, np.float32)
+        self.provider = provider
+        self.device = "cpu" if provider == "cpu" else "cuda"
         self.version = ort.__version__
 
     def infer(self, x):
-        return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=self.dtype)})[0]
 
     def info(self):
-        return {"backend": self.name, "version": self.version, "threads": self.threads,
+        return {"backend": self.name, "version": self.version, "threads": self.threads, "provider": self.provider,
                 "providers": self.session.get_providers()}
 
 
@@ -63,6 +66,8 @@ class Torch:
     name = "torch"
 
     def __init__(self, model, device="cpu", threads=None, cuda_graph=False):
+        import torch
+
         self.model = model.eval().to(device)
         self.device = device
         self.threads = threads or torch.get_num_threads()
@@ -71,46 +76,55 @@ class Torch:
             self.stream = torch.cuda.Stream()
         self._graph, self._x, self._out = None, None, None
 
-    @torch.inference_mode()
     def infer(self, x):
+        import torch
+
         if self.device == "cpu":
-            return self.model(torch.as_tensor(x)).float().numpy()
+            with torch.inference_mode():
+                return self.model(torch.as_tensor(x)).float().numpy()
         self.prepare(x)
         self.launch()
         self.stream.synchronize()
         return self._out.float().cpu().numpy()
 
-    @torch.inference_mode()
     def prepare(self, x):
-        x = torch.as_tensor(x)
-        if self._x is None or self._x.shape != x.shape:
-            self._x = torch.empty(x.shape, dtype=x.dtype, device=self.device)
-            self._graph = None
-        with torch.cuda.stream(self.stream):
-            self._x.copy_(x, non_blocking=False)
-        if self.cuda_graph and self._graph is None:  # capture once per input shape, after a warm-up run
-            with torch.cuda.stream(self.stream):
-                self.model(self._x)
-            self.stream.synchronize()
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, stream=self.stream):
-                self._out = self.model(self._x)
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            x = torch.as_tensor(x)
+            if self._x is None or self._x.shape != x.shape:
+                self._x = torch.empty(x.shape, dtype=x.dtype, device=self.device)
+                self._graph = None
+            with torch.cuda.stream(self.stream):
+                self._x.copy_(x, non_blocking=False)
+            if self.cuda_graph and self._graph is None:  # capture once per input shape, after a warm-up run
+                with torch.cuda.stream(self.stream):
+                    self.model(self._x)
+                self.stream.synchronize()
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._graph, stream=self.stream):
+                    self._out = self.model(self._x)
+
     def launch(self):
-        with torch.cuda.stream(self.stream):  # replay too runs on the current stream
+        import torch
+
+        with torch.inference_mode(), torch.cuda.stream(self.stream):  # replay too runs on the current stream
             if self._graph is not None:
                 self._graph.replay()
             else:
                 self._out = self.model(self._x)
 
     def info(self):
+        import torch
+
         return {"backend": self.name, "version": torch.__version__, "threads": self.threads,
                 "cuda_graph": self.cuda_graph}
 
 
 def gpu_info():
     """The GPU, driver and clocks, for reports (nvidia-smi where present)."""
+    import torch
+
     if not torch.cuda.is_available():
         return None
     info = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
@@ -131,7 +145,8 @@ def gpu_info():
 def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters=10, min_iters=50,
             min_seconds=2.0, seed=0):
     """Latency statistics of a backend on random inputs of (batch_size, *input_shape[1:])."""
-    x = np.random.default_rng(seed).standard_normal([batch_size] + list(input_shape[1:])).astype(np.float32)
+    dtype = getattr(backend, "dtype", np.float32)
+    x = np.random.default_rng(seed).standard_normal([batch_size] + list(input_shape[1:])).astype(dtype)
     if backend.device != "cpu" and hasattr(backend, "launch"):
         times, warm, wall, extra = _timed_on_gpu(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
     else:
@@ -160,9 +175,13 @@ def _loop(step, warmup_seconds, warmup_iters, min_iters, min_seconds):
 
 def _timed_on_host(backend, x, *limits):
     threads = getattr(backend, "threads", None)
-    previous = torch.get_num_threads()
-    if backend.name == "torch" and threads:
-        torch.set_num_threads(threads)
+    torch = None
+    if backend.name == "torch":
+        import torch
+
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
 
     def step(_):
         t0 = time.perf_counter()
@@ -172,12 +191,15 @@ def _timed_on_host(backend, x, *limits):
     try:
         times, warm, wall = _loop(step, *limits)
     finally:
-        torch.set_num_threads(previous)
+        if torch is not None:
+            torch.set_num_threads(previous)
     return times, warm, wall, {"timer": "host clock, input and output copies included"}
 
 
 def _timed_on_gpu(backend, x, *limits):
     """Compute alone, timed with CUDA events on the backend's stream; copies measured apart."""
+    import torch
+
     stream = backend.stream
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     backend.prepare(x)  # first call: allocation, shape setup, graph capture

@@ -35,6 +35,20 @@ def _parser():
                        "std, best marked) and compare.png. Defaults: a short schedule (2 steps, 30 iterations, "
                        "0.2 final epochs) that takes under 20 minutes on 2 cores for the demo model.")
     add_compare_arguments(k)
+    from . import bench_command, check, merge
+
+    b = sub.add_parser("bench", help="latency of .onnx files, engines or pruned models on this device",
+                       description=bench_command.__doc__.split("\n\n")[0] + " onnxruntime needs neither torch "
+                       "nor torch-pruning; the latency file carries a device block for report merge.")
+    bench_command.add_arguments(b)
+    r = sub.add_parser("report", help="join reports and latency files from several devices (report merge)")
+    rs = r.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    m = rs.add_parser("merge", help="one Markdown table and a PNG chart from reports and latency files",
+                      description=merge.__doc__.split("\n\n")[0])
+    merge.add_arguments(m)
+    c2 = sub.add_parser("check", help="check a report.json or an .onnx file against a budget (exit 1 on a miss)",
+                        description=check.__doc__.split("\n\n")[0])
+    check.add_arguments(c2)
     return ap
 
 
@@ -55,6 +69,18 @@ def main(argv=None):
             run(args)
         elif args.command == "flops":
             from .flops_command import run
+
+            return run(args)
+        elif args.command == "bench":
+            from .bench_command import run
+
+            return run(args)
+        elif args.command == "report":
+            from .merge import run
+
+            return run(args)
+        elif args.command == "check":
+            from .check import run
 
             return run(args)
         return 0

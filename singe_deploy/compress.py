@@ -296,7 +296,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     if cfg["target"] in ("onnx", "trt"):
         for variant, m in variants.items():
             path = work / f"{variant}.onnx"
-            export.export_onnx(m, input_shape, path, cfg["opset"])
+            export.export_onnx(m, input_shape, path, cfg["opset"], metadata={"model": cfg["model"], "variant": variant})
             opset = export.check_onnx(path)
             runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
             q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")

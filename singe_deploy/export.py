@@ -12,9 +12,11 @@ import torch
 from .errors import CheckFailed, UserError, first_line
 
 
-def export_onnx(model, input_shape, path, opset=18, external_data=None, dtype="float32"):
+def export_onnx(model, input_shape, path, opset=18, external_data=None, dtype="float32", metadata=None):
     """Export with a dynamic batch dimension; input 'input', output 'logits'. Weights go to a file beside
-    the graph when asked, or by default when they pass 1.5 GB (one ONNX file holds at most 2 GB)."""
+    the graph when asked, or by default when they pass 1.5 GB (one ONNX file holds at most 2 GB).
+    `metadata` (e.g. model spec, variant) is stored in the graph as 'singe_deploy.KEY' properties, which
+    `singe-deploy bench` and `check` read."""
     if opset < 18:
         raise UserError(f"--opset {opset} is too old for the dynamo exporter; use 18 or newer")
     model = model.eval()
@@ -34,7 +36,22 @@ def export_onnx(model, input_shape, path, opset=18, external_data=None, dtype="f
                               external_data=external_data)
         except Exception as e:
             raise CheckFailed(f"ONNX export failed: {e.__class__.__name__}: {first_line(e, 200)}") from None
+    if metadata:
+        tag_onnx(path, metadata)
     return path
+
+
+def tag_onnx(path, metadata):
+    """Set 'singe_deploy.KEY' metadata properties of an ONNX file (weights stored beside it are untouched)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    keep = [p for p in m.metadata_props if p.key.removeprefix("singe_deploy.") not in metadata]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        m.metadata_props.add(key=f"singe_deploy.{key}", value=str(value))
+    onnx.save(m, str(path))
 
 
 def check_onnx(path):

@@ -1,32 +1,22 @@
 """report.json (validated against the report schema) and report.md for people."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-from importlib import resources
 
 import torch
 
-from . import __version__
-from .errors import CheckFailed
+from . import __version__, schemas
 
 
 def schema():
-    return json.loads(resources.files("singe_deploy").joinpath("schemas/report.schema.json").read_text())
+    return schemas.load("report")
 
 
 def validate(report):
     """Raise CheckFailed naming the first field that breaks the schema."""
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(report), key=lambda e: list(e.path))
-    if errors:
-        e = errors[0]
-        where = "/".join(map(str, e.path)) or "(top)"
-        raise CheckFailed(f"report does not follow the schema at {where}: {e.message}")
-    return report
+    return schemas.validate(report, "report")
 
 
 def environment(threads=None):
@@ -42,6 +32,9 @@ def environment(threads=None):
         env[mod] = getattr(m, "__version__", "unknown")
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+    from .device import describe
+
+    env["device"] = describe(threads=threads)
     if "tensorrt" in sys.modules:  # only when a trt target loaded it
         env["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "unknown")
     return env

@@ -69,3 +69,17 @@ def batches(n=2, size=8, shape=(1, 12, 12), classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn((size,) + shape, generator=g), torch.randint(0, classes, (size,), generator=g))
             for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def compressed(tmp_path_factory):
+    """A finished compress output of TinyNet on synthetic data: report.json, dense/pruned .onnx, pruned.pt."""
+    from singe_deploy.cli import main
+
+    out = tmp_path_factory.mktemp("compressed") / "tiny"
+    code = main(["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--round-to", "1",
+                 "--model", "tests/conftest.py:tiny_factory", "--input-shape", "1,1,12,12", "--steps", "1",
+                 "--finetune-iters", "0", "--epochs", "0", "--calib-batches", "1", "--latency-iters", "5",
+                 "--latency-seconds", "0", "--batch-sizes", "1,2"])
+    assert code == 0
+    return out

@@ -52,3 +52,19 @@ def test_markdown_shows_the_graph_count_beside_parity():
     r["exports"][0]["graph_count"] = {"macs": 5, "macs_rel_diff": 0.0}
     line = next(l for l in markdown(r).splitlines() if l.startswith("| onnx |"))
     assert line.rstrip().endswith("| 5 (+0.000%) |")
+
+
+def test_latency_entries_of_latency_files_have_the_report_form():
+    from singe_deploy import schemas
+
+    report_item = schemas.load("report")["properties"]["latency"]["items"]
+    latency_items = schemas.load("latency")["properties"]["latency"]["items"]["allOf"]
+    assert latency_items[0] == report_item
+    assert set(report_item["required"]) <= set(latency_items[0]["required"])
+
+
+def test_report_environment_carries_the_device_block():
+    from singe_deploy.report import environment
+
+    env = environment(threads=3)
+    assert env["device"]["threads"] == 3 and env["device"]["cores_logical"] >= 1 and "runtimes" in env["device"]

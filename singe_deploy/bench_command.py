@@ -1,0 +1,249 @@
+"""singe-deploy bench: latency of exported models on the device at hand, written as a latency file.
+
+    singe-deploy bench OUT/pruned.onnx --batch-sizes 1,8 --out latency.json
+    singe-deploy bench OUT/                 # dense.onnx and pruned.onnx of a compress output folder
+    singe-deploy bench OUT/pruned.engine --backend tensorrt --cuda-graph
+    singe-deploy bench OUT/pruned.pt --backend torch --device cuda
+
+onnxruntime needs only numpy and onnxruntime here (no torch, torch-pruning or torchvision), so this runs
+on a device that has nothing but the runtime. The latency file holds a device block and latency entries
+in the report schema's form; `singe-deploy report merge` joins files from several devices.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError, first_line
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".pt": "torch"}
+VARIANTS = ("dense", "pruned")
+
+
+def add_arguments(ap):
+    ap.add_argument("artifacts", nargs="+", metavar="MODEL",
+                    help="an .onnx file, a TensorRT engine (.engine/.plan), a pruned .pt, or a compress output "
+                    "folder (its dense and pruned models)")
+    ap.add_argument("--backend", choices=BACKENDS, help="default: from the file's suffix")
+    ap.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu",
+                    help="onnxruntime execution provider (default: cpu)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch backend device (default: cpu)")
+    ap.add_argument("--cuda-graph", action="store_true", help="tensorrt or torch on cuda: time CUDA-graph replay")
+    ap.add_argument("--batch-sizes", default="1", metavar="N[,N]", help="batch sizes (default: 1)")
+    ap.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    ap.add_argument("--input-shape", metavar="1,C,H,W", help="needed only when the model's H/W are not fixed")
+    ap.add_argument("--variant", choices=VARIANTS, help="dense or pruned (default: from the file's metadata "
+                    "or name; a file that says neither counts as dense)")
+    ap.add_argument("--model-name", help="the model's name in tables (default: from metadata or the folder)")
+    ap.add_argument("--device-name", help="this device's name in tables (default: the host name)")
+    ap.add_argument("--iters", type=int, default=50, help="at least this many timed iterations (default: 50)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="and at least this many seconds (default: 2)")
+    ap.add_argument("--out", metavar="FILE", help="write the latency file here (JSON)")
+
+
+def _ints(text, what):
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{what} must be positive integers like 1,8; got '{text}'")
+    return values
+
+
+def expand(artifacts, backend):
+    """Files to measure: folders become their dense/pruned models for the backend."""
+    files = []
+    for a in artifacts:
+        p = Path(a)
+        if not p.exists():
+            raise UserError(f"{a} does not exist; pass an .onnx file, an engine, a pruned .pt or a compress folder")
+        if p.is_dir():
+            suffix = {"tensorrt": ".engine", "torch": ".pt"}.get(backend, ".onnx")
+            found = [p / f"{v}{suffix}" for v in VARIANTS if (p / f"{v}{suffix}").is_file()]
+            if not found:
+                raise UserError(f"{a} holds no dense{suffix} or pruned{suffix}; pass a file or a compress output "
+                                "folder")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def _backend_for(path, backend):
+    guess = SUFFIXES.get(path.suffix.lower())
+    if backend is None:
+        if guess is None:
+            raise UserError(f"cannot tell the backend of {path.name} from its suffix; pass --backend "
+                            f"{'|'.join(BACKENDS)}")
+        return guess
+    if guess is not None and guess != backend:
+        raise UserError(f"{path.name} is not a model for --backend {backend} (it is one for {guess})")
+    return backend
+
+
+def onnx_metadata(path):
+    """singe-deploy's metadata in an ONNX file (model spec, variant), {} when absent or unreadable."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - onnxruntime reports unreadable files with a better message
+        return {}
+    return {p.key.split(".", 1)[1]: p.value for p in m.metadata_props if p.key.startswith("singe_deploy.")}
+
+
+def describe_model(path, meta, args):
+    """Model name and variant: flags, then the file's metadata, then its name."""
+    stem = path.name.split(".")[0]
+    variant = args.variant or meta.get("variant") or next((v for v in VARIANTS if v in stem.lower()), None)
+    assumed = variant is None
+    name = args.model_name or meta.get("model")
+    if not name:
+        name = path.resolve().parent.name if stem in VARIANTS else stem
+    return name, variant or "dense", assumed
+
+
+def input_shape(declared, given, batches, path):
+    """The 1,C,H,W shape to feed: the model's declared input with the batch left free, or --input-shape."""
+    if given is not None:
+        shape = _ints(given, "--input-shape")
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in declared] if declared else []
+        if fixed and (len(fixed) != len(shape) or any(f is not None and f != s for f, s in
+                                                      zip(fixed[1:], shape[1:]))):
+            raise UserError(f"--input-shape {given} does not fit {path.name}, whose input is "
+                            f"{','.join(str(d) for d in declared)}; fix --input-shape")
+    else:
+        if not declared or any(not isinstance(d, int) or d < 1 for d in declared[1:]):
+            raise UserError(f"{path.name} has no fixed input size ({declared}); pass --input-shape 1,C,H,W")
+        shape = [1] + list(declared[1:])
+    batch = declared[0] if declared else None
+    if isinstance(batch, int) and batch > 0 and any(b != batch for b in batches):
+        raise UserError(f"{path.name} has a fixed batch size of {batch}; use --batch-sizes {batch} or export "
+                        "with a dynamic batch")
+    return shape
+
+
+def runner_for(path, backend, args):
+    """(runner, declared input shape, metadata the file carries) for one file."""
+    from . import bench
+
+    if backend == "onnxruntime":
+        try:
+            r = bench.OnnxRuntime(path, args.threads, args.provider)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise UserError(f"onnxruntime cannot load {path}: {first_line(e)}; is it a valid ONNX file?") from None
+        return r, r.input_shape, onnx_metadata(path)
+    if backend == "tensorrt":
+        _need_cuda_torch("the tensorrt backend")
+        from . import trt
+
+        record = Path(str(path) + ".json")
+        shape = json.loads(record.read_text()).get("input_shape") if record.is_file() else None
+        return trt.TensorRT(path, args.cuda_graph), shape, {}
+    if args.device == "cuda":
+        _need_cuda_torch("--device cuda")
+    else:
+        _need_torch("the torch backend")
+    from .models import load_pruned, read_checkpoint
+
+    obj = read_checkpoint(path)
+    model = load_pruned(path, obj)
+    runner = bench.Torch(model, args.device, args.threads, args.cuda_graph)
+    return runner, obj.get("input_shape"), {"model": obj["spec"], "variant": "pruned"}
+
+
+def _need_torch(what):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise UserError(f"{what} needs PyTorch; pip install torch, or measure the .onnx with onnxruntime") from None
+
+
+def _need_cuda_torch(what):
+    _need_torch(what)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{what} needs a CUDA GPU and none was found; measure the .onnx with onnxruntime "
+                        "--provider cpu")
+
+
+def measure_files(args):
+    """Latency file content for the artifacts in `args` (one entry per file and batch size)."""
+    from . import bench, device
+
+    batches = _ints(args.batch_sizes, "--batch-sizes")
+    for key in ("iters", "threads"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
+    if args.seconds < 0:
+        raise UserError(f"--seconds must be >= 0, got {args.seconds:g}")
+    entries, models, notes = [], [], []
+    for path in expand(args.artifacts, args.backend):
+        backend = _backend_for(path, args.backend)
+        runner, declared, meta = runner_for(path, backend, args)
+        name, variant, assumed = describe_model(path, meta, args)
+        if assumed:
+            notes.append(f"{path.name}: neither its metadata nor its name says dense or pruned; counted as dense "
+                         "(pass --variant)")
+        shape = input_shape(declared, args.input_shape, batches, path)
+        models.append({"path": str(path), "name": name, "variant": variant, "backend": backend,
+                       "input_shape": shape, "runner": runner.info(), **({"metadata": meta} if meta else {})})
+        for b in batches:
+            stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
+            entries.append(dict(stats, variant=variant, model=name, file=path.name,
+                                **({"provider": runner.provider} if backend == "onnxruntime" else {})))
+    return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
+            "device": device.describe(args.device_name, args.threads or bench.default_threads()),
+            "models": models, "latency": entries, "notes": notes}
+
+
+def write_json(data, path):
+    """Write JSON atomically: a temporary file beside the target, then a rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def table(data):
+    rows = ["| model | variant | backend | device | batch | median ms | p90 ms | throughput /s |",
+            "|---|---|---|---|---:|---:|---:|---:|"]
+    for e in data["latency"]:
+        rows.append(f"| {e['model']} | {e['variant']} | {e['backend']} | {e['device']} | {e['batch_size']} | "
+                    f"{e['median_ms']:.3f} | {e['p90_ms']:.3f} | {e['throughput_per_s']:.1f} |")
+    return "\n".join(rows)
+
+
+def run(args):
+    data = measure_files(args)
+    from . import device
+
+    print(f"device: {device.label(data['device'])}, {data['device']['os']}")
+    for note in data["notes"]:
+        print(f"note: {note}")
+    print(table(data))
+    if args.out:
+        from . import schemas
+
+        if schemas.available():
+            schemas.validate(data, "latency")
+        write_json(data, args.out)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Export check: compress the demo model with a short schedule, then hold the report and the pruned
+# ONNX file to a budget with `singe-deploy check`. Exit 0 when every check holds, 1 on a miss.
+#   tools/export_check.sh [BUDGET] [OUT_DIR]     about 1 minute on 2 cores
+set -euo pipefail
+cd "$(dirname "$0")/.."
+budget="${1:-configs/budgets/ci.yaml}"
+out="${2:-$(mktemp -d)/export-check}"
+singe-deploy compress --steps 1 --finetune-iters 40 --epochs 0 --calib-batches 1 --val-limit 2000 \
+  --parity-batches 2 --latency-iters 20 --latency-seconds 0.5 --out "$out"
+singe-deploy check --budget "$budget" "$out/report.json"
+singe-deploy check --budget configs/budgets/onnx.yaml "$out/pruned.onnx"
+echo "export check passed: $out"

@@ -96,17 +96,11 @@ def _latency_rules(value, where):
 
 def load_budget(path):
     """The budget in a YAML file, validated: unknown keys, wrong types and negative values are bad input."""
-    import yaml
+    from .config import read_yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"budget file {path} does not exist; fix the path")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"budget file {path} is not valid YAML; fix its syntax") from None
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"budget file {path} must be a mapping of budget keys ({', '.join(KEYS)})")
+    raw = read_yaml(path, "budget file", "budget keys")
+    if not raw:
+        raise UserError(f"budget file {path} is empty; give at least one of {', '.join(KEYS)}")
     budget = {}
     for key, value in raw.items():
         if key not in KEYS:

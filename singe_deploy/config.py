@@ -137,25 +137,31 @@ def _convert(opt, value, where):
     return value
 
 
-def load_yaml(path):
-    """The options in a YAML config file, validated."""
+def read_yaml(path, what, mapping_of):
+    """The top-level mapping of a YAML file ({} when empty), with one-line errors naming `what`."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; fix the path")
+        raise UserError(f"{what} {path} does not exist; fix the path")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        raise UserError(f"{what} {path} is not valid YAML{where}; fix its syntax") from None
     except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not a text file; pass a YAML file") from None
+        raise UserError(f"{what} {path} is not a text file; pass a YAML file") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must be a mapping of option: value, not {type(raw).__name__}")
+        raise UserError(f"{what} {path} must be a mapping of {mapping_of}, not {type(raw).__name__}")
+    return raw
+
+
+def load_yaml(path):
+    """The options in a YAML config file, validated."""
+    raw = read_yaml(path, "config file", "option: value")
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")

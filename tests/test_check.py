@@ -142,7 +142,7 @@ def test_a_latency_file_answers_latency_only(compressed, tmp_path, capsys):
     ("max_macs: true", "must be a number"),
     ("- max_macs", "must be a mapping"),
     ("max_macs: [1", "not valid YAML"),
-    ("", "must be a mapping"),
+    ("", "is empty"),
 ])
 def test_bad_budgets_exit_2_with_one_line(compressed, tmp_path, capsys, text, match):
     assert main(["check", "--budget", _budget(tmp_path, text), str(compressed / "report.json")]) == 2

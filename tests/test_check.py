@@ -185,3 +185,19 @@ def test_shipped_budgets_are_valid():
     assert len(budgets) >= 2
     for b in budgets:
         assert load_budget(b)
+
+
+def test_the_ci_workflow_example_runs_the_export_check():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parent.parent
+    flow = yaml.safe_load((root / ".github" / "workflows" / "export-check.yml").read_text())
+    steps = [s.get("run", "") for job in flow["jobs"].values() for s in job["steps"]]
+    assert any("tools/export_check.sh" in s for s in steps)
+    script = (root / "tools" / "export_check.sh").read_text()
+    assert "singe-deploy check --budget" in script
+    for budget in ("configs/budgets/ci.yaml", "configs/budgets/onnx.yaml"):
+        assert budget in script and (root / budget).is_file()
+    assert "tools/export_check.sh" in (root / ".ci" / "run").read_text()

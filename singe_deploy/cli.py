@@ -53,16 +53,33 @@ def _parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = _main(argv)
+    from . import launch
+
+    launch.record_exit(code)  # under torchrun: the launcher reads every rank's exit code
+    return code
+
+
+def _main(argv):
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 2
     try:
         if args.command == "compress":
-            from .compress import run
+            from . import launch
             from .config import resolve
 
-            run(resolve(args))
+            cfg = resolve(args)
+            if cfg["nproc"] > 1 and not launch.launched():
+                return launch.torchrun(cfg["nproc"], argv)
+            from .compress import run
+
+            try:
+                run(cfg)
+            finally:
+                launch.finish()
         elif args.command == "compare":
             from .compare import run
 

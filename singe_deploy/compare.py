@@ -23,6 +23,7 @@ from .errors import CheckFailed, UserError
 # flags override them)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed", "out", "force", "resume")
+ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout")  # compare runs its compress runs in this process
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 
 
@@ -35,7 +36,7 @@ def add_compare_arguments(p):
     p.add_argument("--out", metavar="DIR", help="output folder (default: singe-deploy-out/compare-<time>)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--resume", action="store_true", help="continue an interrupted comparison into the same --out")
-    shared = [o for o in OPTIONS if o.name not in PER_RUN]
+    shared = [o for o in OPTIONS if o.name not in PER_RUN + ONE_PROCESS]
     add_arguments(p, shared)
 
 
@@ -67,7 +68,10 @@ def plan(criteria, reductions, seeds, one_shot):
 def run(args, log=print):
     from .compress import run as compress
     from .config import resolve, validate
+    from .launch import launched
 
+    if launched():
+        raise UserError("compare runs in one process; run each compress under torchrun (or with --nproc) instead")
     criteria = _list(args.criteria, str, "--criteria")
     unknown = [c for c in criteria if c not in CRITERIA]
     if unknown:

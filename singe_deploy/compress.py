@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench, export, onnx_flops, report
+from . import bench, distributed, export, onnx_flops, report
 from .config import to_yaml
 from .data import make_data
 from .errors import CheckFailed, UserError, first_line
@@ -85,7 +85,7 @@ def prepare(cfg, log=print):
     check_target(cfg)
     out = Path(cfg["out"]) if cfg["out"] else default_out(cfg)
     work = out.parent / f".{out.name}.partial"
-    if out.exists() and not cfg["force"]:
+    if out.exists() and not cfg["force"] and distributed.current().main:  # rank 0 writes the output
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     criterion = make_criterion(cfg["criterion"], **criterion_options(cfg))
     target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
@@ -97,7 +97,10 @@ def prepare(cfg, log=print):
     classes = cfg["num_classes"] or (data.num_classes if data.real or kind == "builtin" else None)
     torch.manual_seed(cfg["seed"])
     model = load_model(cfg["model"], checkpoint, classes, shape[0], cfg["pretrained"], cfg["trust_checkpoint"])
-    check_forward(model, cfg["model"], shape, data.num_classes if data.real else None)
+    outputs = check_forward(model, cfg["model"], shape, data.num_classes if data.real else None)
+    if not data.real and data.num_classes != outputs:  # random labels the model's head can score
+        data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
+                         cfg["val_limit"], outputs)
     if not data.real:
         labels = f"; {criterion.name} scores see random labels" if criterion.uses_data else ""
         log(f"synthetic data: a latency-only run, no fine-tuning, accuracy is null{labels}")
@@ -130,6 +133,7 @@ def check_forward(model, spec, shape, classes):
     if classes and out.shape[1] != classes:
         raise UserError(f"{spec} has {out.shape[1]} outputs but the data has {classes} classes; "
                         "pass --num-classes or a checkpoint for these classes")
+    return out.shape[1]
 
 
 def _resume_state(cfg, work):
@@ -137,8 +141,9 @@ def _resume_state(cfg, work):
     if not cfg["resume"] or not path.is_file():
         return None
     state = read_checkpoint(path)
-    keep = {k: v for k, v in cfg.items() if k not in ("resume", "force", "out")}
-    old = {k: v for k, v in state["config"].items() if k not in ("resume", "force", "out")}
+    free = ("resume", "force", "out", "nproc", "dist_backend", "dist_timeout", "train_device")
+    keep = {k: v for k, v in cfg.items() if k not in free}
+    old = {k: v for k, v in state["config"].items() if k not in free}
     diff = sorted(k for k in keep if keep[k] != old.get(k))
     if diff:
         raise UserError(f"the interrupted run in {work} used other options ({', '.join(diff)}); "
@@ -151,25 +156,40 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     the output when parity or the target missed. dense_accuracy, when known (compare runs the same
     baseline many times), skips evaluating the dense model again."""
     t_start = time.time()
-    p = prepare(cfg, log)
-    model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
-    target = p["target"]
-    schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
-                        cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
-                        cfg["step_eval"])
-    input_shape = [1] + list(shape)
-    check_reachable(model, input_shape, target, schedule, _ignored(model, cfg["ignore_layers"]))
-    state = _resume_state(cfg, work)
-    if state is None and work.exists():
-        shutil.rmtree(work)
-    parent_existed = work.parent.exists()
-    work.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.init(cfg["train_device"], cfg["dist_backend"], cfg["dist_timeout"])
+    if not ctx.main:
+        log = _quiet
+    error, state = None, None
+    try:  # every bad-input check, on every rank; then all ranks learn whether any failed
+        p = prepare(cfg, log)
+        model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
+        schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
+                            cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
+                            cfg["step_eval"])
+        input_shape = [1] + list(shape)
+        check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
+        state = _resume_state(cfg, work) if ctx.main else None
+    except UserError as e:
+        error = e
+    distributed.agree(error)
+    if ctx.active:  # rank 0's weights and resume state everywhere (no shared filesystem needed)
+        distributed.broadcast_model(model)
+        state = distributed.broadcast_object(
+            (state, read_checkpoint(work / "checkpoint.pt")) if state is not None else None)
+    elif state is not None:
+        state = (state, None)
+    if ctx.main:
+        if state is None and work.exists():
+            shutil.rmtree(work)
+        parent_existed = work.parent.exists()
+        work.mkdir(parents=True, exist_ok=True)
     try:
         return _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy)
     except UserError:
-        shutil.rmtree(work, ignore_errors=True)
-        if not parent_existed and not any(work.parent.iterdir()):
-            work.parent.rmdir()
+        if ctx.main:
+            shutil.rmtree(work, ignore_errors=True)
+            if not parent_existed and not any(work.parent.iterdir()):
+                work.parent.rmdir()
         raise
     except KeyboardInterrupt:
         if resume_hint:
@@ -189,15 +209,21 @@ def _ignored(model, names):
     return layers
 
 
+def _quiet(*args, **kwargs):
+    pass
+
+
 def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None):
     model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
     target, criterion = p["target"], p["criterion"]
+    ctx = distributed.current()
     timings = {}
     dense_model = _clone(model)
     dense_costs = count(model, input_shape)
     if state:
+        state, saved = state
         dense_acc = state["dense_accuracy"]
-        model = load_pruned(work / "checkpoint.pt")
+        model = load_pruned(work / "checkpoint.pt", saved)
         records, start, dense_channels = state["records"], state["step"], state["dense_channels"]
         log(f"resuming {work} after step {start}/{schedule.steps}")
     else:
@@ -216,8 +242,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
-    result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records, checkpoint, log,
-                   finetuned, dense_channels)
+    result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
+                   checkpoint if ctx.main else None, log, finetuned, dense_channels)
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds
@@ -226,6 +252,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     pruned_costs = count(model, input_shape)
     log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
         f"{pruned_costs.params:,} params, accuracy {_fmt(pruned_acc)}")
+    if not ctx.main:  # the last collective is behind us: rank 0 alone exports, measures and writes
+        return None, out
 
     t = time.time()
     costs = {"dense": dense_costs, "pruned": pruned_costs}
@@ -262,6 +290,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         "exports": exports, "latency": latency,
         "checks": {"passed": not failures, "failures": failures},
         "timings": timings, "convention": CONVENTION,
+        "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device)},
         "environment": report.environment(cfg["threads"] or bench.default_threads()),
     }
     report.validate(rep)

@@ -76,6 +76,13 @@ OPTIONS = [
     Option("parity_batches", "int", 4, "validation batches used for parity"),
     Option("export", "bool", True, "export, check parity and measure latency (off: accuracy and costs only)"),
     Option("seed", "int", 0, "seed for data order, init and random scores"),
+    Option("train_device", "str", "auto", "device for scoring and fine-tuning (auto: CUDA when present; "
+           "under torchrun each rank's own GPU)", ("auto", "cpu", "cuda")),
+    Option("nproc", "int", 1, "processes to launch with torchrun on this machine (one per GPU, or CPU "
+           "processes with gloo); 1: this process only"),
+    Option("dist_backend", "str", "auto", "torch.distributed backend under torchrun (auto: nccl with GPUs, "
+           "else gloo)", ("auto", "nccl", "gloo")),
+    Option("dist_timeout", "float", 1800.0, "seconds a rank waits for the others before the run fails"),
     Option("out", "str", None, "output folder (default: singe-deploy-out/<model>-<time>)"),
     Option("force", "bool", False, "replace the output folder if it exists"),
     Option("resume", "bool", False, "continue an interrupted run into the same --out"),
@@ -227,7 +234,7 @@ def validate(cfg):
     for key in ("macs_reduction", "params_reduction"):
         if cfg[key] is not None and not cfg[key] > 1:
             raise UserError(f"--{key.replace('_', '-')} must be > 1 (pruned = dense / X), got {cfg[key]:g}")
-    positive = ("batch_size", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps")
+    positive = ("batch_size", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps", "nproc")
     for key in positive:
         if cfg[key] is not None and cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
@@ -250,6 +257,8 @@ def validate(cfg):
                         "--target torch --device cuda")
     if cfg["batch_sizes"] is None:
         cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
+    if cfg["dist_timeout"] <= 0:
+        raise UserError(f"--dist-timeout must be > 0 seconds, got {cfg['dist_timeout']:g}")
     if cfg["trt_workspace_gb"] <= 0:
         raise UserError(f"--trt-workspace-gb must be > 0, got {cfg['trt_workspace_gb']:g}")
     return cfg

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .errors import UserError
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -36,6 +37,7 @@ class Data:
     real: bool  # False for synthetic inputs: no fine-tuning, accuracy is null
 
     calib: object | None = None  # a fixed, unaugmented loader over training data
+    sharded: bool = False  # under torchrun: the loaders yield this rank's share of each batch already
 
     def calibration(self, n):
         """The same n training batches every time it is called (for scoring)."""
@@ -230,8 +232,37 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
         train_set = torch.utils.data.Subset(train_set, range(min(train_limit, len(train_set))))
     if val_limit:
         val_set = torch.utils.data.Subset(val_set, range(min(val_limit, len(val_set))))
+    classes = len(val_set.dataset.classes if val_limit else val_set.classes)
+    ctx = distributed.current()
+    if ctx.active:  # each rank decodes only its share: a sampler per rank, batch_size / world per rank
+        per_rank = max(1, batch_size // ctx.world)
+        sampler = torch.utils.data.distributed.DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True,
+                                                                  seed=seed, drop_last=True)
+        train = _Epochs(torch.utils.data.DataLoader(train_set, per_rank, sampler=sampler, num_workers=workers,
+                                                    drop_last=len(train_set) > batch_size), sampler)
+        mine = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
+        val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers), None)
+        return Data(spec, train, val, classes, (c, h, w), True, sharded=True)
     gen = torch.Generator().manual_seed(seed)
     train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen,
                                         num_workers=workers, drop_last=len(train_set) > batch_size)
     val = torch.utils.data.DataLoader(val_set, batch_size, num_workers=workers)
-    return Data(spec, train, val, len(val_set.dataset.classes if val_limit else val_set.classes), (c, h, w), True)
+    return Data(spec, train, val, classes, (c, h, w), True)
+
+
+class _Epochs:
+    """A rank's DataLoader: a new sampler epoch (a new shuffle) on every pass; yields this rank's share."""
+
+    sharded = True
+
+    def __init__(self, loader, sampler):
+        self.loader, self.sampler, self.epoch = loader, sampler, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.loader)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch.func import functional_call, grad, vmap
 
+from . import distributed
 from .errors import UserError, first_line
 from .groups import NORMS, param_names, per_unit, slices
 from .train import progress
@@ -49,23 +50,37 @@ class Criterion(tp.importance.Importance):
         self.options = options
         self._scores = {}
 
-    def fit(self, model, groups, batches=()):
-        """Score every group on `batches`; afterwards criterion(group) returns the cached scores."""
+    def fit(self, model, groups, batches=(), sharded=False):
+        """Score every group on `batches`; afterwards criterion(group) returns the cached scores.
+
+        Under torchrun each rank scores its share of the batches (all of its own when `sharded`: the
+        data is already split by rank) on its device, and the per-batch means are combined across
+        ranks, so every rank holds the same scores."""
+        batches = list(batches)
         if self.uses_data and not batches:
             raise UserError(f"criterion '{self.name}' needs calibration data; pass a dataset")
+        ctx = distributed.current()
         names = param_names(model)
         group_slices = [slices(g, names) for g in groups]
-        was_training = model.training
-        model.eval()
+        was_training, home = model.training, next(model.parameters()).device
+        mine = batches if sharded or not self.uses_data else distributed.my_share(batches)
+        model.to(ctx.device).eval()
         try:
-            scores = self._score(model, groups, group_slices, list(batches))
+            if mine or not self.uses_data:
+                mine = [(x.to(ctx.device), y.to(ctx.device)) for x, y in mine]
+                scores = self._score(model, groups, group_slices, mine)
+            else:  # more ranks than calibration batches: this one adds nothing
+                scores = [torch.zeros(_n(g), dtype=torch.float64) if gs else None
+                          for g, gs in zip(groups, group_slices)]
+            if self.uses_data:
+                scores = distributed.combine_means(scores, len(mine))
         finally:
-            model.train(was_training)
+            model.to(home).train(was_training)
         self._scores = {group_key(g): s for g, s in zip(groups, scores)}
         return scores
 
-    def score(self, model, groups, batches=()):
-        return self.fit(model, groups, batches)
+    def score(self, model, groups, batches=(), sharded=False):
+        return self.fit(model, groups, batches, sharded)
 
     def __call__(self, group):
         return self._scores.get(group_key(group))

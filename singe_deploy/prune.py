@@ -212,6 +212,8 @@ def apply_plan(model, plan, example):
         group.prune()
     for p in model.parameters():
         p.grad = None
+        if not p.data.is_contiguous():  # pruned 1x1 convs can keep the dense strides
+            p.data = p.data.contiguous()
     return model
 
 
@@ -278,6 +280,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     dense_cost = records[0]["dense"] if records else measure(model, shape, target.metric)
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
+    sharded = getattr(data, "sharded", False)  # the loaders already yield this rank's share
     finetune_batches = cycle(data.train) if real else None
     for s in range(start_step, schedule.steps):
         step_target = dense_cost / target.reduction ** ((s + 1) / schedule.steps)
@@ -285,7 +288,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         t0 = time.time()
         _, groups = all_groups(model, example, ignored)
         batches = data.calibration(schedule.calib_batches) if data is not None else []
-        scores = criterion.score(model, groups, batches)
+        scores = criterion.score(model, groups, batches, sharded)
         t1 = time.time()
         planner = Planner(model, groups, scores, dense_channels, schedule, names)
         plan, cost, reached = _search(planner, model, example, shape, target.metric, step_target,
@@ -297,7 +300,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         t2 = time.time()
         if real and schedule.finetune_iters > 0:
             train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
-                        desc=f"fine-tune step {s + 1}")
+                        desc=f"fine-tune step {s + 1}", sharded=sharded)
         t3 = time.time()
         acc = evaluate(model, data.val) if real and (schedule.step_eval or s + 1 == schedule.steps) else None
         macs = count(model, shape).macs

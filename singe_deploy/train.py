@@ -1,4 +1,7 @@
-"""Training, fine-tuning and evaluation loops shared by the pipeline and tools/train_baseline.py."""
+"""Training, fine-tuning and evaluation loops shared by the pipeline and tools/train_baseline.py.
+
+They run on the device of distributed.current() and, under torchrun, on this rank's share of every
+batch (see distributed.py); with one process they are plain loops."""
 from __future__ import annotations
 
 import math
@@ -8,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
+
 
 def progress(iterable=None, **kwargs):
-    """A progress bar on stderr that stays quiet when stderr is not a terminal, unless forced."""
-    kwargs.setdefault("disable", not sys.stderr.isatty())
+    """A progress bar on stderr that stays quiet when stderr is not a terminal (or on ranks other than 0)."""
+    kwargs.setdefault("disable", not sys.stderr.isatty() or not distributed.current().main)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
@@ -19,17 +24,23 @@ def progress(iterable=None, **kwargs):
 
 @torch.no_grad()
 def evaluate(model, loader, limit=None):
-    """Top-1 accuracy on a loader (all of it, or its first `limit` batches)."""
+    """Top-1 accuracy on a loader (all of it, or its first `limit` batches); under torchrun each rank
+    counts its share of every batch and the counts are summed."""
+    ctx = distributed.current()
     was_training = model.training
-    model.eval()
-    correct = total = 0
+    device = next(model.parameters()).device
+    model.to(ctx.device).eval()
+    counts = torch.zeros(2, dtype=torch.float64)
     for i, (x, y) in enumerate(progress(loader, desc="evaluate", unit="batch")):
         if limit is not None and i >= limit:
             break
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    model.train(was_training)
-    return correct / max(total, 1)
+        x, y = distributed.shard(x, y) if not getattr(loader, "sharded", False) else (x, y)
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        counts[0] += (model(x).argmax(1) == y).sum().item()
+        counts[1] += len(y)
+    counts = distributed.all_sum(counts)
+    model.to(device).train(was_training)
+    return float(counts[0] / max(counts[1], 1))
 
 
 def cycle(loader):
@@ -48,28 +59,41 @@ def make_optimizer(model, lr, weight_decay=5e-4, momentum=0.9):
 
 
 def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", desc="fine-tune",
-                batches=None):
-    """SGD for `iters` iterations over `loader` (cycled); returns the mean training loss."""
+                batches=None, sharded=None):
+    """SGD for `iters` iterations over `loader` (cycled); returns the mean training loss (this rank's).
+
+    On the device of distributed.current(); under torchrun, DDP over this rank's share of every global
+    batch (`sharded`: the loader already yields this rank's share), each rank's summed loss divided by
+    the global batch size, so the averaged gradient is the global batch's mean gradient."""
     if iters <= 0:
         return None
+    ctx = distributed.current()
+    sharded = getattr(loader, "sharded", False) if sharded is None else sharded
     batches = batches if batches is not None else cycle(loader)
+    home = next(model.parameters()).device
+    model.to(ctx.device)
     opt = make_optimizer(model, lr, weight_decay)
-    model.train()
     total = 0.0
-    bar = progress(range(iters), desc=desc, unit="it")
-    for i in bar:
-        if schedule == "cosine":
-            for g in opt.param_groups:
-                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / iters))
-        x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.item()
-        if i % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
+    with distributed.data_parallel(model) as net:
+        net.train()
+        bar = progress(range(iters), desc=desc, unit="it")
+        for i in bar:
+            if schedule == "cosine":
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / iters))
+            x, y = next(batches)
+            if not sharded:
+                x, y = distributed.shard(x, y)
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            n = distributed.all_sum(torch.tensor([float(len(y))]))[0] if ctx.active else len(y)
+            loss = F.cross_entropy(net(x), y, reduction="sum") * (ctx.world / n)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() / ctx.world
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item() / ctx.world:.3f}")
+    model.eval().to(home)
     return total / iters
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
 from . import __version__
-from .errors import CheckFailed, UserError
+from .errors import CheckFailed, UserError, first_line
 
 
 def _parser():
@@ -110,6 +111,15 @@ def _main(argv):
     except KeyboardInterrupt:
         print("singe-deploy: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from . import launch
+
+        lost = ("closed by peer", "timed out", "timeout", "connection reset")
+        if launch.launched() and any(w in str(e).lower() for w in lost):  # a peer failed: its own error says why
+            print(f"singe-deploy: error: rank {os.environ.get('RANK', '?')} stopped because another rank failed or "
+                  f"did not answer ({first_line(e, 120)})", file=sys.stderr)
+            return 1
+        raise
 
 
 def entry():

@@ -239,8 +239,12 @@ def data_parallel(model):
     for bn in norms:
         bn.forward = _synced_bn_forward(bn)
     ids = [_current.device.index] if _current.device.type == "cuda" else None
+    import inspect
+
+    # BatchNorm buffers are equal on every rank (synced statistics): no need to send them each forward
+    quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
     try:
-        yield DDP(model, device_ids=ids, broadcast_buffers=False)
+        yield DDP(model, device_ids=ids, **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))
     finally:
         for bn in norms:
             del bn.forward  # back to the class's forward

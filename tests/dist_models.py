@@ -29,6 +29,20 @@ class FailsOnRank1(Small):
         return super().forward(x)
 
 
+class HangsOnRank1(Small):
+    def forward(self, x):
+        if self.training and os.environ.get("RANK") == "1":
+            import time
+
+            time.sleep(600)
+        return super().forward(x)
+
+
+def hangs_on_rank1(num_classes=10, in_channels=1):
+    torch.manual_seed(0)
+    return HangsOnRank1(in_channels, num_classes)
+
+
 def tiny(num_classes=10, in_channels=1):
     torch.manual_seed(0)
     return Small(in_channels, num_classes)

@@ -109,3 +109,15 @@ def test_bad_input_on_rank_0_stops_every_rank_with_exit_2(tmp_path):
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.startswith("singe-deploy: error:")]
     assert lines and "exists" in lines[0] and all("exists" in line for line in lines)
+
+
+def test_a_hanging_rank_is_cut_off_by_the_timeout(tmp_path):
+    import time
+
+    argv = [a if a != "tests/dist_models.py:tiny" else "tests/dist_models.py:hangs_on_rank1" for a in RUN]
+    argv[argv.index("--dist-timeout") + 1] = "8"
+    t = time.time()
+    r = _compress(*argv, "--nproc", "2", "--out", str(tmp_path / "h"), timeout=240)
+    assert r.returncode == 1 and "did not answer" in r.stderr
+    assert time.time() - t < 200  # the rank asleep for 600 s did not hold the run
+    assert not (tmp_path / "h").exists()

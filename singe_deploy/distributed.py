@@ -235,6 +235,10 @@ def data_parallel(model):
         return
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    import warnings
+
+    # 1x1 convs: a grad's strides over size-1 dims differ from the bucket's, which is harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
         bn.forward = _synced_bn_forward(bn)

@@ -2,7 +2,8 @@
 # One script for a GPU machine (any NVIDIA GPU with CUDA PyTorch): the gpu-marked tests, then
 # compress of torchvision:resnet50 (synthetic 224x224, 2x fewer MACs) with the best GPU target there
 # (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio,
-# then SInGE scoring on the GPU with path steps batched (vmap) against one by one.
+# then SInGE scoring on the GPU with path steps batched (vmap) against one by one, then (2+ GPUs)
+# compress under torchrun with nccl against one GPU.
 #   tools/gpu_check.sh [OUT_DIR]      about 4-7 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,3 +45,17 @@ python tools/bench_scoring.py --device cuda --model torchvision:resnet50 --data 
   --input-shape 1,3,224,224 --batch-size 32 --calib-batches 2 --repeat 2 --singe-batch-steps 1,2,4,8,auto
 python tools/bench_scoring.py --device cuda --batch-size 128 --calib-batches 4 --repeat 2 \
   --singe-batch-steps 1,2,4,8,auto
+# compress under torchrun with nccl (needs 2 GPUs and Fashion-MNIST): same channels as one GPU, and the times
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  for n in 1 2; do
+    /usr/bin/time -f "nproc $n: %e s wall" singe-deploy compress --no-export --steps 2 --finetune-iters 50 \
+      --epochs 0.5 --nproc "$n" --out "$out-nproc$n"
+  done
+  python - "$out-nproc1" "$out-nproc2" <<'PY'
+import json, sys
+a, b = (json.load(open(f"{d}/report.json")) for d in sys.argv[1:])
+same = sum(x["pruned_out"] == y["pruned_out"] for x, y in zip(a["layers"], b["layers"]))
+print(f"nccl x2 vs one GPU: {same}/{len(a['layers'])} layers equal; accuracy {a['pruned']['accuracy']} vs "
+      f"{b['pruned']['accuracy']}; fine-tuning {a['timings']['finetune_s']} s vs {b['timings']['finetune_s']} s")
+PY
+fi

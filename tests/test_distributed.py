@@ -121,3 +121,35 @@ def test_a_hanging_rank_is_cut_off_by_the_timeout(tmp_path):
     assert r.returncode == 1 and "did not answer" in r.stderr
     assert time.time() - t < 200  # the rank asleep for 600 s did not hold the run
     assert not (tmp_path / "h").exists()
+
+
+def _flowchart_on(device):
+    from singe_deploy.data import Data
+    from singe_deploy.flops import count
+    from singe_deploy.prune import prune
+
+    distributed.init(device)
+    try:
+        data = batches(4, size=16)
+        model = TinyNet().eval()
+        dense = count(model, (1, 1, 12, 12)).macs
+        prune(model, (1, 1, 12, 12), make_criterion("singe", steps=2), {"macs_reduction": 1.5},
+              {"steps": 2, "finetune_iters": 3, "epochs": 0.5, "round_to": 1, "calib_batches": 2},
+              data=Data("test", data, data[:2], 4, (1, 12, 12), True), log=lambda *a: None)
+        assert all(p.device.type == "cpu" for p in model.parameters())  # back on the CPU for planning/export
+        assert count(model, (1, 1, 12, 12)).macs < dense
+        assert evaluate(model, data[:2]) >= 0
+    finally:
+        distributed.shutdown()
+
+
+def test_the_flowchart_on_the_cpu_device():
+    _flowchart_on("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_flowchart_scores_and_fine_tunes_on_cuda():
+    assert distributed.init("cuda").device.type == "cuda"
+    distributed.shutdown()
+    _flowchart_on("cuda")

@@ -23,7 +23,7 @@ from .errors import CheckFailed, UserError
 # flags override them)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed", "out", "force", "resume")
-ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout")  # compare runs its compress runs in this process
+ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 
 

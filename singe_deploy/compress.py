@@ -141,7 +141,7 @@ def _resume_state(cfg, work):
     if not cfg["resume"] or not path.is_file():
         return None
     state = read_checkpoint(path)
-    free = ("resume", "force", "out", "nproc", "dist_backend", "dist_timeout", "train_device")
+    free = ("resume", "force", "out", "nproc", "dist_backend", "dist_timeout", "dist_sync_bn", "train_device")
     keep = {k: v for k, v in cfg.items() if k not in free}
     old = {k: v for k, v in state["config"].items() if k not in free}
     diff = sorted(k for k in keep if keep[k] != old.get(k))
@@ -156,7 +156,7 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     the output when parity or the target missed. dense_accuracy, when known (compare runs the same
     baseline many times), skips evaluating the dense model again."""
     t_start = time.time()
-    ctx = distributed.init(cfg["train_device"], cfg["dist_backend"], cfg["dist_timeout"])
+    ctx = distributed.init(cfg["train_device"], cfg["dist_backend"], cfg["dist_timeout"], cfg["dist_sync_bn"])
     if not ctx.main:
         log = _quiet
     error, state = None, None
@@ -290,7 +290,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         "exports": exports, "latency": latency,
         "checks": {"passed": not failures, "failures": failures},
         "timings": timings, "convention": CONVENTION,
-        "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device)},
+        "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
+                        "sync_bn": ctx.sync_bn},
         "environment": report.environment(cfg["threads"] or bench.default_threads()),
     }
     report.validate(rep)

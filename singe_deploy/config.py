@@ -83,6 +83,8 @@ OPTIONS = [
     Option("dist_backend", "str", "auto", "torch.distributed backend under torchrun (auto: nccl with GPUs, "
            "else gloo)", ("auto", "nccl", "gloo")),
     Option("dist_timeout", "float", 1800.0, "seconds a rank waits for the others before the run fails"),
+    Option("dist_sync_bn", "bool", True, "under torchrun, BatchNorm statistics over all ranks' samples while "
+           "fine-tuning (off: each rank's own, fewer collectives, results differ from one process)"),
     Option("out", "str", None, "output folder (default: singe-deploy-out/<model>-<time>)"),
     Option("force", "bool", False, "replace the output folder if it exists"),
     Option("resume", "bool", False, "continue an interrupted run into the same --out"),

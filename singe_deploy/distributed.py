@@ -29,6 +29,7 @@ class Context:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None
+    sync_bn: bool = True
 
     @property
     def main(self):
@@ -60,7 +61,7 @@ def resolve_device(train_device, backend=None):
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init(train_device="auto", backend="auto", timeout_s=1800):
+def init(train_device="auto", backend="auto", timeout_s=1800, sync_bn=True):
     """Join the process group when launched by torchrun; returns the Context (also for one process)."""
     global _current
     from .launch import launched
@@ -78,7 +79,7 @@ def init(train_device="auto", backend="auto", timeout_s=1800):
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     _current = Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device,
-                       backend)
+                       backend, sync_bn)
     return _current
 
 
@@ -240,15 +241,17 @@ def data_parallel(model):
     # 1x1 convs: a grad's strides over size-1 dims differ from the bucket's, which is harmless
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = norms if _current.sync_bn else []
     for bn in norms:
         bn.forward = _synced_bn_forward(bn)
     ids = [_current.device.index] if _current.device.type == "cuda" else None
     import inspect
 
-    # BatchNorm buffers are equal on every rank (synced statistics): no need to send them each forward
-    quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+    # synced statistics leave BatchNorm buffers equal on every rank: no need to send them each forward
+    new = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+    sync = {} if not norms else {"forward_sync_buffers": False} if new else {"broadcast_buffers": False}
     try:
-        yield DDP(model, device_ids=ids, **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))
+        yield DDP(model, device_ids=ids, **sync)
     finally:
         for bn in norms:
             del bn.forward  # back to the class's forward

@@ -31,10 +31,10 @@ def _work(model, data):
     return scores, {k: v.clone() for k, v in model.state_dict().items()}, acc
 
 
-def _rank(rank, world, path, out):
+def _rank(rank, world, path, out, sync_bn=True):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    distributed.init("cpu", "gloo", 60)
+    distributed.init("cpu", "gloo", 60, sync_bn)
     torch.manual_seed(0)
     result = _work(TinyNet().eval(), _data())
     if rank == 0:
@@ -55,6 +55,15 @@ def test_two_gloo_ranks_compute_what_one_process_computes(tmp_path):
     for k, v in single[1].items():
         assert torch.allclose(v.float(), state[k].float(), rtol=1e-4, atol=1e-5), k  # BN stats synced too
     assert acc == single[2]
+
+
+def test_without_synced_batchnorm_two_ranks_drift_from_one_process(tmp_path):
+    torch.manual_seed(0)
+    single = _work(TinyNet().eval(), _data())
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out), False), nprocs=2, join=True)
+    state = torch.load(out, weights_only=False)[1]
+    assert not torch.allclose(single[1]["bn0.running_var"], state["bn0.running_var"], rtol=1e-4)
 
 
 RUN = ["--model", "tests/dist_models.py:tiny", "--checkpoint", "none", "--train-limit", "512", "--val-limit", "256",
@@ -84,7 +93,7 @@ def test_two_processes_prune_the_same_channels_as_one(tmp_path):
     assert r2.returncode == 0, r2.stderr
     (c1, rep1), (c2, rep2) = _channels(one), _channels(two)
     assert c1 == c2 and rep1["pruned"]["macs"] == rep2["pruned"]["macs"]
-    assert rep2["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
+    assert rep2["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu", "sync_bn": True}
     assert rep1["distributed"]["world_size"] == 1
     assert abs(rep1["pruned"]["accuracy"] - rep2["pruned"]["accuracy"]) < 0.02  # float order only
     assert r2.stdout.count("wrote ") == 1  # rank 0 alone logs and writes

@@ -12,12 +12,11 @@ in the report schema's form; `singe-deploy report merge` joins files from severa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from . import __version__
 from .errors import UserError, first_line
+from .files import write_atomic
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".pt": "torch"}
@@ -208,18 +207,8 @@ def measure_files(args):
 
 
 def write_json(data, path):
-    """Write JSON atomically: a temporary file beside the target, then a rename."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (a temporary beside the target, then a rename)."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
 
 
 def table(data):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .files import staged
 
 NA = "–"
 
@@ -152,17 +152,6 @@ def chart(rows, path):
     plt.close(fig)
 
 
-def _atomic(path, write):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        return tmp
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args):
     out = Path(args.out)
     if out.suffix.lower() != ".md":
@@ -171,9 +160,9 @@ def run(args):
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     rows, macs, sources, notes = collect(args.files)
     png = out.with_suffix(".png")
-    tmp_md = _atomic(out, lambda t: Path(t).write_text(markdown(rows, macs, sources, notes)))
+    tmp_md = staged(out, lambda t: Path(t).write_text(markdown(rows, macs, sources, notes)))
     try:
-        tmp_png = _atomic(png, lambda t: chart(rows, t + ".png") or os.replace(t + ".png", t))
+        tmp_png = staged(png, lambda t: chart(rows, t))
     except BaseException:
         Path(tmp_md).unlink(missing_ok=True)
         raise

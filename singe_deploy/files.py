@@ -1,0 +1,29 @@
+"""Writing output files atomically: a hidden temporary beside the target, renamed only when complete."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+
+def staged(path, write):
+    """Call write(tmp_path) for a hidden temporary beside `path`; returns the temporary (removed on failure).
+    Rename it into place with os.replace once everything that belongs together is written."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        return tmp
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, write):
+    """Write one file atomically through write(tmp_path)."""
+    os.replace(staged(path, write), path)

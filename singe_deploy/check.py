@@ -175,8 +175,10 @@ def facts_from_onnx(path, budget, args):
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal([max(2, args.parity_samples)] + shape[1:]).astype(runner.dtype)
-    if isinstance(runner.input_shape[0], int) and runner.input_shape[0] > 0:
-        x = x[: runner.input_shape[0]]
+    declared = runner.input_shape[0]
+    fixed = declared if isinstance(declared, int) and declared > 0 else None  # a graph with a fixed batch
+    if fixed:
+        x = x[:fixed]
     try:
         out = runner.infer(x)
         if not np.isfinite(out).all():
@@ -192,7 +194,7 @@ def facts_from_onnx(path, budget, args):
     latency = []  # onnxruntime on this CPU; rules for other backends find no entry and miss
     if "max_latency_ms" in budget:
         for b in batches:
-            if isinstance(runner.input_shape[0], int) and runner.input_shape[0] > 0 and b != runner.input_shape[0]:
+            if fixed and b != fixed:
                 continue
             latency.append(dict(bench.measure(runner, shape, b, min_iters=20, min_seconds=0.5), variant="pruned",
                                 provider="cpu"))

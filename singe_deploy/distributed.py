@@ -53,10 +53,10 @@ def resolve_device(train_device, backend=None):
         raise UserError("--train-device cuda needs a CUDA GPU and none was found; use --train-device cpu")
     if backend == "nccl" and not torch.cuda.is_available():
         raise UserError("--dist-backend nccl needs CUDA GPUs and none was found; use --dist-backend gloo")
-    use_cuda = train_device == "cuda" or (train_device == "auto" and torch.cuda.is_available()) or backend == "nccl"
-    if use_cuda and backend == "gloo" and train_device == "auto":
-        use_cuda = False  # gloo asked for: keep everything on the CPU
-    if not use_cuda:
+    if backend == "nccl" and train_device == "cpu":
+        raise UserError("--dist-backend nccl runs on GPUs; drop --train-device cpu or use --dist-backend gloo")
+    auto_cuda = train_device == "auto" and backend != "gloo" and torch.cuda.is_available()
+    if not (train_device == "cuda" or backend == "nccl" or auto_cuda):
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -28,8 +28,11 @@ CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 
 
 def add_compare_arguments(p):
-    p.add_argument("--criteria", default=",".join(CRITERIA), metavar="NAME[,NAME]",
-                   help=f"criteria to compare (default: {','.join(CRITERIA)})")
+    p.add_argument("--criteria", default=",".join(CRITERIA), metavar="NAME[:KEY=VALUE...][,...]",
+                   help=f"criteria to compare (default: {','.join(CRITERIA)}); an entry may set options of its own, "
+                   "e.g. singe:variant=completeness:path=unit (KEY is a compress option, singe_ implied for SInGE's)")
+    p.add_argument("--rankings", metavar="NAME[,NAME]",
+                   help="run every criterion with each of these rankings (global, raw, cost, local)")
     p.add_argument("--macs-reduction", default="2,3", metavar="X[,X]", help="MACs reductions (default: 2,3)")
     p.add_argument("--seeds", default="0,1,2", metavar="N[,N]", help="seeds (default: 0,1,2)")
     p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
@@ -50,19 +53,49 @@ def _list(text, kind, flag):
     return values
 
 
-def plan(criteria, reductions, seeds, one_shot):
-    """(run name, per-run options) for every run, in a fixed order."""
+def entry(text):
+    """(label, options) of one --criteria entry: 'NAME' or 'NAME:KEY=VALUE:...' (KEY a compress option; for singe,
+    'singe_' may be left out)."""
+    from .config import BY_NAME, _convert
+
+    name, *pairs = text.split(":")
+    if name not in CRITERIA:
+        raise UserError(f"unknown criterion '{name}' in --criteria; choose from {', '.join(CRITERIA)}")
+    opts = {"criterion": name}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        full = f"{name}_{key}" if f"{name}_{key}" in BY_NAME else key
+        if not eq or full not in BY_NAME or full in PER_RUN + ONE_PROCESS:
+            raise UserError(f"--criteria entry '{text}': '{pair}' is not KEY=VALUE with KEY a compress option; fix it")
+        opts[full] = _convert(BY_NAME[full], value, f"--criteria entry '{text}':")
+    return text, opts
+
+
+def plan(criteria, reductions, seeds, one_shot, rankings=None):
+    """(run name, flowchart, per-run options) for every run, in a fixed order. Each criterion is a name or an
+    entry with options (see entry); with `rankings`, every criterion runs with each of them."""
     flowcharts = ["entwined"] + (["one-shot"] if one_shot else [])
+    entries = [entry(c) for c in criteria]
+    if rankings:
+        crossed = [(f"{label}:ranking={r}" if "ranking" not in opts else label, dict({"ranking": r}, **opts))
+                   for label, opts in entries for r in rankings]
+        entries = list(dict((label, (label, opts)) for label, opts in crossed).values())
     runs = []
     for flowchart in flowcharts:
         for x in reductions:
-            for criterion in criteria:
+            for label, copts in entries:
                 for seed in seeds:
-                    opts = {"criterion": criterion, "macs_reduction": x, "seed": seed}
+                    opts = dict(copts, macs_reduction=x, seed=seed, label=label)
                     if flowchart == "one-shot":
                         opts.update(steps=1, finetune_iters=0)
-                    runs.append((f"{criterion}-x{x:g}-s{seed}-{flowchart}", flowchart, opts))
+                    folder = label.replace(":", "+").replace("=", "-")
+                    runs.append((f"{folder}-x{x:g}-s{seed}-{flowchart}", flowchart, opts))
     return runs
+
+
+def _options(opts):
+    return {k: v for k, v in opts.items() if k != "label"}
 
 
 def run(args, log=print):
@@ -73,9 +106,11 @@ def run(args, log=print):
     if launched():
         raise UserError("compare runs in one process; run each compress under torchrun (or with --nproc) instead")
     criteria = _list(args.criteria, str, "--criteria")
-    unknown = [c for c in criteria if c not in CRITERIA]
-    if unknown:
-        raise UserError(f"unknown criteria {', '.join(unknown)}; choose from {', '.join(CRITERIA)}")
+    rankings = _list(args.rankings, str, "--rankings") if getattr(args, "rankings", None) else None
+    from .prune import RANKINGS
+
+    if rankings and any(r not in RANKINGS for r in rankings):
+        raise UserError(f"--rankings must be among {', '.join(RANKINGS)}, got {args.rankings}")
     reductions = _list(args.macs_reduction, float, "--macs-reduction")
     if any(not x > 1 for x in reductions):
         raise UserError(f"--macs-reduction values must be > 1, got {args.macs_reduction}")
@@ -88,16 +123,16 @@ def run(args, log=print):
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     if work.exists() and not args.resume:
         shutil.rmtree(work)
-    runs = plan(criteria, reductions, seeds, args.one_shot)
+    runs = plan(criteria, reductions, seeds, args.one_shot, rankings)
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
-        validate(dict(base, **opts))
+        validate(dict(base, **_options(opts)))
     (work / "runs").mkdir(parents=True, exist_ok=True)
     rows, dense = [], None  # every run starts from the same baseline: its accuracy is measured once
     for i, (name, flowchart, opts) in enumerate(runs, 1):
         folder = work / "runs" / name
         if not (folder / "report.json").is_file():
             log(f"[{i}/{len(runs)}] {name}")
-            cfg = validate(dict(base, **opts, out=str(folder), force=True, resume=False))
+            cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=False))
             try:
                 compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense, resume_hint=False)
             except CheckFailed:  # a missed target is a result, recorded with the run
@@ -123,7 +158,7 @@ def run(args, log=print):
 
 def row(rep, name, flowchart, opts):
     steps = rep.get("steps", [])
-    return {"name": name, "criterion": opts["criterion"], "macs_reduction": opts["macs_reduction"],
+    return {"name": name, "criterion": opts.get("label", opts["criterion"]), "macs_reduction": opts["macs_reduction"],
             "seed": opts["seed"], "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
             "accuracy_before_finetune": rep["pruned"].get("accuracy_before_finetune"),
             "dense_accuracy": rep["dense"]["accuracy"], "macs": rep["pruned"]["macs"],

@@ -87,7 +87,7 @@ def prepare(cfg, log=print):
     work = out.parent / f".{out.name}.partial"
     if out.exists() and not cfg["force"] and distributed.current().main:  # rank 0 writes the output
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
-    criterion = make_criterion(cfg["criterion"], **criterion_options(cfg))
+    criterion = _make(cfg, None)  # options checked before any loading
     target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
     kind = parse_spec(cfg["model"])[0]
     shape = sample_shape(cfg)
@@ -101,11 +101,31 @@ def prepare(cfg, log=print):
     if not data.real and data.num_classes != outputs:  # random labels the model's head can score
         data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
                          cfg["val_limit"], outputs)
+    criterion = _make(cfg, data)
     if not data.real:
         labels = f"; {criterion.name} scores see random labels" if criterion.uses_data else ""
-        log(f"synthetic data: a latency-only run, no fine-tuning, accuracy is null{labels}")
+        chosen = (f"; criterion {criterion.name} (data-free: random labels carry no signal; --criterion to choose)"
+                  if cfg["criterion"] == "auto" else "")
+        log(f"synthetic data: a latency-only run, no fine-tuning, accuracy is null{labels}{chosen}")
     return dict(model=model, data=data, shape=shape, checkpoint=checkpoint, out=out, work=work,
                 criterion=criterion, target=target)
+
+
+# the default calibration budget when scoring runs on a CPU: criterion passes x MACs per sample; about a minute of
+# SInGE (m = 8) on torchvision:resnet50 at 224 on 2 cores (docs/criteria.md); the demo model stays far below it
+CPU_CALIB_MACS = 4e12
+
+
+def _scores_on_cpu(cfg):
+    return cfg["train_device"] == "cpu" or (cfg["train_device"] == "auto" and not torch.cuda.is_available())
+
+
+def _make(cfg, data):
+    """The criterion: 'auto' is SInGE on real data and l2 on synthetic data (or SInGE before the data is known)."""
+    name = cfg["criterion"]
+    if name == "auto":
+        name = "l2" if data is not None and not data.real else "singe"
+    return make_criterion(name, **criterion_options(dict(cfg, criterion=name)))
 
 
 def criterion_options(cfg):
@@ -113,7 +133,7 @@ def criterion_options(cfg):
     if name == "singe":
         return {"steps": cfg["singe_steps"], "norm": cfg["singe_norm"], "path": cfg["singe_path"],
                 "elementwise": cfg["singe_elementwise"], "batch_steps": cfg["singe_batch_steps"],
-                "rule": cfg["singe_rule"]}
+                "rule": cfg["singe_rule"], "variant": cfg["singe_variant"], "replicas": cfg["singe_replicas"]}
     if name == "random":
         return {"seed": cfg["seed"]}
     return {}
@@ -165,7 +185,8 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
         schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
                             cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
-                            cfg["step_eval"])
+                            cfg["step_eval"], cfg["calib_samples"],
+                            CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None)
         input_shape = [1] + list(shape)
         check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
         state = _resume_state(cfg, work) if ctx.main else None

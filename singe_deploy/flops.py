@@ -129,7 +129,7 @@ class _Counter(TorchDispatchMode):
         return out
 
 
-def _channels(m):
+def channels_of(m):
     if isinstance(m, nn.modules.conv._ConvNd):
         return m.in_channels, m.out_channels
     if isinstance(m, nn.Linear):
@@ -166,7 +166,7 @@ def count(model, input_shape):
         own = sum(p.numel() for p in m.parameters(recurse=False))
         macs, other = counter.macs.get(name, 0), counter.other.get(name, 0)
         if macs or other or own:
-            cin, cout = _channels(m)
+            cin, cout = channels_of(m)
             layers.append(Layer(name or "(model)", type(m).__name__, macs, other, own, cin, cout))
     params = sum(p.numel() for p in model.parameters())
     unused = sum(p.numel() for p in model.parameters() if id(p) not in counter.seen)

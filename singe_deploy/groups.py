@@ -125,6 +125,76 @@ def per_unit(group_slices, tensors, n):
     return total
 
 
+class UnitMap:
+    """Every (element, unit) pair of a list of groups' slices, indexed once, so that per-unit sums of any
+    tensors shaped like the parameters cost one gather and one index_add per parameter, whatever the
+    number of groups (per_unit loops over groups and slices). Units are numbered group after group;
+    an element in two slices of the same unit counts once."""
+
+    def __init__(self, group_slices, sizes):
+        self.sizes = list(sizes)
+        self.total = sum(self.sizes)
+        pairs = {}  # param name -> [(elements, global units)]
+        offset = 0
+        for gs, n in zip(group_slices, self.sizes):
+            per_param, sizes_of = {}, {}
+            for s in gs:
+                per_param.setdefault(s.name, []).append(_pairs(s))
+                sizes_of[s.name] = s.param.numel()
+            for name, parts in per_param.items():
+                numel = sizes_of[name]
+                units = torch.cat([u for _, u in parts])
+                elems = torch.cat([e for e, _ in parts])
+                key = torch.unique(units * numel + elems)  # an element twice in one unit counts once
+                pairs.setdefault(name, []).append((key % numel, key // numel + offset))
+            offset += n
+        self.index = {name: (torch.cat([e for e, _ in ps]), torch.cat([u for _, u in ps]))
+                      for name, ps in pairs.items()}
+        self._on = {}
+
+    def _device_index(self, name, device):
+        key = (name, device)
+        if key not in self._on:
+            e, u = self.index[name]
+            self._on[key] = (e.to(device), u.to(device))
+        return self._on[key]
+
+    def sums(self, tensors):
+        """Per-unit sums of tensors[name] (shaped like the parameters), all units at once: float64, CPU."""
+        total = None
+        for name in self.index:
+            t = tensors[name]
+            e, u = self._device_index(name, t.device)
+            if total is None:
+                total = torch.zeros(self.total, dtype=torch.float64, device=t.device)
+            total.index_add_(0, u, t.reshape(-1)[e].double())
+        if total is None:
+            return torch.zeros(self.total, dtype=torch.float64)
+        return total.cpu()
+
+    def split(self, flat):
+        """A flat per-unit tensor back into one tensor per group."""
+        return list(torch.split(flat, self.sizes))
+
+
+def _pairs(s):
+    """(flat element index, root unit) for every element of a slice."""
+    shape = s.param.shape
+    numel = s.param.numel()
+    idxs, roots = s.idxs.long(), s.root_idxs.long()
+    ids = torch.arange(numel).view(shape)
+    if s.groups > 1:
+        g = s.groups
+        view = ids.view(g, shape[0] // g, shape[1], -1)
+        per_group = shape[1]
+        elems = view[idxs // per_group, :, idxs % per_group]  # (k, out per group, kernel)
+    else:
+        elems = ids.movedim(s.dim, 0)[idxs]
+    elems = elems.reshape(len(idxs), -1)
+    units = roots[:, None].expand_as(elems)
+    return elems.reshape(-1), units.reshape(-1)
+
+
 def root_module(group):
     return group[0].dep.target.module
 

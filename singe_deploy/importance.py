@@ -31,7 +31,8 @@ from torch.func import functional_call, grad, vmap
 
 from . import distributed
 from .errors import UserError, first_line
-from .groups import NORMS, param_names, per_unit, slices
+from .groups import NORMS, UnitMap, param_names, per_unit, slices
+from .unitpath import UnitScaler
 from .train import progress
 
 
@@ -74,6 +75,7 @@ class Criterion(tp.importance.Importance):
                           for g, gs in zip(groups, group_slices)]
             if self.uses_data:
                 scores = distributed.combine_means(scores, len(mine))
+            scores = self._finish(scores)
         finally:
             model.to(home).train(was_training)
         self._scores = {group_key(g): s for g, s in zip(groups, scores)}
@@ -81,6 +83,14 @@ class Criterion(tp.importance.Importance):
 
     def score(self, model, groups, batches=(), sharded=False):
         return self.fit(model, groups, batches, sharded)
+
+    def passes_per_sample(self, groups):
+        """Forward-pass equivalents one calibration sample costs (a backward counts as two forwards)."""
+        return 3 if self.uses_data else 0
+
+    def _finish(self, scores):
+        """Scores after the batch means are combined (all ranks): the identity unless a criterion says otherwise."""
+        return scores
 
     def __call__(self, group):
         return self._scores.get(group_key(group))
@@ -199,25 +209,52 @@ class SInGE(Criterion):
     name = "singe"
     uses_data = True
     PATHS = ("unit", "group", "network")
-
     RULES = ("riemann", "gauss")
+    VARIANTS = ("spec", "completeness", "removal")
 
-    def __init__(self, steps=8, norm=2, path="network", elementwise=False, batch_steps="auto", rule="riemann"):
+    def __init__(self, steps=8, norm=2, path="network", elementwise=False, batch_steps="auto", rule="riemann",
+                 variant="spec", replicas=8):
         if path not in self.PATHS:
             raise UserError(f"unknown SInGE path '{path}'; use one of {', '.join(self.PATHS)}")
         if rule not in self.RULES:
             raise UserError(f"unknown SInGE rule '{rule}'; use one of {', '.join(self.RULES)}")
+        if variant not in self.VARIANTS:
+            raise UserError(f"unknown SInGE variant '{variant}'; use one of {', '.join(self.VARIANTS)}")
         if int(steps) < 1:
             raise UserError(f"SInGE steps must be >= 1, got {steps}")
+        if int(replicas) < 1:
+            raise UserError(f"SInGE replicas must be >= 1, got {replicas}")
         if batch_steps != "auto" and (not str(batch_steps).isdigit() or int(batch_steps) < 1):
             raise UserError(f"SInGE batch_steps must be 'auto' or a positive integer, got {batch_steps}")
         super().__init__(steps=int(steps), norm=norm, path=path, elementwise=bool(elementwise),
-                         batch_steps=batch_steps if batch_steps == "auto" else int(batch_steps), rule=rule)
+                         batch_steps=batch_steps if batch_steps == "auto" else int(batch_steps), rule=rule,
+                         variant=variant, replicas=int(replicas))
         self._no_vmap = False
-        self.fallback = None  # why batched steps were abandoned, if they were
+        self.fallback = None  # why batched steps (or replicated unit paths) were abandoned, if they were
+        self.passes = 0  # forward/backward passes of the last fit (a forward alone for 'removal')
+
+    def passes_per_sample(self, groups):
+        m, path, variant = self.options["steps"], self.options["path"], self.options["variant"]
+        units = sum(_n(g) for g in groups)
+        if variant == "removal":
+            return units
+        return 3 * m * {"network": 1, "group": len(groups), "unit": units}[path]
+
+    def _finish(self, scores):
+        if self.options["variant"] == "spec":
+            return scores
+        return [None if s is None else s.abs() for s in scores]  # estimated damage, in loss units
 
     def _score(self, model, groups, group_slices, batches):
-        path = self.options["path"]
+        path, variant = self.options["path"], self.options["variant"]
+        self.passes = 0
+        if variant == "removal" or (path == "unit" and variant == "completeness"):
+            scaler = UnitScaler(model, group_slices)
+            if scaler.unsupported is None:
+                return self._replicated(model, groups, group_slices, batches, scaler)
+            self.fallback = scaler.unsupported
+            if variant == "removal":
+                return self._removed_one_by_one(model, groups, group_slices, batches)
         if path == "network":
             return self._network(groups, group_slices, batches, model)
         out = []
@@ -228,7 +265,54 @@ class SInGE(Criterion):
                 out.append(self._integrate(model, [gs], [_n(g)], batches, [None])[0])
             else:
                 n = _n(g)
-                out.append(torch.stack([self._integrate(model, [gs], [n], batches, [j])[0][j] for j in range(n)]))
+                umap = UnitMap([gs], [n])
+                out.append(torch.stack([self._integrate(model, [gs], [n], batches, [j], umap)[0][j] for j in range(n)]))
+        return out
+
+    def _replicated(self, model, groups, group_slices, batches, scaler):
+        """The unit path (completeness) or the removal loss change for every unit, R units per pass: the batch
+        is repeated R times and replica r sees only its unit scaled, through activation hooks (exact: a unit's
+        parameter slices scale its channels' activations)."""
+        units = [(i, j) for i, (g, gs) in enumerate(zip(groups, group_slices)) if gs for j in range(_n(g))]
+        removal = self.options["variant"] == "removal"
+        points = [(0.0, 1.0)] if removal else self.nodes()
+        jobs = [(u, mu, w) for u in units for mu, w in points]
+        totals = {u: 0.0 for u in units}
+        R = self.options["replicas"]
+        for x, y in progress(batches, desc="score singe/unit", unit="batch"):
+            with torch.no_grad():
+                base = F.cross_entropy(model(x), y).item() if removal else 0.0
+            for part in _chunks(jobs, R):
+                values = scaler.losses(model, x, y, [u for u, _, _ in part], [mu for _, mu, _ in part],
+                                       grad=not removal)
+                self.passes += 1
+                for (u, _, w), v in zip(part, values):
+                    totals[u] += w * (v - base if removal else v)
+        out = [None] * len(groups)
+        for i, (g, gs) in enumerate(zip(groups, group_slices)):
+            if gs:
+                out[i] = torch.tensor([totals[(i, j)] / len(batches) for j in range(_n(g))], dtype=torch.float64)
+        return out
+
+    def _removed_one_by_one(self, model, groups, group_slices, batches):
+        """The removal loss change by zeroing each unit's weights in turn (models the hooks cannot serve)."""
+        weights = {n: w.detach() for n, w in _touched(group_slices).items()}
+        out = []
+        with torch.no_grad():
+            bases = [F.cross_entropy(model(x), y).item() for x, y in batches]
+            for g, gs in zip(groups, group_slices):
+                if not gs:
+                    out.append(None)
+                    continue
+                scores = torch.zeros(_n(g), dtype=torch.float64)
+                for j in range(_n(g)):
+                    zeroed = dict(weights)
+                    for s in gs:
+                        zeroed[s.name] = zeroed[s.name].masked_fill(s.mask(s.root_idxs == j), 0)
+                    for (x, y), base in zip(batches, bases):
+                        scores[j] += F.cross_entropy(functional_call(model, zeroed, (x,)), y).item() - base
+                        self.passes += 1
+                out.append(scores / len(batches))
         return out
 
     def _network(self, groups, group_slices, batches, model):
@@ -240,12 +324,14 @@ class SInGE(Criterion):
             out[i] = s
         return out
 
-    def _integrate(self, model, moved, sizes, batches, units, bar=False):
+    def _integrate(self, model, moved, sizes, batches, units, umap=None, bar=False):
         """Quadrature of the SInGE integrand for the groups in `moved`, all scaled together by mu.
 
-        units[i] is None to scale all channels of group i, or one root channel index.
+        units[i] is None to scale all channels of group i, or one root channel index. Per-unit sums go
+        through one UnitMap (one gather and index_add per parameter per path point).
         """
         p, elementwise = self.options["norm"], self.options["elementwise"]
+        completeness = self.options["variant"] == "completeness"
         nodes = dict(self.nodes())
         params = _touched(moved)
         weights = {n: w.detach() for n, w in params.items()}
@@ -254,19 +340,18 @@ class SInGE(Criterion):
             for s in gs:
                 select = None if unit is None else (s.root_idxs == unit)
                 masks[s.name] |= s.mask(select)
-        powered = {n: _norm(w, p) for n, w in weights.items()}
-        wnorm = [per_unit(gs, powered, n).pow(1 / p) for gs, n in zip(moved, sizes)]
-        totals = [torch.zeros(n, dtype=torch.float64) for n in sizes]
+        umap = umap or UnitMap(moved, sizes)
+        wnorm = umap.sums({n: _norm(w, p) for n, w in weights.items()}).pow(1 / p)
+        total = torch.zeros(umap.total, dtype=torch.float64)
 
         def add(mu, grads):
-            if elementwise:
-                prod = {n: _norm(mu * weights[n] * grads[n], p) for n in weights}
-                for t, gs, n in zip(totals, moved, sizes):
-                    t += nodes[mu] * per_unit(gs, prod, n).pow(1 / p)
+            nonlocal total
+            if completeness:  # d/dmu L(theta(mu)) = <W_g, grad L>: the signed integral is the loss change
+                total += nodes[mu] * umap.sums({n: weights[n] * grads[n] for n in weights})
+            elif elementwise:
+                total += nodes[mu] * umap.sums({n: _norm(mu * weights[n] * grads[n], p) for n in weights}).pow(1 / p)
             else:
-                gpow = {n: _norm(g, p) for n, g in grads.items()}
-                for t, w, gs, n in zip(totals, wnorm, moved, sizes):
-                    t += nodes[mu] * mu * w * per_unit(gs, gpow, n).pow(1 / p)
+                total += nodes[mu] * mu * wnorm * umap.sums({n: _norm(g, p) for n, g in grads.items()}).pow(1 / p)
 
         device = next(iter(weights.values())).device
         for x, y in progress(batches, desc="score singe", unit="batch", disable=not bar or None):
@@ -277,7 +362,7 @@ class SInGE(Criterion):
             for part in _chunks(list(nodes), self.options["batch_steps"]):
                 for mu, grads in zip(part, grads_at(part)):
                     add(mu, grads)
-        return [t / len(batches) for t in totals]
+        return umap.split(total / len(batches))
 
     def nodes(self):
         """(mu, weight) pairs of the quadrature over [0, 1]: the right Riemann sum mu_k = k/m with weights 1/m,
@@ -321,7 +406,9 @@ class SInGE(Criterion):
             return [g for part in _chunks(mus, cap) for g in self._path_grads(model, weights, masks, part, x, y)]
         if len(mus) > 1 and not self._no_vmap:
             try:
-                return _vmapped_grads(model, {n: torch.stack([point(mu)[n] for mu in mus]) for n in weights}, x, y)
+                grads = _vmapped_grads(model, {n: torch.stack([point(mu)[n] for mu in mus]) for n in weights}, x, y)
+                self.passes += 1
+                return grads
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 half = len(mus) // 2
@@ -331,6 +418,7 @@ class SInGE(Criterion):
             except RuntimeError as e:  # an op vmap cannot batch: one pass per step from here on
                 self._no_vmap = True
                 self.fallback = first_line(e, 200)
+        self.passes += len(mus)
         return [_loss_grads(model, {n: t.requires_grad_() for n, t in point(mu).items()}, x, y) for mu in mus]
 
 

@@ -5,8 +5,9 @@ Each step scores every dependency group with the criterion, then finds by bisect
 pruning level whose result meets the step's target (dense / X^(s/S)); candidate levels are tried
 on a copy of the model and measured with the real counter, so the target holds for any topology.
 A level is turned into per-group channel counts by ranking (see Planner): `global` removes chunks of
-`round_to` channels in order of their score normalised by the group's mean, `local` removes the same
-fraction from every group. Every pruned channel count stays a multiple of `round_to` (per block for
+`round_to` channels in order of their score normalised by the group's mean, `raw` in order of the
+score itself, `cost` in order of score per MAC (or per param, for a params target) a channel costs,
+`local` removes the same fraction from every group. Every pruned channel count stays a multiple of `round_to` (per block for
 grouped convolutions).
 """
 from __future__ import annotations
@@ -19,9 +20,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import UserError
-from .flops import count
-from .groups import all_groups, channel_groups, default_ignored
+from torch import nn
+
+from .flops import channels_of, count
+from .groups import UnitMap, _is_out, all_groups, channel_groups, default_ignored, param_names, slices
 from .train import cycle, evaluate, progress, train_epochs, train_iters
+
+
+# how a pruning level becomes channel counts per group (see Planner)
+RANKINGS = ("global", "raw", "cost", "local")
 
 
 @dataclass
@@ -50,10 +57,12 @@ class Schedule:
     max_layer_ratio: float = 0.9
     calib_batches: int = 4
     step_eval: bool = True  # accuracy after every step (off: after the last one only)
+    calib_samples: int | None = None  # at most this many calibration samples (None: all calib_batches)
+    calib_macs: float | None = None  # or, when set and calib_samples is not, as many as this budget affords
 
     def __post_init__(self):
-        if self.ranking not in ("global", "local"):
-            raise UserError(f"ranking must be global or local, got {self.ranking!r}")
+        if self.ranking not in RANKINGS:
+            raise UserError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
 
 
 @dataclass
@@ -67,6 +76,7 @@ class StepRecord:
     score_seconds: float
     plan_seconds: float
     finetune_seconds: float
+    calib_samples: int = 0
 
 
 @dataclass
@@ -124,18 +134,24 @@ def in_window(pruned, dense, reduction):
 class Planner:
     """Turns group scores and an integer level into channel indices to remove per group.
 
-    Global ranking: each group's channels, sorted by score normalised by the group's mean, are cut
-    into chunks of `round_to` channels (per block for grouped convs); level k removes the k chunks of
-    lowest mean score across all groups, so one level more is one chunk more. Local ranking: level
-    k of `levels` removes the fraction k/levels of every group, kept counts rounded up.
+    Global rankings: each group's channels, sorted by score, are cut into chunks of `round_to`
+    channels (per block for grouped convs); level k removes the k chunks of lowest key across all
+    groups, so one level more is one chunk more. The key of a chunk is its mean score divided by the
+    group's mean score (`global`), its mean score (`raw`: for criteria whose scale is comparable
+    across layers), or its mean score divided by what one channel of the group costs (`cost`: MACs or
+    params, from channel_costs; removed greedily by damage per unit of cost). Local ranking: level k
+    of `levels` removes the fraction k/levels of every group, kept counts rounded up.
     """
 
     LOCAL_LEVELS = 1000
 
-    def __init__(self, model, groups, scores, dense_channels, schedule, names):
+    def __init__(self, model, groups, scores, dense_channels, schedule, names, costs=None):
         self.schedule = schedule
         self.entries = []  # (name, handler, channels per block, blocks, block scores, most removable)
-        for g, s in zip(groups, scores):
+        self.divisors = []  # per entry: what a chunk's mean score is divided by to rank it
+        if schedule.ranking == "cost" and costs is None:
+            raise UserError("ranking 'cost' needs the channel costs (prune() passes them)")
+        for k, (g, s) in enumerate(zip(groups, scores)):
             if s is None:
                 continue
             root = g[0].dep.target.module
@@ -150,19 +166,28 @@ class Planner:
             keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
             most = n // blocks - keep_min
             self.entries.append((name, g[0].dep.handler, n // blocks, blocks, per_block, max(most, 0)))
-        self.chunks = self._chunks() if schedule.ranking == "global" else None
+            self.divisors.append(self._divisor(per_block, costs[k] if costs is not None else None))
+        self.chunks = self._chunks() if schedule.ranking != "local" else None
         self.levels = len(self.chunks) if self.chunks is not None else self.LOCAL_LEVELS
 
     def _quantum(self, blocks):
         r = self.schedule.round_to or 1
         return r // math.gcd(r, blocks)
 
+    def _divisor(self, scores, cost):
+        ranking = self.schedule.ranking
+        if ranking == "global":
+            return float(scores.mean()) + 1e-12
+        if ranking == "cost":
+            return max(float(cost), 1e-12)
+        return 1.0
+
     def _chunks(self):
-        """(score, entry index, channels removed after this chunk), in the order they are removed."""
+        """(key, entry index, channels removed after this chunk), in the order they are removed."""
         out = []
         for i, (_, _, n, blocks, s, most) in enumerate(self.entries):
             q = self._quantum(blocks)
-            norm = torch.sort(s / (s.mean() + 1e-12)).values
+            norm = torch.sort(s / self.divisors[i]).values
             removed = n % q  # first bring an unaligned layer to a multiple of q
             if removed and removed <= most:
                 out.append((float(norm[:removed].mean()), i, removed))
@@ -199,6 +224,38 @@ class Planner:
             idxs = sorted(b * n + p for b in range(blocks) for p in positions)
             plan.append((name, handler, idxs))
         return plan
+
+
+def channel_costs(model, groups, input_shape, metric):
+    """What removing one root channel of each group saves: MACs (per sample) or params, summed over every layer
+    slice the group removes with it (each layer's cost split evenly over its channels; a layer that also
+    loses channels of another group is counted in full for each, so this is the first-order saving)."""
+    if metric == "params":
+        names = param_names(model)
+        group_slices = [slices(g, names) for g in groups]
+        sizes = [len(g[0].idxs) for g in groups]
+        umap = UnitMap(group_slices, sizes)
+        per = umap.split(umap.sums({n: torch.ones_like(p) for n, p in model.named_parameters()}))
+        return [float(p.mean()) if len(p) else 0.0 for p in per]
+    layer_macs = {layer.name: layer.macs for layer in count(model, input_shape).layers}
+    modules = {id(m): n for n, m in model.named_modules()}
+    costs = []
+    for g in groups:
+        n = len(g[0].idxs)
+        total = 0.0
+        for item in g:
+            layer = item.dep.target.module
+            macs = layer_macs.get(modules.get(id(layer)), 0)
+            if not macs:
+                continue
+            cin, cout = channels_of(layer)
+            out = _is_out(item.dep.handler)
+            depthwise = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.in_channels > 1
+            if (not out and depthwise) or not (cout if out else cin):
+                continue  # a depthwise conv's input channels are its output channels
+            total += macs / (cout if out else cin) * len(item.idxs) / n
+        costs.append(total)
+    return costs
 
 
 def apply_plan(model, plan, example):
@@ -288,9 +345,11 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         t0 = time.time()
         _, groups = all_groups(model, example, ignored)
         batches = data.calibration(schedule.calib_batches) if data is not None else []
+        batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape, log if s == start_step else None)
         scores = criterion.score(model, groups, batches, sharded)
         t1 = time.time()
-        planner = Planner(model, groups, scores, dense_channels, schedule, names)
+        costs = channel_costs(model, groups, shape, target.metric) if schedule.ranking == "cost" else None
+        planner = Planner(model, groups, scores, dense_channels, schedule, names, costs)
         plan, cost, reached = _search(planner, model, example, shape, target.metric, step_target,
                                       desc=f"plan step {s + 1}/{schedule.steps}")
         if s == 0 and not reached and schedule.steps == 1:
@@ -306,7 +365,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         macs = count(model, shape).macs
         params = sum(p.numel() for p in model.parameters())
         rec = StepRecord(s + 1, step_target, macs, params, acc, sum(len(i) for _, _, i in plan),
-                         round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3)).__dict__
+                         round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), n_calib).__dict__
         rec["dense"] = dense_cost
         records.append(rec)
         if on_step:
@@ -325,6 +384,32 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds)
 
 
+MIN_CALIB_SAMPLES = 16
+
+
+def calibration(batches, schedule, criterion, model, groups, shape, log=None):
+    """The calibration batches cut to schedule.calib_samples, or to what schedule.calib_macs affords (the
+    criterion's forward-equivalent passes x the model's MACs per sample; never under MIN_CALIB_SAMPLES)."""
+    total = sum(len(x) for x, _ in batches)
+    cap = schedule.calib_samples
+    if cap is None and schedule.calib_macs and batches:
+        per_sample = criterion.passes_per_sample(groups) * count(model, shape).macs
+        if per_sample > 0:
+            cap = max(MIN_CALIB_SAMPLES, int(schedule.calib_macs // per_sample))
+            if cap < total and log:
+                log(f"calibration: {cap} of {total} samples, what {schedule.calib_macs:.0e} MACs of {criterion.name}'s "
+                    "passes afford on a CPU (--calib-samples to choose)")
+    if cap is None or cap >= total:
+        return batches, total
+    out, left = [], cap
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= len(x[:left])
+    return out, cap
+
+
 def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     """Fail fast (bad input) when even the most pruning the schedule allows misses the target."""
     target, schedule = as_target(target), as_schedule(schedule)
@@ -334,7 +419,8 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     _, groups = all_groups(model, example, ignored)
     names = {id(m): n for n, m in model.named_modules()}
     scores = [torch.ones(len(g[0].idxs)) for g in groups]
-    planner = Planner(model, groups, scores, {}, schedule, names)
+    costs = [1.0] * len(groups)  # any costs: the most pruning allowed does not depend on the order
+    planner = Planner(model, groups, scores, {}, schedule, names, costs)
     counts = planner.counts(planner.levels)
     pruned = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
     dense = measure(model, shape, target.metric)

@@ -121,6 +121,19 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     assert again in (0, 1)
 
 
+def test_synthetic_data_scores_with_a_data_free_criterion_unless_told(tmp_path, capsys):
+    base = ["compress", "--data", "synthetic", "--model", "tests/conftest.py:tiny_factory", "--input-shape",
+            "1,1,12,12", "--round-to", "1", "--no-export"] + FAST
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "criterion l2 (data-free" in out
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["criterion"]["name"] == "l2"
+    assert main(base + ["--out", str(tmp_path / "b"), "--criterion", "taylor"]) == 0
+    out = capsys.readouterr().out
+    assert "data-free" not in out and "taylor scores see random labels" in out
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["criterion"]["name"] == "taylor"
+
+
 def test_latency_only_run_on_synthetic_data_with_torch_target(tmp_path, capsys):
     out = tmp_path / "lat"
     code = main(["compress", "--out", str(out), "--data", "synthetic", "--target", "torch", "--criterion", "l1",

@@ -16,7 +16,8 @@ def test_plan_covers_every_combination_in_a_fixed_order():
     assert len(runs) == 16 and len({name for name, _, _ in runs}) == 16
     one_shot = [opts for _, flowchart, opts in runs if flowchart == "one-shot"]
     assert len(one_shot) == 8 and all(o["steps"] == 1 and o["finetune_iters"] == 0 for o in one_shot)
-    assert runs[0] == ("singe-x2-s0-entwined", "entwined", {"criterion": "singe", "macs_reduction": 2.0, "seed": 0})
+    assert runs[0] == ("singe-x2-s0-entwined", "entwined",
+                       {"criterion": "singe", "macs_reduction": 2.0, "seed": 0, "label": "singe"})
 
 
 @needs_fashion
@@ -63,7 +64,7 @@ def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--criteria", "singe,magnitude"], "unknown criteria magnitude"),
+    (["--criteria", "singe,magnitude"], "unknown criterion 'magnitude'"),
     (["--macs-reduction", "2,x"], "--macs-reduction must be"),
     (["--macs-reduction", "1"], "must be > 1"),
     (["--seeds", ""], "--seeds must be"),
@@ -74,3 +75,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
     assert not (tmp_path / "c").exists() and not (tmp_path / ".c.partial").exists()
+
+
+def test_entries_carry_their_own_options_and_rankings_cross_them():
+    runs = compare.plan(["singe:variant=completeness:path=unit", "l2"], [2.0], [0], one_shot=False,
+                        rankings=["global", "cost"])
+    labels = [opts["label"] for _, _, opts in runs]
+    assert labels == ["singe:variant=completeness:path=unit:ranking=global",
+                      "singe:variant=completeness:path=unit:ranking=cost", "l2:ranking=global", "l2:ranking=cost"]
+    first = runs[0][2]
+    assert first["singe_variant"] == "completeness" and first["singe_path"] == "unit" and first["ranking"] == "global"
+    assert "/" not in runs[0][0] and ":" not in runs[0][0]
+    fixed = compare.plan(["l2:ranking=local"], [2.0], [0], False, rankings=["global", "cost"])
+    assert [o["ranking"] for _, _, o in fixed] == ["local"]  # an entry's own ranking wins
+
+
+@pytest.mark.parametrize("text", ["singe:variant", "singe:colour=red", "l2:seed=3", "singe:steps=many"])
+def test_bad_entries_are_bad_input(text):
+    from singe_deploy.errors import UserError
+
+    with pytest.raises(UserError):
+        compare.entry(text)

@@ -323,3 +323,197 @@ def test_batched_path_steps_on_cuda_match_the_cpu(tiny):
 
 def _groups_on(model):
     return all_groups(model, torch.zeros(1, 1, 12, 12, device="cuda"), default_ignored(model))[1]
+
+
+# --- completeness, removal and the replicated unit path ---
+
+class ChainNet(torch.nn.Module):
+    """Residual, grouped, depthwise and linear layers, no layer with input and output channels in one group
+    (so the activation hooks serve it); `act` is the nonlinearity."""
+
+    def __init__(self, act=torch.nn.functional.relu):
+        super().__init__()
+        nn = torch.nn
+        self.act = act
+        self.stem = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.fc1 = nn.Linear(8, 12)
+        self.ln = nn.LayerNorm(12)
+        self.head = nn.Linear(12, 4)
+        for bn in (self.bn0, self.bn1, self.bn2):  # statistics that are not the identity
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        x = self.act(self.bn0(self.stem(x)))
+        x = x + self.bn2(self.b(self.act(self.bn1(self.a(x)))))
+        x = self.act(self.dw(x)).mean((2, 3))
+        return self.head(self.ln(self.act(self.fc1(x))))
+
+
+def _chain(act=torch.nn.functional.relu):
+    model = ChainNet(act).eval()
+    return model, all_groups(model, torch.zeros(1, 1, 12, 12), default_ignored(model))[1]
+
+
+def _removal_measured(model, groups, data):
+    """Loss change of zeroing each unit's parameter slices, measured directly."""
+    names = param_names(model)
+    params = dict(model.named_parameters())
+    out = []
+    with torch.no_grad():
+        base = sum(F.cross_entropy(model(x), y).item() for x, y in data) / len(data)
+        for g in groups:
+            gs = slices(g, names)
+            scores = []
+            for j in range(len(g[0].idxs)):
+                m = copy.deepcopy(model)
+                mp = dict(m.named_parameters())
+                for s in gs:
+                    mp[s.name].data[s.mask(s.root_idxs == j)] = 0
+                scores.append(sum(F.cross_entropy(m(x), y).item() for x, y in data) / len(data) - base)
+            out.append(torch.tensor(scores, dtype=torch.float64))
+    return out
+
+
+def _force_weights(monkeypatch):
+    from singe_deploy import unitpath
+
+    monkeypatch.setattr(unitpath.UnitScaler, "_check", lambda self, model, gs: "forced for the test")
+
+
+def test_completeness_is_the_loss_change_of_removal_smooth_model():
+    model, groups = _chain(torch.nn.functional.gelu)
+    data = batches(2, size=16)
+    measured = _removal_measured(model, groups, data)
+    crit = make_criterion("singe", path="unit", variant="completeness", steps=8, rule="gauss")
+    scores = crit.score(model, groups, data)
+    assert crit.fallback is None  # the replicated hooks served it
+    for est, true in zip(scores, measured):
+        # Gauss-Legendre with 8 points is exact to degree 15; a smooth integrand leaves float error only
+        assert torch.allclose(est, true.abs(), atol=2e-5, rtol=1e-3), (est, true)
+    assert max(t.abs().max() for t in measured) > 1e-3  # not trivially zero
+
+
+def test_completeness_converges_to_the_removal_loss_change_on_a_relu_model():
+    model, groups = _chain()
+    data = batches(1, size=16)
+    true = torch.cat(_removal_measured(model, groups, data)).abs()
+    def error(m, rule):
+        crit = make_criterion("singe", path="unit", variant="completeness", steps=m, rule=rule)
+        return (torch.cat(crit.score(model, groups, data)) - true).abs().max().item()
+
+    assert error(32, "riemann") < error(2, "riemann") / 8  # the right Riemann sum's error is O(1/m)
+    assert error(32, "gauss") < 0.005 * true.max().item()  # ReLU's kinks leave a small quadrature error
+
+
+def test_replicated_unit_path_equals_moving_the_weights(monkeypatch):
+    model, groups = _chain()
+    data = batches(2, size=8)
+    hooks = make_criterion("singe", path="unit", variant="completeness", steps=3, replicas=5)
+    a = hooks.score(model, groups, data)
+    units = sum(len(g[0].idxs) for g in groups)
+    assert hooks.passes == len(data) * -(-units * 3 // 5)  # R = 5 (unit, mu) points per pass
+    _force_weights(monkeypatch)
+    moved = make_criterion("singe", path="unit", variant="completeness", steps=3)
+    b = moved.score(model, groups, data)
+    assert moved.fallback == "forced for the test"
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_removal_variant_is_the_measured_loss_change(monkeypatch):
+    model, groups = _chain()
+    data = batches(2, size=8)
+    measured = _removal_measured(model, groups, data)
+    hooks = make_criterion("singe", variant="removal", replicas=7).score(model, groups, data)
+    _force_weights(monkeypatch)
+    moved = make_criterion("singe", variant="removal").score(model, groups, data)
+    for h, w, true in zip(hooks, moved, measured):
+        assert torch.allclose(h, true.abs(), atol=1e-5)
+        assert torch.allclose(w, true.abs(), atol=1e-5)
+
+
+def test_units_the_hooks_cannot_scale_fall_back_to_moving_weights(tiny):
+    from singe_deploy.unitpath import UnitScaler
+
+    groups = _groups(tiny)
+    names = param_names(tiny)
+    scaler = UnitScaler(tiny, [slices(g, names) for g in groups])
+    assert "input and output channels in one group" in scaler.unsupported  # x + grouped(x)
+    data = batches(1, size=4)
+    crit = make_criterion("singe", variant="removal")
+    scores = crit.score(tiny, groups, data)
+    assert crit.fallback == scaler.unsupported
+    for s, true in zip(scores, _removal_measured(tiny, groups, data)):
+        assert torch.allclose(s, true.abs(), atol=1e-5)
+
+
+def test_unit_map_sums_equal_per_unit_on_every_group():
+    import torchvision
+
+    from singe_deploy.groups import UnitMap, per_unit
+
+    for model, shape in ((TinyNetForMap(), (1, 1, 12, 12)),
+                         (torchvision.models.mobilenet_v3_small(num_classes=5).eval(), (1, 3, 32, 32)),
+                         (torchvision.models.densenet121(num_classes=5).eval(), (1, 3, 32, 32))):
+        _, groups = all_groups(model, torch.zeros(shape), default_ignored(model))
+        names = param_names(model)
+        gs = [slices(g, names) for g in groups]
+        sizes = [len(g[0].idxs) for g in groups]
+        tensors = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+        umap = UnitMap(gs, sizes)
+        for got, s, n in zip(umap.split(umap.sums(tensors)), gs, sizes):
+            assert torch.allclose(got, per_unit(s, tensors, n), rtol=1e-5, atol=1e-6)  # per_unit sums in float32
+
+
+def TinyNetForMap():
+    from .conftest import TinyNet
+
+    return TinyNet().eval()
+
+
+def test_singe_work_per_step_is_one_unit_sum_whatever_the_groups(monkeypatch):
+    """m passes per batch, and per path point one UnitMap.sums (a gather and an index_add per parameter), not a
+    loop over groups and slices."""
+    from singe_deploy import groups as groups_mod
+    from singe_deploy import importance
+
+    model, groups = _chain()
+    data = batches(2, size=8)
+    calls = {"sums": 0, "per_unit": 0}
+    real_sums = groups_mod.UnitMap.sums
+
+    def counting(self, tensors):
+        calls["sums"] += 1
+        return real_sums(self, tensors)
+
+    monkeypatch.setattr(groups_mod.UnitMap, "sums", counting)
+    monkeypatch.setattr(importance, "per_unit", lambda *a: calls.__setitem__("per_unit", 1))
+    crit = make_criterion("singe", steps=6)
+    crit.score(model, groups, data)
+    assert crit.passes == 6 * len(data)
+    assert calls["sums"] == 6 * len(data) + 1  # + the weight norms, once
+    assert calls["per_unit"] == 0
+
+
+def test_passes_per_sample_follow_path_and_variant():
+    model, groups = _chain()
+    units = sum(len(g[0].idxs) for g in groups)
+    assert make_criterion("singe", steps=8).passes_per_sample(groups) == 24
+    assert make_criterion("singe", steps=8, path="unit").passes_per_sample(groups) == 24 * units
+    assert make_criterion("singe", variant="removal").passes_per_sample(groups) == units
+    assert make_criterion("taylor").passes_per_sample(groups) == 3
+    assert make_criterion("l2").passes_per_sample(groups) == 0
+
+
+def test_unknown_variant_is_bad_input():
+    with pytest.raises(UserError, match="variant"):
+        make_criterion("singe", variant="oracle")

@@ -171,3 +171,106 @@ def test_pruning_leaves_no_stale_gradients():
     planner = Planner(model, groups, make_criterion("l1").score(model, groups), {}, Schedule(round_to=1), names)
     apply_plan(model, planner.removals(planner.counts(planner.levels // 2)), torch.zeros(1, 1, 12, 12))
     assert all(p.grad is None for p in model.parameters())
+
+
+class Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c4 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = torch.relu(self.c4(torch.relu(self.c3(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _chain_groups(model, shape=(1, 1, 16, 16)):
+    from singe_deploy.groups import all_groups, default_ignored
+
+    return all_groups(model, torch.zeros(shape), default_ignored(model))[1]
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_channel_costs_are_what_removing_one_channel_saves(metric):
+    import copy
+
+    from singe_deploy.prune import apply_plan, channel_costs, measure
+
+    model, shape = Chain().eval(), (1, 1, 16, 16)
+    groups = _chain_groups(model)
+    costs = channel_costs(model, groups, shape, metric)
+    names = {id(m): n for n, m in model.named_modules()}
+    dense = measure(model, shape, metric)
+    assert len(costs) == len(groups) >= 3
+    for g, cost in zip(groups, costs):
+        pruned = apply_plan(copy.deepcopy(model), [(names[id(g[0].dep.target.module)], g[0].dep.handler, [0])],
+                            torch.zeros(shape))
+        assert dense - measure(pruned, shape, metric) == pytest.approx(cost), names[id(g[0].dep.target.module)]
+
+
+def _planner(model, groups, scores, ranking, costs=None):
+    from singe_deploy.prune import Planner
+
+    names = {id(m): n for n, m in model.named_modules()}
+    return Planner(model, groups, scores, {}, Schedule(round_to=1, ranking=ranking), names, costs)
+
+
+def test_global_ranking_ignores_a_group_scale_raw_and_cost_do_not():
+    model = Chain().eval()
+    groups = _chain_groups(model)
+    torch.manual_seed(1)
+    scores = [torch.rand(len(g[0].idxs)) for g in groups]
+    scaled = [s * (10.0 if i == 0 else 1.0) for i, s in enumerate(scores)]
+    order = lambda p: [(i, r) for _, i, r in p.chunks]  # noqa: E731
+    assert order(_planner(model, groups, scores, "global")) == order(_planner(model, groups, scaled, "global"))
+    assert order(_planner(model, groups, scores, "raw")) != order(_planner(model, groups, scaled, "raw"))
+    ones = [1.0] * len(groups)
+    assert order(_planner(model, groups, scores, "cost", ones)) == order(_planner(model, groups, scores, "raw"))
+    # a group made 10x more expensive is pruned as if its scores were 10x smaller
+    costs = [10.0 if i == 0 else 1.0 for i in range(len(groups))]
+    shrunk = [s / (10.0 if i == 0 else 1.0) for i, s in enumerate(scores)]
+    assert order(_planner(model, groups, scores, "cost", costs)) == order(_planner(model, groups, shrunk, "raw"))
+
+
+def test_cost_ranking_removes_expensive_cheap_to_lose_channels_first():
+    model = Chain().eval()
+    groups = _chain_groups(model)
+    from singe_deploy.prune import channel_costs
+
+    costs = channel_costs(model, groups, (1, 1, 16, 16), "macs")
+    scores = [torch.ones(len(g[0].idxs)) for g in groups]  # every channel equally important
+    planner = _planner(model, groups, scores, "cost", costs)
+    first = planner.chunks[0][1]
+    assert costs[first] == max(costs)
+
+
+@pytest.mark.parametrize("ranking", ["raw", "cost"])
+def test_every_ranking_hits_the_target(ranking):
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    dense, pruned, _ = _prune(model, (1, 1, 28, 28), 2.0, ranking=ranking, steps=1)
+    assert dense.macs / 2 * 0.9 <= pruned.macs <= dense.macs / 2 * 1.03
+
+
+def test_calibration_is_cut_to_the_sample_cap_or_the_mac_budget():
+    from singe_deploy.prune import MIN_CALIB_SAMPLES, calibration
+
+    model = Chain().eval()
+    groups = _chain_groups(model)
+    shape = (1, 1, 16, 16)
+    data = [(torch.zeros(10, 1, 16, 16), torch.zeros(10, dtype=torch.long)) for _ in range(3)]
+    crit = make_criterion("singe", steps=8)
+    cut, n = calibration(data, Schedule(calib_samples=14), crit, model, groups, shape)
+    assert n == 14 and [len(x) for x, _ in cut] == [10, 4]
+    macs = count(model, shape).macs
+    lines = []
+    cut, n = calibration(data, Schedule(calib_macs=24 * macs * 20), crit, model, groups, shape, lines.append)
+    assert n == 20 and sum(len(x) for x, _ in cut) == 20 and "20 of 30 samples" in lines[0]
+    cut, n = calibration(data, Schedule(calib_macs=1.0), crit, model, groups, shape)
+    assert n == MIN_CALIB_SAMPLES
+    cut, n = calibration(data, Schedule(calib_macs=1.0), make_criterion("l2"), model, groups, shape)
+    assert n == 30  # a data-free criterion costs no passes

@@ -78,4 +78,6 @@ def test_python_api_defaults_are_the_cli_defaults():
     from singe_deploy.prune import Schedule
 
     for f in fields(Schedule):
+        if f.name == "calib_macs":  # not an option: compress derives it from --calib-samples and the device
+            continue
         assert f.default == defaults()[f.name], f.name

@@ -11,6 +11,12 @@ Gauss-Legendre reference: how many passes the integral needs.
     python tools/path_fidelity.py --model torchvision:resnet18 --data synthetic --input-shape 1,3,32,32 \
         --batch-size 16 --steps 4
     python tools/path_fidelity.py --rules-only                       # only the quadrature sweep
+    python tools/path_fidelity.py --oracle --calib-batches 1 --batch-size 64   # every criterion vs removal
+
+`--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
+removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
+SInGE forms and paths (spec, completeness; network, unit), Taylor, l1, l2. The completeness form on the
+unit path converges to the removal damage as m grows (integrated gradients' completeness axiom).
 """
 from __future__ import annotations
 
@@ -40,8 +46,8 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def scores(model, groups, batches, path, steps, rule="riemann"):
-    crit = SInGE(steps=steps, path=path, rule=rule)
+def scores(model, groups, batches, path, steps, rule="riemann", crit=None):
+    crit = crit or SInGE(steps=steps, path=path, rule=rule)
     t = time.perf_counter()
     crit.fit(model, groups, batches)
     seconds = time.perf_counter() - t
@@ -75,6 +81,31 @@ def rules(model, groups, batches, result):
             result["rules"][f"{rule}-{m}"] = {"rule": rule, "m": m, "seconds": sec, **agreement(s, ref)}
 
 
+ORACLE_RIVALS = [
+    ("singe spec, network, m=8", "singe", {"steps": 8}),
+    ("singe completeness, network, m=8", "singe", {"steps": 8, "variant": "completeness"}),
+    ("singe completeness, unit, gauss m=2", "singe", {"steps": 2, "rule": "gauss", "variant": "completeness",
+                                                      "path": "unit"}),
+    ("taylor", "taylor", {}),
+    ("l1", "l1", {}),
+    ("l2", "l2", {}),
+]
+
+
+def oracle(model, groups, batches, result):
+    """Every criterion's ranking against the measured removal damage of each channel."""
+    from singe_deploy.importance import make_criterion
+
+    ref, ref_s = scores(model, groups, batches, None, None, crit=make_criterion("singe", variant="removal"))
+    result["oracle"] = {"removal (measured)": {"seconds": ref_s, "spearman_all": 1.0,
+                                               "spearman_within_group_mean": 1.0}}
+    for label, name, opts in ORACLE_RIVALS:
+        s, sec = scores(model, groups, batches, None, None, crit=make_criterion(name, **opts))
+        result["oracle"][label] = {"seconds": sec, **agreement(s, ref)}
+        print(f"| {label} | {sec:.2f} | {result['oracle'][label]['spearman_all']:.4f} | "
+              f"{result['oracle'][label]['spearman_within_group_mean']:.4f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin:resnet20")
@@ -84,6 +115,8 @@ def main():
     ap.add_argument("--calib-batches", type=int, default=1)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--json", help="also write the numbers here")
+    ap.add_argument("--oracle", action="store_true",
+                    help="only the ranking of every criterion against each channel's measured removal damage")
     ap.add_argument("--rules-only", action="store_true",
                     help="only the quadrature sweep (skips the unit path, the slow part)")
     args = ap.parse_args()
@@ -93,6 +126,15 @@ def main():
     result = {"model": args.model, "data": args.data, "samples": args.calib_batches * args.batch_size,
               "steps": args.steps, "threads": torch.get_num_threads(), "paths": {}, "rules": {}}
     header = f"{args.model} on {args.data}: {result['samples']} calibration samples, {torch.get_num_threads()} threads"
+    if args.oracle:
+        print(header + "; reference: each channel's measured removal damage")
+        print("| criterion | seconds | Spearman vs removal, all channels | mean within-group Spearman |")
+        print("|---|---:|---:|---:|")
+        oracle(model, groups, batches, result)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     if not args.rules_only:
         paths(model, groups, batches, args.steps, result)
         print(header + f", m = {args.steps}")

@@ -194,7 +194,8 @@ def markdown(rows, cfg):
     lines = [f"# Criteria compared: {cfg['model']} on {cfg['data']}", "",
              f"Same flowchart for every criterion: steps {cfg['steps']}, {cfg['finetune_iters']} fine-tuning "
              f"iterations per step, {cfg['epochs']:g} final epochs, lr {cfg['lr']:g}, {cfg['calib_batches']} "
-             f"calibration batches of {cfg['batch_size']}, ranking {cfg['ranking']}, round_to {cfg['round_to']}; "
+             f"calibration batches of {cfg['batch_size']}, ranking {cfg['ranking']} (unless an entry names its own), "
+             f"round_to {cfg['round_to']}; "
              "the same seeds give every criterion the same data order. One-shot = 1 step, no fine-tuning between "
              "steps (the final fine-tuning is the same). Accuracy is mean +- std over seeds; **bold** = best of "
              "its flowchart and target.", ""]

@@ -126,55 +126,68 @@ def per_unit(group_slices, tensors, n):
 
 
 class UnitMap:
-    """Every (element, unit) pair of a list of groups' slices, indexed once, so that per-unit sums of any
-    tensors shaped like the parameters cost one gather and one index_add per parameter, whatever the
-    number of groups (per_unit loops over groups and slices). Units are numbered group after group;
-    an element in two slices of the same unit counts once."""
+    """Per-unit sums of many groups' slices at once, indexed once: the cost per call is a few tensor ops per
+    parameter, whatever the number of groups (per_unit loops over groups and slices). A slice reduces its
+    parameter along the slice's dim (one dense sum per parameter and dim, shared by every group), then adds
+    the channels it owns to their units. Units are numbered group after group. Where one group has two slices
+    of the same parameter (x + conv(x)), an element of both counts once: those go element by element."""
 
     def __init__(self, group_slices, sizes):
         self.sizes = list(sizes)
         self.total = sum(self.sizes)
-        pairs = {}  # param name -> [(elements, global units)]
+        dense, pairs = {}, {}  # (name, dim, groups) -> [(channel idxs, units)]; name -> [(elements, units)]
         offset = 0
         for gs, n in zip(group_slices, self.sizes):
-            per_param, sizes_of = {}, {}
+            by_name = {}
             for s in gs:
-                per_param.setdefault(s.name, []).append(_pairs(s))
-                sizes_of[s.name] = s.param.numel()
-            for name, parts in per_param.items():
-                numel = sizes_of[name]
+                by_name.setdefault(s.name, []).append(s)
+            for name, ss in by_name.items():
+                if len(ss) == 1:
+                    s = ss[0]
+                    dense.setdefault((name, s.dim, s.groups), []).append((s.idxs.long(), s.root_idxs.long() + offset))
+                    continue
+                numel = ss[0].param.numel()
+                parts = [_pairs(s) for s in ss]
                 units = torch.cat([u for _, u in parts])
                 elems = torch.cat([e for e, _ in parts])
                 key = torch.unique(units * numel + elems)  # an element twice in one unit counts once
                 pairs.setdefault(name, []).append((key % numel, key // numel + offset))
             offset += n
-        self.index = {name: (torch.cat([e for e, _ in ps]), torch.cat([u for _, u in ps]))
-                      for name, ps in pairs.items()}
+        self.dense = {k: (torch.cat([i for i, _ in v]), torch.cat([u for _, u in v])) for k, v in dense.items()}
+        self.index = {k: (torch.cat([e for e, _ in v]), torch.cat([u for _, u in v])) for k, v in pairs.items()}
         self._on = {}
 
-    def _device_index(self, name, device):
-        key = (name, device)
-        if key not in self._on:
-            e, u = self.index[name]
-            self._on[key] = (e.to(device), u.to(device))
-        return self._on[key]
+    def _device(self, key, pair, device):
+        if (key, device) not in self._on:
+            self._on[(key, device)] = tuple(t.to(device) for t in pair)
+        return self._on[(key, device)]
 
     def sums(self, tensors):
-        """Per-unit sums of tensors[name] (shaped like the parameters), all units at once: float64, CPU."""
+        """Per-unit sums of tensors[name] (shaped like the parameters), all units at once: float64 on the CPU
+        (accumulated in the tensors' own dtype, as the per-slice sums of per_unit are)."""
         total = None
-        for name in self.index:
-            t = tensors[name]
-            e, u = self._device_index(name, t.device)
-            if total is None:
-                total = torch.zeros(self.total, dtype=torch.float64, device=t.device)
-            total.index_add_(0, u, t.reshape(-1)[e].double())
+        for kind, table in (("dense", self.dense), ("index", self.index)):
+            for key, pair in table.items():
+                t = tensors[key[0] if kind == "dense" else key]
+                where, units = self._device((kind, key), pair, t.device)
+                if total is None:
+                    total = torch.zeros(self.total, dtype=t.dtype, device=t.device)
+                values = _reduce(t, key[1], key[2]) if kind == "dense" else t.reshape(-1)
+                total.index_add_(0, units, values[where].to(total.dtype))
         if total is None:
             return torch.zeros(self.total, dtype=torch.float64)
-        return total.cpu()
+        return total.double().cpu()
 
     def split(self, flat):
         """A flat per-unit tensor back into one tensor per group."""
         return list(torch.split(flat, self.sizes))
+
+
+def _reduce(t, dim, groups):
+    """Sum of t over everything but its channels along `dim` (input channels of a grouped conv for groups > 1)."""
+    if groups > 1:
+        return t.reshape(groups, t.shape[0] // groups, t.shape[1], -1).sum(dim=(1, 3)).reshape(-1)
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1)
 
 
 def _pairs(s):

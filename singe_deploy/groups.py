@@ -67,7 +67,7 @@ def slices(group, names):
         if root is None or any(r is None for r in root) or len(idxs) == 0:
             continue
         layer = dep.target.module
-        is_out = _is_out(dep.handler)
+        is_out = is_out_handler(dep.handler)
         idxs_t, root_t = torch.as_tensor(list(idxs)), torch.as_tensor(list(root))
 
         def add(param, dim, groups=1):
@@ -95,7 +95,7 @@ def slices(group, names):
     return out
 
 
-def _is_out(fn):
+def is_out_handler(fn):
     name = getattr(fn, "__name__", "")
     return name.startswith("prune_out") or "out_channels" in name
 

@@ -23,7 +23,7 @@ from .errors import UserError
 from torch import nn
 
 from .flops import channels_of, count
-from .groups import UnitMap, _is_out, all_groups, channel_groups, default_ignored, param_names, slices
+from .groups import UnitMap, is_out_handler, all_groups, channel_groups, default_ignored, param_names, slices
 from .train import cycle, evaluate, progress, train_epochs, train_iters
 
 
@@ -249,7 +249,7 @@ def channel_costs(model, groups, input_shape, metric):
             if not macs:
                 continue
             cin, cout = channels_of(layer)
-            out = _is_out(item.dep.handler)
+            out = is_out_handler(item.dep.handler)
             depthwise = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.in_channels > 1
             if (not out and depthwise) or not (cout if out else cin):
                 continue  # a depthwise conv's input channels are its output channels

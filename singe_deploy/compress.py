@@ -24,7 +24,8 @@ from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
 from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
 from .prune import Schedule, Target, check_reachable, in_window, prune
-from .train import evaluate, progress
+from .progress import progress
+from .train import evaluate
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 STATE = "state.pt"

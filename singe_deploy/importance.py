@@ -33,7 +33,7 @@ from . import distributed
 from .errors import UserError, first_line
 from .groups import NORMS, UnitMap, param_names, per_unit, slices
 from .unitpath import UnitScaler
-from .train import progress
+from .progress import progress
 
 
 def group_key(group):

@@ -5,21 +5,12 @@ batch (see distributed.py); with one process they are plain loops."""
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import distributed
-
-
-def progress(iterable=None, **kwargs):
-    """A progress bar on stderr that stays quiet when stderr is not a terminal (or on ranks other than 0)."""
-    kwargs.setdefault("disable", not sys.stderr.isatty() or not distributed.current().main)
-    kwargs.setdefault("leave", False)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)
+from .progress import progress
 
 
 @torch.no_grad()

@@ -83,3 +83,25 @@ def compressed(tmp_path_factory):
                  "--latency-seconds", "0", "--batch-sizes", "1,2"])
     assert code == 0
     return out
+
+
+class Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c4 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = torch.relu(self.c4(torch.relu(self.c3(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def chain_groups(model, shape=(1, 1, 16, 16)):
+    from singe_deploy.groups import all_groups, default_ignored
+
+    return all_groups(model, torch.zeros(shape), default_ignored(model))[1]

@@ -366,7 +366,6 @@ def _chain(act=torch.nn.functional.relu):
 def _removal_measured(model, groups, data):
     """Loss change of zeroing each unit's parameter slices, measured directly."""
     names = param_names(model)
-    params = dict(model.named_parameters())
     out = []
     with torch.no_grad():
         base = sum(F.cross_entropy(model(x), y).item() for x, y in data) / len(data)

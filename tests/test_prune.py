@@ -9,7 +9,7 @@ from singe_deploy.importance import make_criterion
 from singe_deploy.models import build_model
 from singe_deploy.prune import Schedule, Target, check_reachable, prune
 
-from .conftest import TinyNet
+from .conftest import Chain, TinyNet, chain_groups
 
 
 def _prune(model, shape, reduction=2.0, metric="macs", **kw):
@@ -121,24 +121,6 @@ def test_one_verb_api_takes_constraints_as_data():
         prune(model, (1, 1, 28, 28), make_criterion("l1"), {"flops": 2}, {})
 
 
-def test_global_levels_remove_one_chunk_at_a_time():
-    from singe_deploy.groups import all_groups, default_ignored
-    from singe_deploy.prune import Planner
-
-    model = build_model("builtin:resnet20", 10, 1).eval()
-    _, groups = all_groups(model, torch.zeros(1, 1, 28, 28), default_ignored(model))
-    scores = make_criterion("l2").score(model, groups)
-    names = {id(m): n for n, m in model.named_modules()}
-    planner = Planner(model, groups, scores, {}, Schedule(round_to=8), names)
-    previous = planner.counts(0)
-    assert sum(previous) == 0 and planner.levels > 10
-    for level in range(1, planner.levels + 1):
-        counts = planner.counts(level)
-        grown = [(a, b) for a, b in zip(previous, counts) if a != b]
-        assert len(grown) == 1 and grown[0][1] - grown[0][0] == 8
-        previous = counts
-
-
 def test_a_second_pruning_of_a_coarse_model_still_lands_in_the_window():
     model = build_model("builtin:resnet20", 10, 1).eval()
     _prune(model, (1, 1, 28, 28), 2.0, steps=1, round_to=8)
@@ -160,95 +142,6 @@ def test_a_model_that_pruning_breaks_gets_a_clear_error():
         check_reachable(Reshaper().eval(), (1, 3, 4, 4), Target("macs", 1.5), Schedule(round_to=1))
 
 
-def test_pruning_leaves_no_stale_gradients():
-    from singe_deploy.groups import all_groups, default_ignored
-    from singe_deploy.prune import Planner, apply_plan
-
-    model = TinyNet().eval()
-    model(torch.randn(2, 1, 12, 12)).sum().backward()
-    _, groups = all_groups(model, torch.zeros(1, 1, 12, 12), default_ignored(model))
-    names = {id(m): n for n, m in model.named_modules()}
-    planner = Planner(model, groups, make_criterion("l1").score(model, groups), {}, Schedule(round_to=1), names)
-    apply_plan(model, planner.removals(planner.counts(planner.levels // 2)), torch.zeros(1, 1, 12, 12))
-    assert all(p.grad is None for p in model.parameters())
-
-
-class Chain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.c2, self.b2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.c3 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.c4 = nn.Conv2d(16, 8, 1)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.b1(self.c1(x)))
-        x = torch.relu(self.b2(self.c2(x)))
-        x = torch.relu(self.c4(torch.relu(self.c3(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def _chain_groups(model, shape=(1, 1, 16, 16)):
-    from singe_deploy.groups import all_groups, default_ignored
-
-    return all_groups(model, torch.zeros(shape), default_ignored(model))[1]
-
-
-@pytest.mark.parametrize("metric", ["macs", "params"])
-def test_channel_costs_are_what_removing_one_channel_saves(metric):
-    import copy
-
-    from singe_deploy.prune import apply_plan, channel_costs, measure
-
-    model, shape = Chain().eval(), (1, 1, 16, 16)
-    groups = _chain_groups(model)
-    costs = channel_costs(model, groups, shape, metric)
-    names = {id(m): n for n, m in model.named_modules()}
-    dense = measure(model, shape, metric)
-    assert len(costs) == len(groups) >= 3
-    for g, cost in zip(groups, costs):
-        pruned = apply_plan(copy.deepcopy(model), [(names[id(g[0].dep.target.module)], g[0].dep.handler, [0])],
-                            torch.zeros(shape))
-        assert dense - measure(pruned, shape, metric) == pytest.approx(cost), names[id(g[0].dep.target.module)]
-
-
-def _planner(model, groups, scores, ranking, costs=None):
-    from singe_deploy.prune import Planner
-
-    names = {id(m): n for n, m in model.named_modules()}
-    return Planner(model, groups, scores, {}, Schedule(round_to=1, ranking=ranking), names, costs)
-
-
-def test_global_ranking_ignores_a_group_scale_raw_and_cost_do_not():
-    model = Chain().eval()
-    groups = _chain_groups(model)
-    torch.manual_seed(1)
-    scores = [torch.rand(len(g[0].idxs)) for g in groups]
-    scaled = [s * (10.0 if i == 0 else 1.0) for i, s in enumerate(scores)]
-    order = lambda p: [(i, r) for _, i, r in p.chunks]  # noqa: E731
-    assert order(_planner(model, groups, scores, "global")) == order(_planner(model, groups, scaled, "global"))
-    assert order(_planner(model, groups, scores, "raw")) != order(_planner(model, groups, scaled, "raw"))
-    ones = [1.0] * len(groups)
-    assert order(_planner(model, groups, scores, "cost", ones)) == order(_planner(model, groups, scores, "raw"))
-    # a group made 10x more expensive is pruned as if its scores were 10x smaller
-    costs = [10.0 if i == 0 else 1.0 for i in range(len(groups))]
-    shrunk = [s / (10.0 if i == 0 else 1.0) for i, s in enumerate(scores)]
-    assert order(_planner(model, groups, scores, "cost", costs)) == order(_planner(model, groups, shrunk, "raw"))
-
-
-def test_cost_ranking_removes_expensive_cheap_to_lose_channels_first():
-    model = Chain().eval()
-    groups = _chain_groups(model)
-    from singe_deploy.prune import channel_costs
-
-    costs = channel_costs(model, groups, (1, 1, 16, 16), "macs")
-    scores = [torch.ones(len(g[0].idxs)) for g in groups]  # every channel equally important
-    planner = _planner(model, groups, scores, "cost", costs)
-    first = planner.chunks[0][1]
-    assert costs[first] == max(costs)
-
-
 @pytest.mark.parametrize("ranking", ["raw", "cost"])
 def test_every_ranking_hits_the_target(ranking):
     model = build_model("builtin:resnet20", 10, 1).eval()
@@ -260,7 +153,7 @@ def test_calibration_is_cut_to_the_sample_cap_or_the_mac_budget():
     from singe_deploy.prune import MIN_CALIB_SAMPLES, calibration
 
     model = Chain().eval()
-    groups = _chain_groups(model)
+    groups = chain_groups(model)
     shape = (1, 1, 16, 16)
     data = [(torch.zeros(10, 1, 16, 16), torch.zeros(10, dtype=torch.long)) for _ in range(3)]
     crit = make_criterion("singe", steps=8)

@@ -142,6 +142,10 @@ def gpu_info():
     return info
 
 
+# latency whose coefficient of variation (std / mean of the timed calls) exceeds this is reported as noisy
+NOISY_CV = 0.025
+
+
 def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters=10, min_iters=50,
             min_seconds=2.0, seed=0):
     """Latency statistics of a backend on random inputs of (batch_size, *input_shape[1:])."""
@@ -158,7 +162,8 @@ def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters
         "iterations": len(times), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
         "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": mean,
         "std_ms": float(ms.std()), "cv": float(ms.std() / mean) if mean else 0.0,
-        "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None), **extra,
+        "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra,
     }
 
 

@@ -33,14 +33,14 @@ def add_arguments(ap):
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch backend device (default: cpu)")
     ap.add_argument("--cuda-graph", action="store_true", help="tensorrt or torch on cuda: time CUDA-graph replay")
     ap.add_argument("--batch-sizes", default="1", metavar="N[,N]", help="batch sizes (default: 1)")
-    ap.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    ap.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: physical cores)")
     ap.add_argument("--input-shape", metavar="1,C,H,W", help="needed only when the model's H/W are not fixed")
     ap.add_argument("--variant", choices=VARIANTS, help="dense or pruned (default: from the file's metadata "
                     "or name; a file that says neither counts as dense)")
-    ap.add_argument("--model-name", help="the model's name in tables (default: from metadata or the folder)")
-    ap.add_argument("--device-name", help="this device's name in tables (default: the host name)")
-    ap.add_argument("--iters", type=int, default=50, help="at least this many timed iterations (default: 50)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="and at least this many seconds (default: 2)")
+    ap.add_argument("--model-name", metavar="NAME", help="the model's name in tables (default: from metadata or the folder)")
+    ap.add_argument("--device-name", metavar="NAME", help="this device's name in tables (default: the host name)")
+    ap.add_argument("--iters", type=int, default=50, metavar="N", help="at least this many timed iterations (default: 50)")
+    ap.add_argument("--seconds", type=float, default=2.0, metavar="X", help="and at least this many seconds (default: 2)")
     ap.add_argument("--out", metavar="FILE", help="write the latency file here (JSON)")
 
 

@@ -37,7 +37,8 @@ def add_arguments(ap):
     ap.add_argument("artifact", metavar="ARTIFACT", help="report.json (compress), a latency file (bench) or an .onnx")
     ap.add_argument("--budget", required=True, metavar="FILE", help="YAML budget (keys in docs/ci.md)")
     ap.add_argument("--input-shape", metavar="1,C,H,W", help=".onnx only: when its H/W are not fixed")
-    ap.add_argument("--parity-samples", type=int, default=8, help=".onnx only: random samples for parity (8)")
+    ap.add_argument("--parity-samples", type=int, default=8, metavar="N",
+                    help=".onnx only: random samples for parity (default: 8)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
 

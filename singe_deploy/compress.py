@@ -86,7 +86,14 @@ def prepare(cfg, log=print):
     check_target(cfg)
     out = Path(cfg["out"]) if cfg["out"] else default_out(cfg)
     work = out.parent / f".{out.name}.partial"
-    if out.exists() and not cfg["force"] and distributed.current().main:  # rank 0 writes the output
+    main = distributed.current().main  # rank 0 writes the output and holds the resume state
+    if cfg["resume"] and not cfg["out"]:
+        raise UserError("--resume needs --out DIR, the output folder of the interrupted run")
+    if cfg["resume"] and main and not (work / STATE).is_file():
+        done = f"{out} holds a finished run" if out.exists() else f"no interrupted run was found in {work}"
+        raise UserError(f"--resume: {done}; drop --resume to start a new run, or pass the --out of the "
+                        "interrupted run")
+    if out.exists() and not cfg["force"] and main:
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     criterion = _make(cfg, None)  # options checked before any loading
     target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
@@ -95,6 +102,10 @@ def prepare(cfg, log=print):
     data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
                      cfg["val_limit"], cfg["num_classes"])
     checkpoint = resolve_checkpoint(cfg)
+    chosen = str(cfg["checkpoint"]).lower() == "none"  # random init asked for by name
+    if data.real and checkpoint is None and not cfg["pretrained"] and kind != "file" and not chosen:
+        log(f"warning: {cfg['model']} starts from random weights (no --checkpoint, no --pretrained): its accuracy "
+            "will be near chance; pass --checkpoint FILE (a state dict of your trained model) or --pretrained")
     classes = cfg["num_classes"] or (data.num_classes if data.real or kind == "builtin" else None)
     torch.manual_seed(cfg["seed"])
     model = load_model(cfg["model"], checkpoint, classes, shape[0], cfg["pretrained"], cfg["trust_checkpoint"])
@@ -382,7 +393,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             bar.update()
         d, pr = latency[-2]["median_ms"], latency[-1]["median_ms"]
         noisy = max(latency[-2]["cv"], latency[-1]["cv"])
-        note = f" (noisy: coefficient of variation {100 * noisy:.0f}% > 2.5%)" if noisy > 0.025 else ""
+        note = (f" (noisy: coefficient of variation {100 * noisy:.0f}% > {100 * bench.NOISY_CV:g}%)"
+                if noisy > bench.NOISY_CV else "")
         log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
             f"pruned {pr:.3f} ms, {d / pr:.2f}x{note}")
     bar.close()

@@ -167,9 +167,7 @@ def read_yaml(path, what, mapping_of):
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{what} {path} is not valid YAML{where}; fix its syntax") from None
+        raise UserError(f"{what} {path} is not valid YAML{_where(e)}; fix its syntax") from None
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text file; pass a YAML file") from None
     if raw is None:
@@ -177,6 +175,19 @@ def read_yaml(path, what, mapping_of):
     if not isinstance(raw, dict):
         raise UserError(f"{what} {path} must be a mapping of {mapping_of}, not {type(raw).__name__}")
     return raw
+
+
+def _where(e):
+    """' (line 3: expected ',' or ']', but got ':', in a flow sequence that starts on line 2)' for a YAML error."""
+    mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    if mark is None:
+        return ""
+    what = getattr(e, "problem", None) or "error"
+    text = f" (line {mark.line + 1}: {what}"
+    if context is not None and context.line != mark.line and getattr(e, "context", None):
+        text += f", {e.context.replace('while scanning', 'in').replace('while parsing', 'in')} that starts on " \
+                f"line {context.line + 1}"
+    return text + ")"
 
 
 def load_yaml(path):
@@ -198,17 +209,24 @@ def add_arguments(parser, options=OPTIONS):
     parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options")
     for o in options:
         flag = "--" + o.name.replace("_", "-")
-        default = o.default if o.default is not None else "none"
         if o.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{o.help} (default: {o.default})")
+                                help=_help(o))
         else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=_metavar(o),
-                                help=f"{o.help} (default: {default})")
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=_metavar(o), help=_help(o))
+
+
+def _help(o):
+    """The option's help with its default said once (helps that explain their default keep their own words)."""
+    if "default" in o.help:
+        return o.help
+    default = ("on" if o.default else "off") if o.type == "bool" else "none" if o.default is None else o.default
+    return f"{o.help} (default: {default})"
 
 
 METAVARS = {"model": "SPEC", "data": "SPEC", "checkpoint": "FILE", "data_dir": "DIR", "out": "DIR",
-            "input_shape": "1,C,H,W", "ignore_layers": "NAME[,NAME]"}
+            "input_shape": "1,C,H,W", "ignore_layers": "NAME[,NAME]", "trt_timing_cache": "FILE",
+            "singe_batch_steps": "N|auto"}
 
 
 def _metavar(o):
@@ -278,7 +296,14 @@ def validate(cfg):
     return cfg
 
 
+# where a run goes and whether it replaces or resumes one: not part of what a saved config reruns
+PER_RUN = ("out", "force", "resume")
+
+
 def to_yaml(cfg):
+    """Every option but PER_RUN's, so `--config` of a run's config.yaml reruns it into a new folder."""
     import yaml
 
-    return yaml.safe_dump({k: cfg[k] for k in BY_NAME}, sort_keys=False)
+    header = ("# singe-deploy compress --config this-file [--out DIR] reruns this run (output folder, --force and "
+              "--resume are not saved)\n")
+    return header + yaml.safe_dump({k: cfg[k] for k in BY_NAME if k not in PER_RUN}, sort_keys=False)

@@ -3,7 +3,9 @@
     singe-deploy report merge jetson.json laptop.json OUT/report.json --out fleet.md   # and fleet.png
 
 One row per model x device x backend x batch size: dense and pruned median, p90 and throughput, the
-speedup of pruned over dense where both were measured, and the MACs ratio where a report gives it.
+speedup of pruned over dense where both were measured, the MACs ratio where a report gives it, and the
+files the numbers come from. Where two files measured the same row, the newer measurement wins (by its
+measured_at time; without one, the file named later), and the notes say which one was replaced.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def collect(files):
     from .device import label
 
     rows, macs, sources, notes, seen = {}, {}, [], [], {}
-    for f in files:
+    for number, f in enumerate(files, 1):
         kind, data = read(f)
         dev = label(device_of(kind, data))
         if kind == "report":
@@ -88,9 +90,15 @@ def collect(files):
             name = e.get("model") or data.get("model", {}).get("spec") or "?"
             key = (name, dev, backend_label(e), e["batch_size"])
             slot = rows.setdefault(key, {})
-            if e["variant"] in slot:
-                notes.append(f"{e['variant']} {name} on {dev}, {key[2]}, batch {key[3]}: {f} replaces "
-                             f"{seen[key + (e['variant'],)]}")
+            e = dict(e, source=number)
+            old = slot.get(e["variant"])
+            if old is not None:
+                newer = e.get("measured_at", "") >= old.get("measured_at", "")
+                kept, lost = (f, seen[key + (e["variant"],)]) if newer else (seen[key + (e["variant"],)], f)
+                notes.append(f"{e['variant']} {name} on {dev}, {key[2]}, batch {key[3]}: measured in {kept} and in "
+                             f"{lost}; the table shows {kept}'s{' (newer)' if 'measured_at' in e else ''}")
+                if not newer:
+                    continue
             slot[e["variant"]] = e
             seen[key + (e["variant"],)] = f
     if not rows:
@@ -102,13 +110,18 @@ def _ms(e, key):
     return f"{e[key]:.3f}" if e else NA
 
 
+def _sources(*entries):
+    return ", ".join(f"[{n}]" for n in sorted({e["source"] for e in entries if e}))
+
+
 def markdown(rows, macs, sources, notes):
     out = ["# Latency across devices", "",
            "Median and p90 per call in ms, throughput in samples/s; speedup = dense median / pruned median; MACs "
-           "ratio = dense MACs / pruned MACs (per sample, from the compress report).", "",
+           "ratio = dense MACs / pruned MACs (per sample, from the compress report); from = the numbered sources "
+           "below.", "",
            "| model | device | backend | batch | dense median | dense p90 | dense /s | pruned median | pruned p90 | "
-           "pruned /s | speedup | MACs ratio |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "pruned /s | speedup | MACs ratio | from |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2], k[3])):
         d, p = rows[key].get("dense"), rows[key].get("pruned")
         speed = f"{d['median_ms'] / p['median_ms']:.2f}x" if d and p else NA
@@ -117,8 +130,9 @@ def markdown(rows, macs, sources, notes):
                    f"{d['throughput_per_s']:.1f} | " if d else
                    f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {NA} | {NA} | {NA} | ")
         out[-1] += (f"{_ms(p, 'median_ms')} | {_ms(p, 'p90_ms')} | {p['throughput_per_s']:.1f} | " if p else
-                    f"{NA} | {NA} | {NA} | ") + f"{speed} | {ratio} |"
-    out += ["", "Sources:", ""] + [f"- `{f}`: {kind}, {dev}, {n} latency entries" for f, kind, dev, n in sources]
+                    f"{NA} | {NA} | {NA} | ") + f"{speed} | {ratio} | {_sources(d, p)} |"
+    out += ["", "Sources:", ""] + [f"{i}. `{f}`: {kind}, {dev}, {n} latency entries"
+                                   for i, (f, kind, dev, n) in enumerate(sources, 1)]
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"

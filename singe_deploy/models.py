@@ -198,6 +198,11 @@ def load_weights(model, state, path, spec):
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if shapes and not missing and not extra and _input_channels_differ(own, state, shapes):
+        k = shapes[0]
+        raise UserError(f"checkpoint {path} takes {state[k].shape[1]}-channel input ({k} is "
+                        f"{tuple(state[k].shape)} in the file) but the model was built for {own[k].shape[1]} channels "
+                        f"(--input-shape or the data's); pass --input-shape 1,{state[k].shape[1]},H,W or drop it")
     if missing or extra or shapes:
         first = (f"{shapes[0]} is {tuple(state[shapes[0]].shape)} in the file, {tuple(own[shapes[0]].shape)} "
                  "in the model" if shapes else f"first key: {(missing or extra)[0]}")
@@ -205,6 +210,13 @@ def load_weights(model, state, path, spec):
                         f"{len(shapes)} mis-shaped tensors ({first}); pass the spec and classes it was trained with")
     model.load_state_dict(state)
     return model
+
+
+def _input_channels_differ(own, state, shapes):
+    """Whether the only mis-shaped tensor is the first layer's weight, differing in its input channels alone."""
+    first = next((k for k, v in own.items() if v.dim() >= 2), None)
+    a, b = own[shapes[0]].shape, state[shapes[0]].shape
+    return shapes == [first] and len(a) == len(b) and a[1] != b[1] and a[:1] + a[2:] == b[:1] + b[2:]
 
 
 def load_model(spec, checkpoint=None, num_classes=None, in_channels=3, pretrained=False, trust=False):

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from . import __version__, schemas
+from .bench import NOISY_CV
 
 
 def schema():
@@ -23,21 +24,38 @@ def environment(threads=None):
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": threads}
     for mod in ("torch_pruning", "onnx", "onnxruntime", "torchvision"):
-        m = sys.modules.get(mod)
-        if m is None:
-            try:
-                m = __import__(mod)
-            except ImportError:
-                continue
-        env[mod] = getattr(m, "__version__", "unknown")
+        found = installed_version(mod)
+        if found:
+            env[mod] = found
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     from .device import describe
 
     env["device"] = describe(threads=threads)
     if "tensorrt" in sys.modules:  # only when a trt target loaded it
-        env["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "unknown")
+        env["tensorrt"] = installed_version("tensorrt")
     return env
+
+
+# distributions that install a module, first match wins (a module's own __version__ can lag its release)
+DISTRIBUTIONS = {"torch_pruning": ("torch-pruning",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                 "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")}
+
+
+def installed_version(module):
+    """The installed release of a module from package metadata; its __version__ where no metadata names it;
+    None when it is not installed."""
+    from importlib import metadata
+
+    for dist in DISTRIBUTIONS.get(module, (module,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        return getattr(__import__(module), "__version__", "unknown")
+    except ImportError:
+        return None
 
 
 def tool():
@@ -80,16 +98,23 @@ def markdown(r):
         lines.append("")
     if r.get("latency"):
         lines += ["## Latency", "", "| backend | device | variant | batch | median ms | p90 ms | p99 ms | mean ms | "
-                  "std ms | throughput/s | speedup |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "std ms | CV | throughput/s | speedup |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         dense = {(x["backend"], x["batch_size"]): x["median_ms"] for x in r["latency"] if x["variant"] == "dense"}
+        noisy = [x for x in r["latency"] if _cv(x) > NOISY_CV]
         for x in r["latency"]:
             base = dense.get((x["backend"], x["batch_size"]))
             speed = f"{base / x['median_ms']:.2f}x" if x["variant"] == "pruned" and base else ""
+            cv = f"{100 * _cv(x):.1f}%" + (" noisy" if x in noisy else "")
             lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x['batch_size']} | "
                          f"{x['median_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['mean_ms']:.3f} | "
-                         f"{x['std_ms']:.3f} | {x['throughput_per_s']:.1f} | {speed} |")
+                         f"{x['std_ms']:.3f} | {cv} | {x['throughput_per_s']:.1f} | {speed} |")
         lines += ["", f"Beside the speedups: the pruned model has {d['macs'] / max(p['macs'], 1):.2f}x fewer MACs. "
-                  f"Timer: {r['latency'][0].get('timer', 'host clock')}.", ""]
+                  f"Timer: {r['latency'][0].get('timer', 'host clock')}. CV = std / mean of the timed calls."]
+        if noisy:
+            lines.append(f"**Noisy**: {len(noisy)} of {len(r['latency'])} rows vary by more than "
+                         f"{100 * NOISY_CV:g}% (CV), so their speedups are uncertain; other work was probably running. "
+                         "Measure again on an idle machine (`singe-deploy bench`, or a longer --latency-seconds).")
+        lines.append("")
     if r.get("exports"):
         lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
                   "MACs counted on the graph |", "|---|---|---|---|---:|---:|---:|"]
@@ -109,6 +134,10 @@ def markdown(r):
                          f"{l['dense_out']} → {l['pruned_out']} | {l['dense_macs']:,} | {l['pruned_macs']:,} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cv(x):
+    return x.get("cv", x["std_ms"] / x["mean_ms"] if x["mean_ms"] else 0.0)
 
 
 def _opts(o):

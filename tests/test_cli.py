@@ -58,6 +58,10 @@ CASES = [
     (["--ignore-layers", "nope"], "does not have"),
     (["--cuda-graph"], "--cuda-graph times CUDA-graph replay on a GPU"),
     (["--trt-precision", "int8"], "must be one of"),
+    (["--resume"], "--resume: no interrupted run was found"),
+    (["--input-shape", "1,3,28,28"], "takes 1-channel input (conv1.weight is (16, 1, 3, 3) in the file) but the "
+                                     "model was built for 3 channels (--input-shape or the data's); pass "
+                                     "--input-shape 1,1,H,W or drop it"),
 ]
 
 
@@ -79,6 +83,34 @@ def test_existing_output_folder_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "exists" in err and "--force" in err
     assert list(out.iterdir()) == []
+
+
+def test_resume_needs_the_folder_of_the_interrupted_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "--resume"]) == 2
+    assert "--resume needs --out DIR" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    finished = tmp_path / "done"
+    finished.mkdir()
+    assert main(["compress", "--resume", "--out", str(finished)]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+
+
+@needs_fashion
+@pytest.mark.parametrize("checkpoint,warned", [(None, True), ("none", False)])
+def test_random_weights_on_real_data_get_a_warning(checkpoint, warned):
+    from singe_deploy.compress import prepare
+
+    cfg = validate(dict(defaults(), model="builtin:resnet56", train_limit=64, val_limit=64,
+                        **({"checkpoint": checkpoint} if checkpoint else {})))
+    lines = []
+    prepare(cfg, lines.append)
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert bool(warning) == warned
+    if warned:
+        assert "random weights" in warning[0] and "--checkpoint FILE" in warning[0] and "--pretrained" in warning[0]
+    lines.clear()
+    prepare(dict(cfg, model="builtin:resnet20", checkpoint="auto"), lines.append)  # the shipped baseline
+    assert not [line for line in lines if line.startswith("warning:")]
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -117,8 +149,9 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     model = load_pruned(out / "pruned.pt")
     assert sum(q.numel() for q in model.parameters()) == p["params"]
     assert not list(tmp_path.glob(".*partial"))
-    again = main(["compress", "--config", str(out / "config.yaml"), "--out", str(out), "--force"] + FAST)
-    assert again in (0, 1)
+    again = main(["compress", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")] + FAST)
+    assert again in (0, 1)  # the saved config holds no output folder, so it reruns into a new one
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["pruned"]["macs"] == p["macs"]
 
 
 def test_synthetic_data_scores_with_a_data_free_criterion_unless_told(tmp_path, capsys):

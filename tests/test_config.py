@@ -30,6 +30,9 @@ def test_cli_overrides_yaml_overrides_defaults(tmp_path):
     ("- 1\n- 2\n", "mapping"),
     ("criterion: magnitude\n", "must be one of"),
     ("force: maybe\n", "true or false"),
+    ("model: a\nsteps: [1, 2\nepochs: 3\n", r"line 3: expected ',' or '\]', but got ':', in a flow sequence that "
+                                            r"starts on line 2\)"),
+    ("model: a\n  steps: 2\n", r"\(line 2: mapping values are not allowed here\)"),
 ])
 def test_bad_configs(tmp_path, text, match):
     f = tmp_path / "c.yaml"
@@ -81,3 +84,34 @@ def test_python_api_defaults_are_the_cli_defaults():
         if f.name == "calib_macs":  # not an option: compress derives it from --calib-samples and the device
             continue
         assert f.default == defaults()[f.name], f.name
+
+
+def test_a_saved_config_reruns_without_the_output_folder(tmp_path):
+    from singe_deploy.config import PER_RUN, to_yaml
+
+    cfg = resolve(_args(["--out", str(tmp_path / "run"), "--force", "--steps", "3"]))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert not set(PER_RUN) & set(yaml.safe_load(saved.read_text()))
+    again = resolve(_args(["--config", str(saved)]))
+    assert again["out"] is None and not again["force"] and again["steps"] == 3
+    assert {k: v for k, v in again.items() if k not in PER_RUN} == {k: v for k, v in cfg.items() if k not in PER_RUN}
+
+
+@pytest.mark.parametrize("command", ["compress", "compare", "bench", "flops", "check", "report merge"])
+def test_help_says_each_default_once_with_readable_placeholders(command, capsys):
+    import re
+
+    from singe_deploy.cli import main
+
+    with pytest.raises(SystemExit):
+        main(command.split() + ["--help"])
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.split("options:")[1])
+    assert len(options) >= 3
+    for block in options:
+        assert block.count("(default") <= 1, block
+        flag = block.split()[0:2]
+        if len(flag) == 2 and not flag[1].startswith(("-", "{")):  # --flag METAVAR
+            dest = flag[0].strip(",").lstrip("-").replace("-", "_").upper()
+            assert flag[1] != dest, f"{flag[0]} shows argparse's placeholder {flag[1]}"

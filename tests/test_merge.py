@@ -49,14 +49,36 @@ def test_a_row_with_one_variant_has_no_speedup(compressed, tmp_path):
     out = tmp_path / "f.md"
     assert main(["report", "merge", str(lat), "--out", str(out)]) == 0
     (row,) = _rows(out.read_text())
-    assert row.split(" | ")[4:7] == ["–", "–", "–"] and row.rstrip(" |").endswith("| – | –")
+    assert row.split(" | ")[4:7] == ["–", "–", "–"] and row.rstrip(" |").endswith("| – | – | [1]")
 
 
-def test_the_same_measurement_twice_keeps_the_later_and_says_so(fleet, tmp_path):
+def test_the_same_row_measured_twice_shows_the_newer_measurement_and_says_so(fleet, tmp_path):
+    data = json.loads((fleet / "jetson.json").read_text())
+    for name, when, scale in (("new", "2030-01-01T00:00:00Z", 2.0), ("old", "2020-01-01T00:00:00Z", 1.0)):
+        for e in data["latency"]:
+            e.update(measured_at=when, median_ms=e["median_ms"] * scale)
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
     out = tmp_path / "f.md"
-    assert main(["report", "merge", str(fleet / "jetson.json"), str(fleet / "jetson.json"), "--out", str(out)]) == 0
+    assert main(["report", "merge", str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--out", str(out)]) == 0
     md = out.read_text()
-    assert len(_rows(md)) == 2 and "replaces" in md.split("Notes:")[1]
+    rows = _rows(md)
+    assert len(rows) == 2 and all(r.rstrip().endswith("| [1] |") for r in rows)  # the first file: the newer one
+    new = json.loads((tmp_path / "new.json").read_text())["latency"]
+    assert f"{new[0]['median_ms']:.3f}" in md
+    notes = md.split("Notes:")[1]
+    assert notes.count("the table shows") == 4 and "new.json's (newer)" in notes
+
+
+def test_merged_files_get_the_usual_file_mode(fleet, tmp_path):
+    import os
+
+    out = tmp_path / "f.md"
+    mask = os.umask(0o022)
+    try:
+        assert main(["report", "merge", str(fleet / "jetson.json"), "--out", str(out)]) == 0
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644 and out.with_suffix(".png").stat().st_mode & 0o777 == 0o644
 
 
 def test_merge_runs_without_torch(fleet, tmp_path):

@@ -68,3 +68,26 @@ def test_report_environment_carries_the_device_block():
 
     env = environment(threads=3)
     assert env["device"]["threads"] == 3 and env["device"]["cores_logical"] >= 1 and "runtimes" in env["device"]
+
+
+def test_markdown_marks_noisy_latency_beside_the_table():
+    r = _minimal()
+    for x in r["latency"]:
+        x["std_ms"] = 0.01 * x["mean_ms"]
+    assert "Noisy" not in markdown(r)
+    r["latency"][1].update(std_ms=0.2, mean_ms=0.5)  # CV 40%
+    md = markdown(r)
+    rows = [line for line in md.splitlines() if line.startswith("| onnxruntime |")]
+    assert "40.0% noisy" in rows[1] and "noisy" not in rows[0]
+    assert "**Noisy**: 1 of 2 rows vary by more than 2.5%" in md
+
+
+def test_environment_versions_come_from_package_metadata():
+    from importlib import metadata
+
+    from singe_deploy.report import environment, installed_version
+
+    env = environment()
+    assert env["torch_pruning"] == metadata.version("torch-pruning")
+    assert env["onnxruntime"] in (installed_version("onnxruntime"),)
+    assert installed_version("no_such_module_here") is None

@@ -1,4 +1,5 @@
-"""Progress on stderr: a tqdm bar on a terminal, plain lines elsewhere (logs of CI jobs, nohup, clusters).
+"""Progress: a tqdm bar on stderr when stderr is a terminal; otherwise (logs of CI jobs, nohup, clusters) plain
+lines on stdout, beside the run's other log lines, so that stderr keeps only errors.
 
 A plain line is written once a stage has run MIN_SECONDS, then whenever EVERY_SECONDS have passed or
 another EVERY_FRACTION of the stage is done, and once at the end of a stage that wrote any line:
@@ -17,8 +18,8 @@ MIN_SECONDS, EVERY_SECONDS, EVERY_FRACTION = 5.0, 30.0, 0.1
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm-like progress object: a bar when stderr is a terminal, plain lines when it is not, nothing on ranks
-    other than 0 or when disable=True."""
+    """A tqdm-like progress object: a bar when stderr is a terminal, plain lines on stdout when it is not, nothing
+    on ranks other than 0 or when disable=True."""
     if kwargs.get("disable") or not distributed.current().main:
         kwargs["disable"] = True
         return tqdm(iterable, **kwargs)
@@ -104,6 +105,6 @@ class Lines:
         return f"{self.desc}: " + ", ".join(parts) if self.desc else ", ".join(parts)
 
     def _write(self, t, done=False):
-        print(self.line(t, done), file=self.file or sys.stderr, flush=True)
+        print(self.line(t, done), file=self.file or sys.stdout, flush=True)
         self.last, self.last_n = t, self.n
         self.written += 1

@@ -51,7 +51,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(capsys):
     assert isinstance(bar, P.Lines)
     assert not isinstance(P.progress(range(3), desc="x", disable=True), P.Lines)
     list(bar)
-    assert capsys.readouterr().err == ""  # three quick items: no line
+    assert capsys.readouterr() == ("", "")  # three quick items: no line
 
 
 def test_training_reports_its_loss_in_a_log(capsys, monkeypatch):
@@ -62,6 +62,7 @@ def test_training_reports_its_loss_in_a_log(capsys, monkeypatch):
     torch.manual_seed(0)
     loader = [(torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,))) for _ in range(2)]
     train_iters(TinyNet(), loader, 4, 0.01, desc="fine-tune step 1")
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and err[0].startswith("fine-tune step 1: 2/4 it (50%), loss=")
-    assert "ETA" in err[0] and "4/4 it (100%)" in err[1]
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert err == "" and len(lines) == 2 and lines[0].startswith("fine-tune step 1: 2/4 it (50%), loss=")
+    assert "ETA" in lines[0] and "4/4 it (100%)" in lines[1]

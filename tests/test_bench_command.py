@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,11 @@ def test_a_compress_folder_benches_dense_and_pruned(compressed, tmp_path, capsys
     assert main(["bench", str(compressed), "--device-name", "edge-1", "--out", str(out)] + FAST) == 0
     data = json.loads(out.read_text())
     assert sorted(e["variant"] for e in data["latency"]) == ["dense", "pruned"]
+    assert all(e["measured_at"].endswith("Z") for e in data["latency"])  # report merge prefers the newest
     assert data["device"]["name"] == "edge-1" and device.label(data["device"]).startswith("edge-1 (")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
     assert "| tests/conftest.py:tiny_factory | dense | onnxruntime | cpu | 1 |" in capsys.readouterr().out
 
 

@@ -98,7 +98,7 @@ class Lines:
         if self.postfix:
             parts.append(self.postfix)
         parts.append(f"{clock(elapsed)} elapsed")
-        if done:
+        if done or (self.total and self.n >= self.total):
             parts.append("done")
         elif self.total and self.n:
             parts.append(f"ETA {clock(elapsed / self.n * (self.total - self.n))}")

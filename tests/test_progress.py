@@ -32,7 +32,7 @@ def test_a_long_stage_writes_a_line_every_tenth_with_eta():
     lines = _run(100, 1.0, postfix=0.5)
     assert len(lines) == 10
     assert lines[0] == "fine-tune: 10/100 it (10%), loss=0.500, 0:10 elapsed, ETA 1:30"
-    assert lines[-1].startswith("fine-tune: 100/100 it (100%)")
+    assert lines[-1].startswith("fine-tune: 100/100 it (100%)") and lines[-1].endswith("elapsed, done")
 
 
 def test_a_slow_stage_writes_every_thirty_seconds_and_a_last_line():
@@ -65,4 +65,4 @@ def test_training_reports_its_loss_in_a_log(capsys, monkeypatch):
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert err == "" and len(lines) == 2 and lines[0].startswith("fine-tune step 1: 2/4 it (50%), loss=")
-    assert "ETA" in lines[0] and "4/4 it (100%)" in lines[1]
+    assert "ETA" in lines[0] and "4/4 it (100%)" in lines[1] and lines[1].endswith("done")

@@ -28,6 +28,8 @@ from .progress import progress
 from .train import evaluate
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
+# the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
+BASELINES = {(DEMO_MODEL, DEMO_DATA): DEMO_ASSET, ("builtin:resnet56", "fashion-mnist"): "resnet56_fashion_mnist.pt"}
 STATE = "state.pt"
 
 
@@ -41,8 +43,9 @@ def asset_path(name):
 def resolve_checkpoint(cfg):
     ck = cfg["checkpoint"]
     if ck in (None, "auto"):
-        if cfg["model"] == DEMO_MODEL and cfg["data"] == DEMO_DATA and not cfg["pretrained"]:
-            return asset_path(DEMO_ASSET)
+        asset = BASELINES.get((cfg["model"], cfg["data"]))
+        if asset and not cfg["pretrained"]:
+            return asset_path(asset)
         return None
     if str(ck).lower() == "none":
         return None

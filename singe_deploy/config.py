@@ -25,7 +25,8 @@ class Option:
 OPTIONS = [
     Option("model", "str", "builtin:resnet20", "model spec: builtin:NAME, torchvision:NAME, timm:NAME, file.py:factory"),
     Option("checkpoint", "str", "auto",
-           "state dict to load; 'auto' = the shipped baseline for the demo model and data, else random init; "
+           "state dict to load; 'auto' = the shipped baseline for builtin:resnet20 or builtin:resnet56 on "
+           "fashion-mnist, else random init; "
            "'none' = random init; 'asset:NAME' = a file shipped with singe-deploy"),
     Option("pretrained", "bool", False, "load the model zoo's pretrained weights (needs internet)"),
     Option("trust_checkpoint", "bool", False, "allow checkpoints that unpickle code (only for files you trust)"),

@@ -1,6 +1,8 @@
-"""Train the committed baseline: builtin:resnet20 on Fashion-MNIST.
+"""Train the committed baselines: builtin:resnet20 and builtin:resnet56 on Fashion-MNIST.
 
     python tools/train_baseline.py --epochs 20 --out singe_deploy/assets/resnet20_fashion_mnist.pt
+    OMP_NUM_THREADS=1 python tools/train_baseline.py --model builtin:resnet56 --epochs 6 \
+        --out singe_deploy/assets/resnet56_fashion_mnist.pt
 
 Prints the test accuracy at the end; the README quotes it with this command.
 """

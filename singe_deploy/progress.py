@@ -1,9 +1,10 @@
 """Progress: a tqdm bar on stderr when stderr is a terminal; otherwise (logs of CI jobs, nohup, clusters) plain
 lines on stdout, beside the run's other log lines, so that stderr keeps only errors.
 
-A plain line is written once a stage has run MIN_SECONDS, then whenever EVERY_SECONDS have passed or
-another EVERY_FRACTION of the stage is done, and once at the end of a stage that wrote any line:
+A plain line is written when EVERY_SECONDS have passed and another EVERY_FRACTION of the stage is done since
+the last line (or its start), at least every QUIET_SECONDS, and once at the end of a stage that wrote any:
     fine-tune step 1: 45/150 it (30%), loss=0.412, 0:31 elapsed, ETA 1:12
+so a stage of under 30 s writes nothing and one of an hour about ten lines.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 
-MIN_SECONDS, EVERY_SECONDS, EVERY_FRACTION = 5.0, 30.0, 0.1
+EVERY_SECONDS, EVERY_FRACTION, QUIET_SECONDS = 30.0, 0.1, 300.0
 
 
 def progress(iterable=None, **kwargs):
@@ -76,12 +77,9 @@ class Lines:
     def update(self, n=1):
         self.n += n
         t = self.now()
-        if t - self.start < MIN_SECONDS:
-            return
-        due = t - self.last >= EVERY_SECONDS
-        if self.total:
-            due = due or (self.n - self.last_n) >= EVERY_FRACTION * self.total
-        if due:
+        waited = t - self.last
+        enough = not self.total or (self.n - self.last_n) >= EVERY_FRACTION * self.total
+        if (waited >= EVERY_SECONDS and enough) or waited >= QUIET_SECONDS:
             self._write(t)
 
     def close(self):

@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from .config import OPTIONS, add_arguments
+from .config import PER_RUN as WHERE_TO_WRITE
 from .errors import CheckFailed, UserError
 
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
 # flags override them)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
-PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed", "out", "force", "resume")
+PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed") + WHERE_TO_WRITE
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 

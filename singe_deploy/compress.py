@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import bench, distributed, export, onnx_flops, report
-from .config import to_yaml
+from .config import PER_RUN, to_yaml
 from .data import make_data
 from .errors import CheckFailed, UserError, first_line
 from .flops import CONVENTION, compare, count, disagreement
@@ -172,11 +172,10 @@ def check_forward(model, spec, shape, classes):
 
 
 def _resume_state(cfg, work):
-    path = work / STATE
-    if not cfg["resume"] or not path.is_file():
+    if not cfg["resume"]:
         return None
-    state = read_checkpoint(path)
-    free = ("resume", "force", "out", "nproc", "dist_backend", "dist_timeout", "dist_sync_bn", "train_device")
+    state = read_checkpoint(work / STATE)  # prepare() refused --resume without it
+    free = PER_RUN + ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn", "train_device")
     keep = {k: v for k, v in cfg.items() if k not in free}
     old = {k: v for k, v in state["config"].items() if k not in free}
     diff = sorted(k for k in keep if keep[k] != old.get(k))

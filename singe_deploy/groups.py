@@ -33,12 +33,7 @@ class Slice:
 
     def reduce(self, t):
         """Sum of t (shaped like the parameter) over each idx's elements: shape (len(idxs),)."""
-        if self.groups > 1:
-            g = self.groups
-            per = t.reshape(g, t.shape[0] // g, t.shape[1], -1).sum(dim=(1, 3))  # (groups, in per group)
-            return per.reshape(-1)[self.idxs]
-        moved = t.movedim(self.dim, 0)
-        return moved.reshape(moved.shape[0], -1).sum(1)[self.idxs]
+        return _reduce(t, self.dim, self.groups)[self.idxs]
 
     def mask(self, select=None):
         """A 0/1 tensor shaped like the parameter marking the elements of the idxs (or of `select`)."""

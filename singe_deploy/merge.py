@@ -77,7 +77,7 @@ def collect(files):
     """rows: {(model, device, backend, batch): {variant: entry}}, MACs ratio per model, sources, notes."""
     from .device import label
 
-    rows, macs, sources, notes, seen = {}, {}, [], [], {}
+    rows, macs, sources, notes = {}, {}, [], []
     for number, f in enumerate(files, 1):
         kind, data = read(f)
         dev = label(device_of(kind, data))
@@ -94,13 +94,13 @@ def collect(files):
             old = slot.get(e["variant"])
             if old is not None:
                 newer = e.get("measured_at", "") >= old.get("measured_at", "")
-                kept, lost = (f, seen[key + (e["variant"],)]) if newer else (seen[key + (e["variant"],)], f)
+                other = files[old["source"] - 1]
+                kept, lost = (f, other) if newer else (other, f)
                 notes.append(f"{e['variant']} {name} on {dev}, {key[2]}, batch {key[3]}: measured in {kept} and in "
                              f"{lost}; the table shows {kept}'s{' (newer)' if 'measured_at' in e else ''}")
                 if not newer:
                     continue
             slot[e["variant"]] = e
-            seen[key + (e["variant"],)] = f
     if not rows:
         raise UserError("the files hold no latency entries; run singe-deploy bench, or compress with export on")
     return rows, macs, sources, notes
@@ -174,7 +174,8 @@ def run(args):
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     rows, macs, sources, notes = collect(args.files)
     png = out.with_suffix(".png")
-    tmp_md = staged(out, lambda t: Path(t).write_text(markdown(rows, macs, sources, notes)))
+    text = markdown(rows, macs, sources, notes)
+    tmp_md = staged(out, lambda t: Path(t).write_text(text))
     try:
         tmp_png = staged(png, lambda t: chart(rows, t))
     except BaseException:
@@ -182,6 +183,6 @@ def run(args):
         raise
     os.replace(tmp_md, out)
     os.replace(tmp_png, png)
-    print(markdown(rows, macs, sources, notes), end="")
+    print(text, end="")
     print(f"wrote {out} and {png}")
     return 0

@@ -189,7 +189,17 @@ def apply_plan(model, plan, example, graph=None):
     return model
 
 
-class Predictor:
+class _Costs:
+    """A cost per channel counts, cached (a search asks for the same counts more than once)."""
+
+    def __call__(self, counts):
+        counts = tuple(counts)
+        if counts not in self.cache:
+            self.cache[counts] = self._cost(counts)
+        return self.cache[counts]
+
+
+class Predictor(_Costs):
     """The exact MACs or params of the model pruned to given channel counts, without pruning it.
 
     Every parameter slice the planner's groups remove is known (groups.slices), so each parameter's pruned
@@ -198,9 +208,8 @@ class Predictor:
     does not change, so they scale with the weight's size. `build` returns None where a model has MACs
     anywhere else (attention, matmuls in a module's own forward); the search then measures every level."""
 
-    def __init__(self, planner, model, metric, layers=None):
+    def __init__(self, planner, model, metric, names, layers=None):
         self.planner = planner
-        names = param_names(model)
         self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         self.slices = []  # per entry: [(param name, dim, groups, idxs, root idxs)]
         for g in planner.groups:
@@ -212,10 +221,10 @@ class Predictor:
 
     @classmethod
     def build(cls, planner, model, input_shape, metric):
-        if metric == "params":
-            return cls(planner, model, metric)
-        modules = dict(model.named_modules())
         names = param_names(model)
+        if metric == "params":
+            return cls(planner, model, metric, names)
+        modules = dict(model.named_modules())
         per_element = {}
         for layer in count(model, input_shape).layers:
             if not layer.macs:
@@ -228,13 +237,7 @@ class Predictor:
                     or (isinstance(m, nn.modules.conv._ConvNd) and m.transposed and m.groups > 1)):
                 return None
             per_element[names[id(weight)]] = layer.macs // weight.numel()
-        return cls(planner, model, metric, per_element)
-
-    def __call__(self, counts):
-        counts = tuple(counts)
-        if counts not in self.cache:
-            self.cache[counts] = self._cost(counts)
-        return self.cache[counts]
+        return cls(planner, model, metric, names, per_element)
 
     def _cost(self, counts):
         removed = {}  # (param name, dim, groups) -> [removed indices along dim]
@@ -265,19 +268,16 @@ def search(planner, model, example, input_shape, metric, target, desc):
     return planner.removals(counts), real(counts), reached, True
 
 
-class _Measured:
+class _Measured(_Costs):
     """The real count of a pruned copy, per channel counts (cached)."""
 
     def __init__(self, planner, model, example, input_shape, metric):
         self.planner, self.model, self.example, self.shape, self.metric = planner, model, example, input_shape, metric
         self.cache = {}
 
-    def __call__(self, counts):
-        counts = tuple(counts)
-        if counts not in self.cache:
-            pruned = apply_plan(copy.deepcopy(self.model), self.planner.removals(counts), self.example)
-            self.cache[counts] = measure_pruned(pruned, self.shape, self.metric)
-        return self.cache[counts]
+    def _cost(self, counts):
+        pruned = apply_plan(copy.deepcopy(self.model), self.planner.removals(counts), self.example)
+        return measure_pruned(pruned, self.shape, self.metric)
 
 
 def _bisect(planner, cost, target, desc):

@@ -39,7 +39,7 @@ def clock(seconds):
 
 
 class Lines:
-    """The parts of tqdm's interface the project uses (iterate, update, set_postfix, close), as plain lines."""
+    """The parts of tqdm's interface the project uses (iterate, update, set_postfix, close, with), as plain lines."""
 
     def __init__(self, iterable=None, total=None, desc="", unit="it", file=None, now=time.monotonic):
         self.iterable, self.desc, self.unit, self.now = iterable, desc, unit, now
@@ -58,9 +58,6 @@ class Lines:
         finally:
             self.close()
 
-    def __len__(self):
-        return self.total or 0
-
     def __enter__(self):
         return self
 
@@ -70,9 +67,6 @@ class Lines:
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
         items = dict(ordered_dict or {}, **kwargs)
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
-
-    def set_description(self, desc=None, refresh=True):
-        self.desc = desc or ""
 
     def update(self, n=1):
         self.n += n

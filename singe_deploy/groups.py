@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning import ops as tp_ops
+from torch_pruning.dependency import index_mapping
 
 from .errors import UserError
 
@@ -220,20 +222,109 @@ def channel_groups(group):
 
 
 def all_groups(model, example_inputs, ignored_layers=()):
-    """Build the dependency graph and return (graph, groups rooted at conv/linear layers)."""
+    """Build the dependency graph and return (graph, groups rooted at conv/linear layers). Groups that cross
+    a reshape torch-pruning cannot map channel by channel (a channel shuffle's 5-D view) are left out: their
+    channels would be removed at the wrong indices on the far side."""
     was_training = model.training  # build_dependency switches to eval and does not switch back
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-        groups = list(graph.get_all_groups(ignored_layers=list(ignored_layers),
-                                           root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+        groups = _root_groups(graph, ignored_layers)
     except Exception as e:
         raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
                         f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "
-                        "(channel shuffles and data-dependent reshapes are beyond torch-pruning); try another model") from None
+                        "(data-dependent reshapes are beyond torch-pruning); try another model") from None
     finally:
         model.train(was_training)
     return graph, groups
+
+
+def _root_groups(graph, ignored_layers):
+    """graph.get_all_groups, except that a root whose group torch-pruning cannot map (it fails inside its
+    index mapping: channels that cross a shuffle) is skipped instead of failing every group."""
+    ignored = list(ignored_layers) + graph.IGNORED_LAYERS_IN_TRACING
+    visited, groups = set(), []
+    for m in list(graph.module2node):
+        if m in visited or any(m is i for i in ignored) or not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except (_Opaque, IndexError):  # IndexError: a split whose sizes torch-pruning could not infer
+            continue
+        outs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        visited.update(outs)
+        if not any(o is i for o in outs for i in ignored):
+            groups.append(group)
+    return groups
+
+
+OPAQUE = "_singe_opaque_reshapes"  # graph attribute: reshape nodes torch-pruning could not map
+
+
+class _Opaque(Exception):
+    """Raised when a group's traversal reaches a reshape whose channel mapping is unknown."""
+
+
+def _opaque_mapping(idxs):
+    raise _Opaque
+
+
+def _tolerant(update):
+    """Wrap torch-pruning's reshape index mapping. A channel shuffle's views regroup channels: torch-pruning
+    divides by zero on the first (or maps it as a flatten, which blows indices up) and ignores the second.
+    Mark such a reshape opaque on the graph, and make every dependency through it raise _Opaque, so the groups
+    that cross it are skipped quickly instead of failing the trace or being pruned at the wrong indices."""
+    if getattr(update, "_singe_tolerant", False):
+        return update
+
+    def guarded(graph, node):
+        opaque = graph.__dict__.setdefault(OPAQUE, set())
+        if node not in opaque and not _high_rank_reshape(node):
+            try:
+                return update(graph, node)
+            except ZeroDivisionError:
+                pass
+        opaque.add(node)
+        for dep in node.dependencies:
+            dep.index_mapping[0] = _opaque_mapping
+        for other in list(node.inputs) + list(node.outputs):
+            for dep in other.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _opaque_mapping
+
+    guarded._singe_tolerant = True
+    return guarded
+
+
+index_mapping.update_reshape_index_mapping = _tolerant(index_mapping.update_reshape_index_mapping)
+
+
+def _high_rank_reshape(node, hops=3):
+    """A view that regroups channels: its input has more than 4 dims, or its output reaches such a view through
+    a few element-wise ops (the first view of a channel shuffle, then its transpose)."""
+    if node.type != tp_ops.OPTYPE.RESHAPE:
+        return False
+    frontier = [node]
+    for _ in range(hops + 1):
+        nxt = []
+        for n in frontier:
+            if n.type == tp_ops.OPTYPE.RESHAPE and len(_input_sizes(n)) > 4:
+                return True
+            if n is node or n.type in (tp_ops.OPTYPE.ELEMENTWISE, tp_ops.OPTYPE.RESHAPE):
+                nxt.extend(n.outputs)
+        frontier = nxt
+    return False
+
+
+def _input_sizes(node):
+    for attr in ("_saved_self_sym_sizes", "_saved_self_sizes"):
+        sizes = getattr(node.grad_fn, attr, None)
+        if sizes is not None:
+            return tuple(sizes)
+    return ()
 
 
 def default_ignored(model):

@@ -69,3 +69,59 @@ def test_building_the_graph_keeps_train_mode(tiny):
     tiny.train()
     _groups(tiny)
     assert tiny.training
+
+
+def _tiny_shufflenet():
+    from torchvision.models import ShuffleNetV2
+    return ShuffleNetV2(stages_repeats=[2, 1, 1], stages_out_channels=[8, 16, 32, 64, 96], num_classes=5)
+
+
+def _pruned_equals_masked(factory, shape):
+    """For each group: removing two root channels (one per block of a grouped conv) gives the same output as the dense model with those
+    channels' input slices (every conv/linear that reads them) zeroed. A group mapped at the wrong indices
+    (a channel shuffle followed as if it were a flatten) fails this."""
+    x = torch.randn(2, *shape[1:])
+    torch.manual_seed(0)
+    reference = factory().eval()
+    n = len(_groups(reference, shape))
+    assert n > 0
+    for i in range(n):
+        pruned, masked = [_copy_of(reference) for _ in range(2)]
+        graph, groups = all_groups(pruned, torch.zeros(shape), default_ignored(pruned))
+        root = groups[i][0].dep
+        size, blocks = len(groups[i][0].idxs), channel_groups(groups[i])
+        remove = [b * (size // blocks) for b in range(blocks)] if blocks > 1 else [0, size - 1]
+        graph.get_pruning_group(root.target.module, root.handler, remove).prune()
+        names = param_names(masked)
+        with torch.no_grad():
+            for s in slices(_groups(masked, shape)[i], names):
+                reads = s.dim == 1 and s.param.dim() >= 2  # input channels of a conv or linear (none transposed here)
+                if reads:
+                    select = torch.isin(s.root_idxs, torch.tensor(remove))
+                    s.param[s.mask(select)] = 0
+            assert torch.allclose(pruned.eval()(x), masked.eval()(x), atol=1e-5), f"group {i}"
+    return n
+
+
+def _copy_of(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def test_pruning_equals_masking_on_a_residual_model(tiny):
+    assert _pruned_equals_masked(lambda: tiny, (1, 1, 12, 12)) == 2  # the stream (residual, grouped) and expand
+
+
+def test_channel_shuffle_groups_are_mapped_or_left_out():
+    """ShuffleNetV2's shuffles regroup channels: torch-pruning cannot map them, so the groups crossing one are
+    left out and the branch-internal ones stay prunable, removed exactly as masking them would."""
+    model = _tiny_shufflenet().eval()
+    shape = (1, 3, 32, 32)
+    groups = _groups(model, shape)
+    roots = {g[0].dep.target.module for g in groups}
+    mids = {m for name, m in model.named_modules() if name.endswith("branch2.3")}  # depthwise in each block
+    assert mids <= {item.dep.target.module for g in groups for item in g}
+    assert model.conv5[0] in roots
+    last = model.stage4[0].branch2[5]  # its output goes through the shuffle
+    assert last not in {item.dep.target.module for g in groups for item in g if "out" in item.dep.handler.__name__}
+    assert _pruned_equals_masked(_tiny_shufflenet, shape) == len(groups)

@@ -8,6 +8,7 @@ channel's weights along the SInGE path.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,19 @@ def slices(group, names):
         elif isinstance(layer, NORMS):
             add(getattr(layer, "weight", None), 0)
             add(getattr(layer, "bias", None), 0)
+        elif isinstance(layer, nn.MultiheadAttention) and layer._qkv_same_embed_dim:
+            # the embedding channel is q's, k's and v's row (in_proj stacks them) and every projection's column
+            e = layer.in_proj_weight.shape[1]
+            for k in range(3):
+                for p in (layer.in_proj_weight, layer.in_proj_bias):
+                    if p is not None and id(p) in names:
+                        out.append(Slice(names[id(p)], p, 0, idxs_t + k * e, root_t))
+            add(layer.in_proj_weight, 1)
+            add(layer.out_proj.weight, 0)
+            add(layer.out_proj.weight, 1)
+            add(layer.out_proj.bias, 0)
+        elif isinstance(layer, nn.Parameter):  # a token or embedding outside any layer (a ViT's class token)
+            add(layer, dep.target.pruning_dim % layer.dim())
     return out
 
 
@@ -210,7 +224,7 @@ def root_module(group):
 
 
 def channel_groups(group):
-    """How many equal blocks the root channels form (grouped convs, GroupNorm): 1 for most layers."""
+    """How many equal blocks the root channels form (grouped convs, GroupNorm, attention heads): 1 for most layers."""
     g = 1
     for item in group:
         layer = item.dep.target.module
@@ -218,6 +232,8 @@ def channel_groups(group):
             g = max(g, layer.groups)
         elif isinstance(layer, nn.GroupNorm):
             g = max(g, layer.num_groups)
+        elif isinstance(layer, nn.MultiheadAttention):  # every head keeps the same width
+            g = max(g, layer.num_heads)
     return g
 
 
@@ -227,7 +243,9 @@ def all_groups(model, example_inputs, ignored_layers=()):
     channels would be removed at the wrong indices on the far side."""
     was_training = model.training  # build_dependency switches to eval and does not switch back
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            # tokens and layer scales outside a layer: the last non-singleton dim is their channel dim, as assumed
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         groups = _root_groups(graph, ignored_layers)
     except Exception as e:

@@ -267,6 +267,12 @@ def resize_to(model, state):
             setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
         else:
             owner.register_buffer(attr, fresh)
+    return fix_size_attributes(model)
+
+
+def fix_size_attributes(model):
+    """Make every layer's size attributes (in/out channels, features, embed width, a ViT's hidden_dim) agree
+    with its tensors, after pruning or resizing: forward passes that read them (reshapes) keep working."""
     for m in model.modules():
         _fix_size_attributes(m)
     return model
@@ -292,3 +298,8 @@ def _fix_size_attributes(m):
         m.normalized_shape = tuple(m.weight.shape)
     elif isinstance(m, nn.GroupNorm) and m.weight is not None:
         m.num_channels = m.weight.shape[0]
+    elif isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
+        m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+        m.head_dim = m.embed_dim // m.num_heads
+    elif type(m).__name__ == "VisionTransformer" and hasattr(m, "conv_proj"):  # torchvision's reads hidden_dim
+        m.hidden_dim = m.conv_proj.weight.shape[0]

@@ -18,6 +18,7 @@ from torch import nn
 from .errors import UserError
 from .flops import channels_of, count
 from .groups import UnitMap, all_groups, channel_groups, is_out_handler, param_names, slices
+from .models import fix_size_attributes
 from .progress import progress
 
 # how a pruning level becomes channel counts per group (see Planner)
@@ -182,6 +183,7 @@ def apply_plan(model, plan, example, graph=None):
     for name, handler, idxs in plan:
         group = graph.get_pruning_group(modules[name], handler, idxs)
         group.prune()
+    fix_size_attributes(model)
     for p in model.parameters():
         p.grad = None
         if not p.data.is_contiguous():  # pruned 1x1 convs can keep the dense strides

@@ -1,0 +1,90 @@
+"""Architectures beyond plain CNNs: each small model prunes, keeps its forward pass, survives save/reload,
+exports to ONNX with parity, and its pruned MACs count matches the ONNX graph's."""
+import pytest
+import torch
+from torchvision.models import ShuffleNetV2, VisionTransformer
+
+from singe_deploy.bench import OnnxRuntime, Torch
+from singe_deploy.export import export_onnx, parity
+from singe_deploy.flops import count, cross_check
+from singe_deploy.importance import make_criterion
+from singe_deploy.models import load_pruned, save_pruned
+from singe_deploy.prune import Schedule, Target, prune
+
+
+def _tiny_vit():
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128,
+                              num_classes=5)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision starts it at zero: no gradients
+    torch.nn.init.normal_(model.class_token, std=0.1)
+    return model
+
+
+def _tiny_shufflenet():
+    return ShuffleNetV2(stages_repeats=[2, 1, 1], stages_out_channels=[8, 16, 32, 64, 96], num_classes=5)
+
+
+def _prune_and_check(model, shape, tmp_path, reduction=1.4, criterion="l2"):
+    model.eval()
+    x = torch.randn(3, *shape[1:])
+    dense = count(model, shape)
+    prune(model, shape, make_criterion(criterion), Target("macs", reduction),
+          Schedule(steps=1, finetune_iters=0, epochs=0, round_to=1), log=lambda *a: None)
+    pruned = count(model, shape)
+    assert pruned.macs < dense.macs / reduction * 1.03
+    assert model(x).shape == (3, 5)
+    save_pruned(model, tmp_path / "p.pt", "builtin:unused", 5, shape[1], shape)
+    path = export_onnx(model, shape, tmp_path / "p.onnx")
+    q = parity(Torch(model), OnnxRuntime(path, threads=1), [x], "pytorch")
+    assert q["max_abs_diff"] < 1e-4
+    check = cross_check(model, pruned)
+    assert check["macs_agree"], check["layer_differences"]
+    return model
+
+
+def test_vit_prunes_mlp_units_and_embedding_width_in_whole_head_blocks(tmp_path):
+    model = _prune_and_check(_tiny_vit(), (1, 3, 32, 32), tmp_path)
+    width = model.conv_proj.out_channels
+    assert width < 64 and model.hidden_dim == width
+    for block in model.encoder.layers:
+        attn = block.self_attention
+        assert attn.embed_dim == width and attn.head_dim * attn.num_heads == width
+    assert any(b.mlp[0].out_features < 128 for b in model.encoder.layers)
+
+
+def test_vit_heads_lose_the_same_dims_so_pruning_equals_masking_inside_each_head():
+    """The embedding group removes the same positions from every head (channel_groups = num_heads)."""
+    from singe_deploy.groups import all_groups, channel_groups, default_ignored
+    model = _tiny_vit().eval()
+    _, groups = all_groups(model, torch.zeros(1, 3, 32, 32), default_ignored(model))
+    assert sorted(channel_groups(g) for g in groups) == [1, 1, 4]
+
+
+def test_a_pruned_vit_reloads_from_its_spec(tmp_path, monkeypatch):
+    import singe_deploy.models as models
+    monkeypatch.setattr(models, "build_model", lambda spec, *a, **k: _tiny_vit())
+    model = _prune_and_check(_tiny_vit(), (1, 3, 32, 32), tmp_path)
+    back = load_pruned(tmp_path / "p.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert back.hidden_dim == model.hidden_dim
+    assert torch.allclose(back(x), model(x), atol=1e-6)
+
+
+def test_shufflenet_prunes_its_branch_channels(tmp_path):
+    model = _prune_and_check(_tiny_shufflenet(), (1, 3, 32, 32), tmp_path, reduction=1.25)
+    assert any(b.branch2[0].out_channels < b.branch2[5].in_channels + 1 for s in (model.stage2, model.stage3)
+               for b in s)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "singe"])
+def test_data_driven_criteria_score_every_vit_group(criterion):
+    """Gradient criteria reach the embedding (heads) and MLP groups: a finite, non-constant score per channel."""
+    from singe_deploy.groups import all_groups, default_ignored
+
+    from .conftest import batches
+    model = _tiny_vit().eval()
+    _, groups = all_groups(model, torch.zeros(1, 3, 32, 32), default_ignored(model))
+    scores = make_criterion(criterion).score(model, groups, batches(1, 4, (3, 32, 32), 5), False)
+    assert len(scores) == len(groups) == 3
+    for g, s in zip(groups, scores):
+        assert s.shape == (len(g[0].idxs),) and torch.isfinite(s).all() and s.std() > 0

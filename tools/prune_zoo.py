@@ -1,0 +1,113 @@
+"""Prune every torchvision classification model with `singe-deploy compress`; write OUT.json and OUT.md.
+
+    python tools/prune_zoo.py --out docs/zoo/prune                      # every model (hours on 2 CPU cores)
+    python tools/prune_zoo.py --models shufflenet_v2_x1_0,vit_b_16 --out /tmp/zoo
+
+Each model: random weights, synthetic data, l2, 1.5x fewer MACs, one step, ONNX export with parity against
+PyTorch and the pruned MACs counted again on the graph, latency at batch 1 with a few iterations (not a
+benchmark). Input 64x64 where the model takes it, else the size it needs (SIZES). Every model runs in its own
+process under a time limit; a row says pass/fail, the MACs ratio reached, the parity and the failure's line.
+Exit 1 when a model fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torchvision.models as tvm
+
+SIZES = {"inception_v3": 96, "maxvit_t": 224}  # the smallest input each of these takes
+FIXED = ("vit_",)  # torchvision builds these for 224x224 only
+REDUCTION = 1.5
+
+
+def size_of(name):
+    if name in SIZES:
+        return SIZES[name]
+    return 224 if name.startswith(FIXED) else 64
+
+
+def run(name, timeout, threads):
+    size = size_of(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "singe_deploy", "compress", "--model", f"torchvision:{name}", "--data",
+               "synthetic", "--input-shape", f"1,3,{size},{size}", "--criterion", "l2", "--macs-reduction",
+               str(REDUCTION), "--steps", "1", "--batch-size", "8", "--parity-batches", "1", "--batch-sizes", "1",
+               "--latency-iters", "5", "--latency-seconds", "0", "--threads", str(threads), "--out", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        t = time.time()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"model": name, "input": size, "status": "timeout", "seconds": round(time.time() - t),
+                    "reason": f"no result within {timeout} s"}
+        row = {"model": name, "input": size, "seconds": round(time.time() - t, 1), "exit": proc.returncode}
+        report = out / "report.json"
+        if report.exists():
+            r = json.loads(report.read_text())
+            onnx = {e["variant"]: e for e in r["exports"] if e["format"] == "onnx"}
+            pruned = onnx.get("pruned", {})
+            row.update(dense_macs=r["dense"]["macs"], pruned_macs=r["pruned"]["macs"],
+                       macs_ratio=round(r["dense"]["macs"] / r["pruned"]["macs"], 3),
+                       params_ratio=round(r["dense"]["params"] / r["pruned"]["params"], 3),
+                       parity_max_abs_diff=pruned.get("parity", {}).get("max_abs_diff"),
+                       top1_agreement=pruned.get("parity", {}).get("top1_agreement"),
+                       graph_macs_agree=pruned.get("graph_count", {}).get("macs_agree"))
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith(("error:", "check failed"))]
+        row["status"] = "pass" if proc.returncode == 0 and report.exists() else "fail"
+        if row["status"] != "pass":
+            tail = (proc.stderr or proc.stdout).strip().splitlines()
+            row["reason"] = (lines or tail or ["no output"])[-1][:300]
+        return row
+
+
+def render(rows):
+    passed = sum(r["status"] == "pass" for r in rows)
+    out = [f"# Pruning the torchvision classification zoo\n",
+           f"`python tools/prune_zoo.py` ({passed} of {len(rows)} pass): `compress` on each model with random weights,",
+           f"synthetic data, l2, {REDUCTION}x fewer MACs, one step; parity is the pruned ONNX file against PyTorch.\n",
+           "| model | input | result | MACs ratio | params ratio | parity max abs diff | top-1 agreement "
+           "| graph MACs agree | s | reason |", "|---|---:|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        diff = r.get("parity_max_abs_diff")
+        out.append(f"| {r['model']} | {r['input']} | {r['status']} | {r.get('macs_ratio', '')} | "
+                   f"{r.get('params_ratio', '')} | {'' if diff is None else f'{diff:.1e}'} | "
+                   f"{r.get('top1_agreement', '')} | {r.get('graph_macs_agree', '')} | {r.get('seconds', '')} | "
+                   f"{r.get('reason', '')} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", help="comma-separated torchvision names (default: every classification model)")
+    ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per model")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    names = args.models.split(",") if args.models else tvm.list_models(module=tvm)
+    out = Path(args.out)
+    done = {}
+    if out.with_suffix(".json").exists():  # resume: passed rows are kept, the rest run again
+        done = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    rows = []
+    for name in names:
+        kept = done.get(name)
+        row = kept if kept and kept["status"] == "pass" else run(name, args.timeout, args.threads)
+        rows.append(row)
+        print(f"{name}: {row['status']} {row.get('macs_ratio', '')} {row.get('reason', '')}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        keep = [r for r in done.values() if r["model"] not in {x["model"] for x in rows}] + rows
+        out.with_suffix(".json").write_text(json.dumps({"reduction": REDUCTION, "rows": keep}, indent=1))
+        out.with_suffix(".md").write_text(render(keep))
+    return 0 if all(r["status"] == "pass" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,6 +131,33 @@ def prepare(cfg, log=print):
 CPU_CALIB_MACS = 4e12
 
 
+CPU_PARITY_MACS = 2e12
+PARITY_PASSES = 6  # dense: torch and onnx; pruned: torch, reloaded torch, onnx (and the reference twice)
+MIN_PARITY_SAMPLES = 8
+
+
+def _parity_batches(cfg, data, dense_macs, log):
+    """The first --parity-batches batches, cut to --parity-samples, or on a CPU target to what CPU_PARITY_MACS of
+    the parity passes afford (a large model's 512 samples would take longer than the pruning)."""
+    batches = [x for x, _ in (data.val if data.real else data.train)][: cfg["parity_batches"]]
+    total = sum(len(x) for x in batches)
+    cap = cfg["parity_samples"]
+    on_cpu = cfg["target"] == "onnx" or (cfg["target"] == "torch" and cfg["device"] == "cpu")
+    if cap is None and on_cpu and dense_macs:
+        cap = max(MIN_PARITY_SAMPLES, int(CPU_PARITY_MACS // (PARITY_PASSES * dense_macs)))
+        if cap < total:
+            log(f"parity: {cap} of {total} samples, what {CPU_PARITY_MACS:.0e} MACs of parity passes afford on a CPU "
+                "(--parity-samples to choose)")
+    if cap is None or cap >= total:
+        return batches
+    out, left = [], cap
+    for x in batches:
+        if left > 0:
+            out.append(x[:left])
+            left -= len(x[:left])
+    return out
+
+
 def _scores_on_cpu(cfg):
     return cfg["train_device"] == "cpu" or (cfg["train_device"] == "auto" and not torch.cuda.is_available())
 
@@ -349,7 +376,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     """Exports with parity against PyTorch and MACs counted again on the graph, then latency of dense and
     pruned; returns (exports, latency, failures)."""
     exports, latency, failures = [], [], []
-    batches = [x for x, _ in (data.val if data.real else data.train)][: cfg["parity_batches"]]
+    batches = _parity_batches(cfg, data, costs["dense"].macs, log)
     save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
     reloaded = load_pruned(work / "pruned.pt")
     variants = {"dense": dense_model, "pruned": model}

@@ -86,6 +86,9 @@ OPTIONS = [
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
     Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted"),
     Option("parity_batches", "int", 4, "validation batches used for parity"),
+    Option("parity_samples", "int", None, "parity samples at most (default: all of the parity batches, except "
+           "for a CPU target: as many as about 2 TMACs of the parity passes afford, at least 8; a vit_b_16 at "
+           "224 gets 18)"),
     Option("export", "bool", True, "export, check parity and measure latency (off: accuracy and costs only)"),
     Option("seed", "int", 0, "seed for data order, init and random scores"),
     Option("train_device", "str", "auto", "device for scoring and fine-tuning (auto: CUDA when present; "
@@ -267,7 +270,7 @@ def validate(cfg):
         if cfg[key] is not None and not cfg[key] > 1:
             raise UserError(f"--{key.replace('_', '-')} must be > 1 (pruned = dense / X), got {cfg[key]:g}")
     positive = ("batch_size", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps", "nproc",
-                "singe_replicas", "calib_samples")
+                "singe_replicas", "calib_samples", "parity_samples")
     for key in positive:
         if cfg[key] is not None and cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")

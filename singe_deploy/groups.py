@@ -247,7 +247,8 @@ def all_groups(model, example_inputs, ignored_layers=()):
             # tokens and layer scales outside a layer: the last non-singleton dim is their channel dim, as assumed
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-        groups = _root_groups(graph, ignored_layers)
+        names = param_names(model)
+        groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names)]
     except Exception as e:
         raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
                         f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "
@@ -277,6 +278,16 @@ def _root_groups(graph, ignored_layers):
         if not any(o is i for o in outs for i in ignored):
             groups.append(group)
     return groups
+
+
+def _in_bounds(group, names):
+    """Whether every index the group removes exists in its parameter: torch-pruning maps some reshapes (split
+    q/k/v heads) to indices past a layer's width; such a group would not prune consistently."""
+    for s in slices(group, names):
+        size = s.param.shape[s.dim] * (s.groups if s.groups > 1 else 1)
+        if len(s.idxs) and int(s.idxs.max()) >= size:
+            return False
+    return True
 
 
 OPAQUE = "_singe_opaque_reshapes"  # graph attribute: reshape nodes torch-pruning could not map
@@ -346,9 +357,19 @@ def _input_sizes(node):
 
 
 def default_ignored(model):
-    """Layers never pruned: the classifier (the last Linear, or a final 1x1 conv head) keeps its classes."""
+    """Layers never pruned: the classifier (the last Linear, or a final 1x1 conv head) keeps its classes, and the
+    projections an attention block reshapes into heads (q, k, v) keep their width, since the block's head count
+    and head size are static attributes. Its output projection and the MLP stay prunable."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if linears:
-        return [linears[-1]]
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    return convs[-1:]
+        layers = [linears[-1]]
+    else:
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1:]
+    for m in model.modules():
+        if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention):
+            layers += [c for name, c in m.named_children()
+                       if isinstance(c, (nn.Linear, nn.modules.conv._ConvNd)) and name not in OUTPUT_PROJECTIONS]
+    return layers
+
+
+OUTPUT_PROJECTIONS = ("proj", "out_proj", "o_proj", "to_out", "fc_out")  # attention outputs: back to the stream

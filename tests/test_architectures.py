@@ -42,28 +42,23 @@ def _prune_and_check(model, shape, tmp_path, reduction=1.4, criterion="l2"):
     return model
 
 
-def test_vit_prunes_mlp_units_and_embedding_width_in_whole_head_blocks(tmp_path):
-    model = _prune_and_check(_tiny_vit(), (1, 3, 32, 32), tmp_path)
-    width = model.conv_proj.out_channels
-    assert width < 64 and model.hidden_dim == width
-    for block in model.encoder.layers:
-        attn = block.self_attention
-        assert attn.embed_dim == width and attn.head_dim * attn.num_heads == width
-    assert any(b.mlp[0].out_features < 128 for b in model.encoder.layers)
-
-
-def test_vit_heads_lose_the_same_dims_so_pruning_equals_masking_inside_each_head():
-    """The embedding group removes the same positions from every head (channel_groups = num_heads)."""
+def test_vit_embedding_group_is_cut_in_whole_head_blocks():
+    """The embedding group removes the same positions from every head (channel_groups = num_heads); MLP groups are free."""
     from singe_deploy.groups import all_groups, channel_groups, default_ignored
     model = _tiny_vit().eval()
     _, groups = all_groups(model, torch.zeros(1, 3, 32, 32), default_ignored(model))
     assert sorted(channel_groups(g) for g in groups) == [1, 1, 4]
 
 
-def test_a_pruned_vit_reloads_from_its_spec(tmp_path, monkeypatch):
+def test_vit_prunes_embedding_width_in_whole_head_blocks_and_reloads(tmp_path, monkeypatch):
     import singe_deploy.models as models
     monkeypatch.setattr(models, "build_model", lambda spec, *a, **k: _tiny_vit())
     model = _prune_and_check(_tiny_vit(), (1, 3, 32, 32), tmp_path)
+    width = model.conv_proj.out_channels
+    assert width < 64 and model.hidden_dim == width
+    for block in model.encoder.layers:
+        attn = block.self_attention
+        assert attn.embed_dim == width and attn.head_dim * attn.num_heads == width
     back = load_pruned(tmp_path / "p.pt").eval()
     x = torch.randn(2, 3, 32, 32)
     assert back.hidden_dim == model.hidden_dim
@@ -88,3 +83,21 @@ def test_data_driven_criteria_score_every_vit_group(criterion):
     assert len(scores) == len(groups) == 3
     for g, s in zip(groups, scores):
         assert s.shape == (len(g[0].idxs),) and torch.isfinite(s).all() and s.std() > 0
+
+
+timm = pytest.importorskip("timm")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_timm_cnns_prune_through_their_specs(tmp_path, name):
+    from singe_deploy.models import build_model
+    _prune_and_check(build_model(f"timm:{name}", 5, 3), (1, 3, 32, 32), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224"])
+def test_timm_vits_prune_embedding_and_mlp_but_keep_qkv(tmp_path, name):
+    model = timm.create_model(name, img_size=32, patch_size=8, num_classes=5, depth=2)
+    qkv = [b.attn.qkv.out_features for b in model.blocks]
+    _prune_and_check(model, (1, 3, 32, 32), tmp_path)
+    assert [b.attn.qkv.out_features for b in model.blocks] == qkv  # heads x head size stay whole
+    assert model.blocks[0].attn.qkv.in_features < 192 or any(b.mlp.fc1.out_features < 768 for b in model.blocks)

@@ -70,7 +70,7 @@ def run(name, timeout, threads):
 
 def render(rows):
     passed = sum(r["status"] == "pass" for r in rows)
-    out = [f"# Pruning the torchvision classification zoo\n",
+    out = ["# Pruning the torchvision classification zoo\n",
            f"`python tools/prune_zoo.py` ({passed} of {len(rows)} pass): `compress` on each model with random weights,",
            f"synthetic data, l2, {REDUCTION}x fewer MACs, one step; parity is the pruned ONNX file against PyTorch.\n",
            "| model | input | result | MACs ratio | params ratio | parity max abs diff | top-1 agreement "

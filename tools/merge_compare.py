@@ -1,0 +1,69 @@
+"""Merge compare.json files of the same set-up (runs split by seed or target across processes) into one table.
+
+    python tools/merge_compare.py docs/results/compare-r56-*.json --out docs/results/r56
+
+Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds); a run
+named twice (same criterion, target, seed and flowchart) is kept once, from the first file that has it.
+Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's accuracy by seed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from singe_deploy.compare import markdown
+
+SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "out", "force", "resume", "config")
+
+
+def merge(paths):
+    runs, options, sources, repeated = {}, None, [], 0
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        opts = {k: v for k, v in data["options"].items() if k not in SPLIT}
+        if options is None:
+            options = opts
+        elif opts != options:
+            diff = sorted(k for k in set(opts) | set(options) if opts.get(k) != options.get(k))
+            raise SystemExit(f"error: {path} was run with other options ({', '.join(diff)}); merge like with like")
+        for run in data["runs"]:
+            if run["name"] in runs:
+                repeated += 1
+                continue
+            runs[run["name"]] = dict(run, source=str(path))
+        sources.append(str(path))
+    return list(runs.values()), options, sources, repeated
+
+
+def by_seed(rows):
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["| flowchart | target | criterion | " + " | ".join(f"seed {s}" for s in seeds) + " | params (mean) |",
+             "|---|---:|---|" + "---:|" * (len(seeds) + 1)]
+    keys = dict.fromkeys((r["flowchart"], r["macs_reduction"], r["criterion"]) for r in rows)
+    for f, x, c in sorted(keys, key=lambda k: (k[0], k[1], k[2])):
+        rs = {r["seed"]: r for r in rows if (r["flowchart"], r["macs_reduction"], r["criterion"]) == (f, x, c)}
+        accs = [f"{rs[s]['accuracy']:.4f}" if s in rs and rs[s]["accuracy"] is not None else "" for s in seeds]
+        params = sum(r["params"] for r in rs.values()) / len(rs)
+        lines.append(f"| {f} | {x:g}x | {c} | " + " | ".join(accs) + f" | {params:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", help="compare.json files")
+    ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
+    args = ap.parse_args(argv)
+    rows, options, sources, repeated = merge(args.files)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"options": options, "sources": sources, "runs": rows}, indent=1))
+    note = f"Merged from {len(sources)} files" + (f"; {repeated} repeated runs kept once" if repeated else "") + "."
+    out.with_suffix(".md").write_text(markdown(rows, options) + "\n" + note + "\n\n## By seed\n\n" + by_seed(rows) + "\n")
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -248,7 +248,7 @@ def all_groups(model, example_inputs, ignored_layers=()):
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         names = param_names(model)
-        groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names)]
+        groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names) and _supported(g)]
     except Exception as e:
         raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
                         f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "
@@ -278,6 +278,17 @@ def _root_groups(graph, ignored_layers):
         if not any(o is i for o in outs for i in ignored):
             groups.append(group)
     return groups
+
+
+def _supported(group):
+    """Whether torch-pruning prunes every layer of the group consistently: not a depthwise conv with a channel
+    multiplier (groups == in_channels < out_channels), whose input slices it cuts to nothing."""
+    for item in group:
+        layer = item.dep.target.module
+        if (isinstance(layer, nn.modules.conv._ConvNd) and 1 < layer.groups == layer.in_channels
+                and layer.out_channels != layer.in_channels):
+            return False
+    return True
 
 
 def _in_bounds(group, names):

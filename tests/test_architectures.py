@@ -101,3 +101,25 @@ def test_timm_vits_prune_embedding_and_mlp_but_keep_qkv(tmp_path, name):
     _prune_and_check(model, (1, 3, 32, 32), tmp_path)
     assert [b.attn.qkv.out_features for b in model.blocks] == qkv  # heads x head size stay whole
     assert model.blocks[0].attn.qkv.in_features < 192 or any(b.mlp.fc1.out_features < 768 for b in model.blocks)
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_is_left_whole(tmp_path):
+    """groups == in_channels < out_channels (FastViT's downsampling): torch-pruning would cut its input slices to
+    nothing, so its groups are left out and the rest of the model still prunes."""
+    class Multiplier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.mult = torch.nn.Conv2d(16, 32, 3, padding=1, groups=16)
+            self.mid = torch.nn.Conv2d(32, 32, 1)
+            self.last = torch.nn.Conv2d(32, 24, 1)
+            self.head = torch.nn.Linear(24, 5)
+
+        def forward(self, x):
+            x = torch.relu(self.mult(torch.relu(self.stem(x))))
+            x = torch.relu(self.last(torch.relu(self.mid(x))))
+            return self.head(x.mean((2, 3)))
+
+    model = _prune_and_check(Multiplier(), (1, 3, 16, 16), tmp_path, reduction=1.2)
+    assert (model.stem.out_channels, model.mult.in_channels, model.mult.out_channels) == (16, 16, 32)
+    assert model.mid.out_channels < 32 or model.last.out_channels < 24

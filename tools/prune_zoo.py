@@ -2,6 +2,9 @@
 
     python tools/prune_zoo.py --out docs/zoo/prune                      # every model (hours on 2 CPU cores)
     python tools/prune_zoo.py --models shufflenet_v2_x1_0,vit_b_16 --out /tmp/zoo
+    python tools/prune_zoo.py --models timm:resnet18@64,timm:vit_tiny_patch16_224@224 --out docs/zoo/prune-timm
+
+A name without a kind is torchvision's; `@N` sets the input to NxN.
 
 Each model: random weights, synthetic data, l2, 1.5x fewer MACs, one step, ONNX export with parity against
 PyTorch and the pruned MACs counted again on the graph, latency at batch 1 with a few iterations (not a
@@ -28,6 +31,8 @@ REDUCTION = 1.5
 
 
 def size_of(name):
+    if "@" in name:
+        return int(name.rsplit("@", 1)[1])
     if name in SIZES:
         return SIZES[name]
     return 224 if name.startswith(FIXED) else 64
@@ -37,8 +42,10 @@ def run(name, timeout, threads):
     size = size_of(name)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "singe_deploy", "compress", "--model", f"torchvision:{name}", "--data",
-               "synthetic", "--input-shape", f"1,3,{size},{size}", "--criterion", "l2", "--macs-reduction",
+        spec = name.rsplit("@", 1)[0]
+        spec = spec if ":" in spec else f"torchvision:{spec}"
+        cmd = [sys.executable, "-m", "singe_deploy", "compress", "--model", spec, "--data", "synthetic",
+               "--input-shape", f"1,3,{size},{size}", "--criterion", "l2", "--macs-reduction",
                str(REDUCTION), "--steps", "1", "--batch-size", "8", "--parity-batches", "1", "--batch-sizes", "1",
                "--latency-iters", "5", "--latency-seconds", "0", "--threads", str(threads), "--out", str(out)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))

@@ -22,7 +22,8 @@ from .data import make_data
 from .errors import CheckFailed, UserError, first_line
 from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
-from .models import default_input_shape, load_model, parse_spec, read_checkpoint, save_pruned, load_pruned
+from .models import (default_input_shape, is_dense_output, load_model, load_pruned, parse_spec, read_checkpoint,
+                     save_pruned)
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .progress import progress
 from .train import evaluate
@@ -117,6 +118,11 @@ def prepare(cfg, log=print):
         data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
                          cfg["val_limit"], outputs)
     criterion = _make(cfg, data)
+    if is_dense_output(model) and (data.real or criterion.uses_data):
+        why = f"--data {cfg['data']}" if data.real else f"--criterion {criterion.name}"
+        raise UserError(f"{cfg['model']} is a segmentation model and {why} needs one label per image; prune it with "
+                        "--data synthetic and a data-free criterion (l1, l2, bn, random) for export and latency, "
+                        "then evaluate pruned.pt with your own code")
     if not data.real:
         labels = f"; {criterion.name} scores see random labels" if criterion.uses_data else ""
         chosen = (f"; criterion {criterion.name} (data-free: random labels carry no signal; --criterion to choose)"
@@ -189,6 +195,8 @@ def check_forward(model, spec, shape, classes):
     except Exception as e:
         raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({first_line(e)}); "
                         "pass an --input-shape the model takes") from None
+    if is_dense_output(model) and isinstance(out, torch.Tensor) and out.dim() == 4:
+        return out.shape[1]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(f"{spec} must return (batch, classes) logits; it returned "
                         f"{getattr(out, 'shape', type(out).__name__)}")

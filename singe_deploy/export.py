@@ -67,7 +67,8 @@ def check_onnx(path):
 
 
 def parity(reference, candidate, batches, reference_name):
-    """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement."""
+    """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement (for maps
+    (N, classes, H, W): the share of pixels whose top class agrees, averaged over samples)."""
     max_diff, agree, total = 0.0, 0, 0
     for x in batches:
         x = x.numpy() if isinstance(x, torch.Tensor) else x
@@ -75,7 +76,9 @@ def parity(reference, candidate, batches, reference_name):
         if a.shape != b.shape:
             raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
         max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - b).max()))
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        axis = 1 if a.ndim > 2 else -1  # (N, classes, H, W) maps: the class of every pixel
+        same = a.argmax(axis) == b.argmax(axis)
+        agree += float(same.reshape(len(same), -1).mean(1).sum())
         total += a.shape[0]
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,
             "samples": total}

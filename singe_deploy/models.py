@@ -46,7 +46,27 @@ def _suggest(name, choices):
 def torchvision_names():
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm))
+    return sorted(tvm.list_models(module=tvm)) + segmentation_names()
+
+
+def segmentation_names():
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm.segmentation))
+
+
+def is_dense_output(model):
+    """Whether the model predicts a map (N, classes, H, W) rather than one class per image (segmentation)."""
+    return getattr(model, DENSE, False)
+
+
+DENSE = "_singe_dense_output"
+
+
+def _main_output(module, inputs, output):
+    """Forward hook: a segmentation model's {"out": ..., "aux": ...} becomes its "out" tensor, so counting,
+    pruning, export and timing see one tensor; the state dict keeps torchvision's keys."""
+    return output["out"] if isinstance(output, dict) else output
 
 
 def default_input_shape(spec):
@@ -110,6 +130,8 @@ def _torchvision(name, num_classes, in_channels, pretrained):
         raise UserError(f"torchvision:{name} takes 3 input channels, not {in_channels}; fix --input-shape")
     if pretrained:
         model = _with_network(lambda: tvm.get_model(name, weights="DEFAULT"), f"torchvision:{name}")
+        if name in segmentation_names():
+            return _segmentation(model)
         classes = _num_outputs(model)
         if num_classes and classes != num_classes:
             raise UserError(f"the pretrained torchvision:{name} has {classes} classes and the data has "
@@ -118,7 +140,16 @@ def _torchvision(name, num_classes, in_channels, pretrained):
     kwargs = {"num_classes": num_classes} if num_classes else {}
     if name in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=True)
+    if name in segmentation_names():
+        kwargs.update(weights_backbone=None, aux_loss=False)
+        return _segmentation(tvm.get_model(name, weights=None, **kwargs))
     return tvm.get_model(name, weights=None, **kwargs)
+
+
+def _segmentation(model):
+    model.register_forward_hook(_main_output)
+    setattr(model, DENSE, True)
+    return model
 
 
 def _num_outputs(model):

@@ -32,7 +32,7 @@ def _prune_and_check(model, shape, tmp_path, reduction=1.4, criterion="l2"):
           Schedule(steps=1, finetune_iters=0, epochs=0, round_to=1), log=lambda *a: None)
     pruned = count(model, shape)
     assert pruned.macs < dense.macs / reduction * 1.03
-    assert model(x).shape == (3, 5)
+    assert model(x).shape[:2] == (3, 5)
     save_pruned(model, tmp_path / "p.pt", "builtin:unused", 5, shape[1], shape)
     path = export_onnx(model, shape, tmp_path / "p.onnx")
     q = parity(Torch(model), OnnxRuntime(path, threads=1), [x], "pytorch")
@@ -123,3 +123,20 @@ def test_a_depthwise_conv_with_a_channel_multiplier_is_left_whole(tmp_path):
     model = _prune_and_check(Multiplier(), (1, 3, 16, 16), tmp_path, reduction=1.2)
     assert (model.stem.out_channels, model.mult.in_channels, model.mult.out_channels) == (16, 16, 32)
     assert model.mid.out_channels < 32 or model.last.out_channels < 24
+
+
+def test_a_segmentation_model_prunes_exports_and_counts_on_its_main_output(tmp_path):
+    from singe_deploy.models import build_model, is_dense_output
+    model = build_model("torchvision:lraspp_mobilenet_v3_large", 5)
+    assert is_dense_output(model) and model(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
+    _prune_and_check(model, (1, 3, 64, 64), tmp_path)
+
+
+def test_a_segmentation_model_with_labels_per_image_is_bad_input(tmp_path, capsys):
+    from singe_deploy.cli import main
+    out = tmp_path / "seg"
+    code = main(["compress", "--model", "torchvision:lraspp_mobilenet_v3_large", "--data", "synthetic",
+                 "--input-shape", "1,3,64,64", "--criterion", "taylor", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "segmentation model" in err and "--criterion taylor" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

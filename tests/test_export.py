@@ -64,3 +64,19 @@ def test_a_missing_onnxruntime_provider_is_bad_input_not_a_silent_cpu_run(tmp_pa
     export_onnx(build_model("builtin:resnet20", 10, 1), (1, 1, 28, 28), tmp_path / "m.onnx")
     with pytest.raises(UserError, match="no CUDAExecutionProvider"):
         OnnxRuntime(tmp_path / "m.onnx", provider="cuda")
+
+
+def test_parity_of_segmentation_maps_is_the_share_of_pixels_that_agree():
+    class Map:
+        def __init__(self, flip):
+            self.flip = flip
+
+        def infer(self, x):
+            out = torch.zeros(2, 3, 4, 5)
+            out[:, 1] = 1.0  # class 1 everywhere
+            if self.flip:
+                out[0, 2, 0, 0] = 2.0  # one pixel of the first sample says class 2
+            return out.numpy()
+
+    q = parity(Map(False), Map(True), [torch.zeros(2, 3, 4, 5)], "a")
+    assert q["samples"] == 2 and abs(q["top1_agreement"] - (1 - 1 / 20 / 2)) < 1e-9

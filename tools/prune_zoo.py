@@ -75,11 +75,14 @@ def run(name, timeout, threads):
         return row
 
 
-def render(rows):
+def render(rows, listed=None):
     passed = sum(r["status"] == "pass" for r in rows)
-    out = ["# Pruning the torchvision classification zoo\n",
-           f"`python tools/prune_zoo.py` ({passed} of {len(rows)} pass): `compress` on each model with random weights,",
-           f"synthetic data, l2, {REDUCTION}x fewer MACs, one step; parity is the pruned ONNX file against PyTorch.\n",
+    ran = f"{len(rows)} models run" + (f" of the {listed} listed (the run was stopped; rerunning the command "
+                                        "continues it)" if listed and listed > len(rows) else "")
+    out = ["# Pruning a model zoo with `singe-deploy compress`\n",
+           f"`python tools/prune_zoo.py` ({ran}; {passed} pass): `compress` on each model with random weights,",
+           f"synthetic data, l2, {REDUCTION}x fewer MACs, one step; parity is the pruned ONNX file against PyTorch "
+           "on 8 images; seconds include export and a short latency run, with other jobs on the machine.\n",
            "| model | input | result | MACs ratio | params ratio | parity max abs diff | top-1 agreement "
            "| graph MACs agree | s | reason |", "|---|---:|---|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
@@ -97,9 +100,14 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per model")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render", action="store_true", help="only write OUT.md again from OUT.json")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else tvm.list_models(module=tvm)
     out = Path(args.out)
+    if args.render:
+        data = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(render(data["rows"], data.get("listed") or max(len(names), len(data["rows"]))))
+        return 0
     done = {}
     if out.with_suffix(".json").exists():  # resume: passed rows are kept, the rest run again
         done = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
@@ -111,8 +119,10 @@ def main(argv=None):
         print(f"{name}: {row['status']} {row.get('macs_ratio', '')} {row.get('reason', '')}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         keep = [r for r in done.values() if r["model"] not in {x["model"] for x in rows}] + rows
-        out.with_suffix(".json").write_text(json.dumps({"reduction": REDUCTION, "rows": keep}, indent=1))
-        out.with_suffix(".md").write_text(render(keep))
+        listed = max(len(names), len(keep))
+        out.with_suffix(".json").write_text(json.dumps({"reduction": REDUCTION, "listed": listed, "rows": keep},
+                                                       indent=1))
+        out.with_suffix(".md").write_text(render(keep, listed))
     return 0 if all(r["status"] == "pass" for r in rows) else 1
 
 

@@ -106,7 +106,8 @@ def main(argv=None):
     out = Path(args.out)
     if args.render:
         data = json.loads(out.with_suffix(".json").read_text())
-        out.with_suffix(".md").write_text(render(data["rows"], data.get("listed") or max(len(names), len(data["rows"]))))
+        listed = data.get("listed") or max(len(names), len(data["rows"]))
+        out.with_suffix(".md").write_text(render(data["rows"], listed))
         return 0
     done = {}
     if out.with_suffix(".json").exists():  # resume: passed rows are kept, the rest run again

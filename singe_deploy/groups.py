@@ -377,10 +377,21 @@ def default_ignored(model):
     else:
         layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1:]
     for m in model.modules():
-        if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention):
+        if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None:
             layers += [c for name, c in m.named_children()
                        if isinstance(c, (nn.Linear, nn.modules.conv._ConvNd)) and name not in OUTPUT_PROJECTIONS]
     return layers
+
+
+def head_layout(m):
+    """(qkv layer, head size) for an attention block whose heads can go whole: one qkv Linear producing q, k and
+    v of num_heads x head_dim each, a width of its own (attn_dim, as timm's Attention), so removing a head
+    leaves head_dim and the embedding as they are. None for any other block."""
+    qkv, heads, size = getattr(m, "qkv", None), getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    if (isinstance(qkv, nn.Linear) and isinstance(heads, int) and isinstance(size, int)
+            and getattr(m, "attn_dim", None) == heads * size and qkv.out_features == 3 * heads * size):
+        return qkv, size
+    return None
 
 
 OUTPUT_PROJECTIONS = ("proj", "out_proj", "o_proj", "to_out", "fc_out")  # attention outputs: back to the stream

@@ -309,6 +309,12 @@ def fix_size_attributes(model):
     return model
 
 
+def _whole_heads(m):
+    qkv, size = getattr(m, "qkv", None), getattr(m, "head_dim", None)
+    return (isinstance(qkv, nn.Linear) and isinstance(size, int) and isinstance(getattr(m, "attn_dim", None), int)
+            and isinstance(getattr(m, "num_heads", None), int) and qkv.weight.shape[0] % (3 * size) == 0)
+
+
 def _fix_size_attributes(m):
     if isinstance(m, nn.modules.conv._ConvNd):
         w = m.weight
@@ -334,3 +340,6 @@ def _fix_size_attributes(m):
         m.head_dim = m.embed_dim // m.num_heads
     elif type(m).__name__ == "VisionTransformer" and hasattr(m, "conv_proj"):  # torchvision's reads hidden_dim
         m.hidden_dim = m.conv_proj.weight.shape[0]
+    elif _whole_heads(m):  # timm's Attention after whole heads went: the head count follows q/k/v's width
+        m.num_heads = m.qkv.weight.shape[0] // (3 * m.head_dim)
+        m.attn_dim = m.num_heads * m.head_dim

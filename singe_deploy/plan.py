@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import UserError
 from .flops import channels_of, count
-from .groups import UnitMap, all_groups, channel_groups, is_out_handler, param_names, slices
+from .groups import UnitMap, all_groups, channel_groups, head_layout, is_out_handler, param_names, slices
 from .models import fix_size_attributes
 from .progress import progress
 
@@ -53,7 +53,9 @@ class Planner:
     group's mean score (`global`), its mean score (`raw`: for criteria whose scale is comparable
     across layers), or its mean score divided by what one channel of the group costs (`cost`: MACs or
     params, from channel_costs; removed greedily by damage per unit of cost). Local ranking: level k
-    of `levels` removes the fraction k/levels of every group, kept counts rounded up.
+    of `levels` removes the fraction k/levels of every group, kept counts rounded up. The q/k/v projection of an
+    attention block with its own width (groups.head_layout) loses whole heads: its unit is a head (a head's
+    channels of q, k and v go together, scored by their mean), and round_to does not apply.
     """
 
     LOCAL_LEVELS = 1000
@@ -65,29 +67,34 @@ class Planner:
         self.groups = []  # per entry: its dependency group
         if schedule.ranking == "cost" and costs is None:
             raise UserError("ranking 'cost' needs the channel costs (prune() passes them)")
+        self.units = []  # per entry: root channels per unit within a block (a head's size; 1 for channels)
+        heads = {id(layout[0]): layout[1] for m in model.modules() if (layout := head_layout(m)) is not None}
         for k, (g, s) in enumerate(zip(groups, scores)):
             if s is None:
                 continue
             root = g[0].dep.target.module
             name = names[id(root)]
-            blocks = channel_groups(g)
+            unit = heads.get(id(root), 1)
+            blocks = 3 if unit > 1 else channel_groups(g)  # q, k and v lose the same heads
             n = len(g[0].idxs)
-            if n % blocks:
+            if n % (blocks * unit):
                 continue
-            per_block = s.double().view(blocks, -1).mean(0)
-            dense = dense_channels.setdefault(name, n) // blocks
-            q = self._quantum(blocks)
+            per_block = s.double().view(blocks, -1, unit).mean((0, 2))
+            dense = dense_channels.setdefault(name, n) // (blocks * unit)
+            q = self._quantum(blocks, unit)
             keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
-            most = n // blocks - keep_min
-            self.entries.append((name, g[0].dep.handler, n // blocks, blocks, per_block, max(most, 0)))
+            most = n // (blocks * unit) - keep_min
+            self.entries.append((name, g[0].dep.handler, n // (blocks * unit), blocks, per_block, max(most, 0)))
+            self.units.append(unit)
             self.groups.append(g)
             self.divisors.append(self._divisor(per_block, costs[k] if costs is not None else None))
         self.chunks = self._chunks() if schedule.ranking != "local" else None
         self.levels = len(self.chunks) if self.chunks is not None else self.LOCAL_LEVELS
 
-    def _quantum(self, blocks):
+    def _quantum(self, blocks, unit=1):
+        """Units removed at a time: round_to channels per block (whole heads are one unit each)."""
         r = self.schedule.round_to or 1
-        return r // math.gcd(r, blocks)
+        return 1 if unit > 1 else r // math.gcd(r, blocks)
 
     def _divisor(self, scores, cost):
         ranking = self.schedule.ranking
@@ -101,7 +108,7 @@ class Planner:
         """(key, entry index, channels removed after this chunk), in the order they are removed."""
         out = []
         for i, (_, _, n, blocks, s, most) in enumerate(self.entries):
-            q = self._quantum(blocks)
+            q = self._quantum(blocks, self.units[i])
             norm = torch.sort(s / self.divisors[i]).values
             removed = n % q  # first bring an unaligned layer to a multiple of q
             if removed and removed <= most:
@@ -122,18 +129,19 @@ class Planner:
                 out[i] = max(out[i], removed)
             return out
         out = []
-        for _, _, n, blocks, _, most in self.entries:
-            q = self._quantum(blocks)
+        for (_, _, n, blocks, _, most), unit in zip(self.entries, self.units):
+            q = self._quantum(blocks, unit)
             r = min(int(math.floor(level / self.levels * n + 1e-9)), most)
             kept = math.ceil((n - r) / q) * q
             out.append(0 if kept >= n else n - kept)
         return out
 
     def removed(self, i, r):
-        """The root channel indices entry i loses when it loses r channels per block."""
+        """The root channel indices entry i loses when it loses r units (channels, or whole heads) per block."""
         _, _, n, blocks, s, _ = self.entries[i]
+        unit = self.units[i]
         positions = torch.argsort(s, stable=True)[:r].tolist()
-        return sorted(b * n + p for b in range(blocks) for p in positions)
+        return sorted((b * n + p) * unit + j for b in range(blocks) for p in positions for j in range(unit))
 
     def removals(self, counts):
         """(module name, handler, idxs) for every entry that loses channels."""

@@ -1,5 +1,7 @@
 """Architectures beyond plain CNNs: each small model prunes, keeps its forward pass, survives save/reload,
 exports to ONNX with parity, and its pruned MACs count matches the ONNX graph's."""
+import copy
+
 import pytest
 import torch
 from torchvision.models import ShuffleNetV2, VisionTransformer
@@ -9,6 +11,7 @@ from singe_deploy.export import export_onnx, parity
 from singe_deploy.flops import count, cross_check
 from singe_deploy.importance import make_criterion
 from singe_deploy.models import load_pruned, save_pruned
+from singe_deploy.plan import apply_plan
 from singe_deploy.prune import Schedule, Target, prune
 
 
@@ -94,13 +97,39 @@ def test_timm_cnns_prune_through_their_specs(tmp_path, name):
     _prune_and_check(build_model(f"timm:{name}", 5, 3), (1, 3, 32, 32), tmp_path)
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224"])
-def test_timm_vits_prune_embedding_and_mlp_but_keep_qkv(tmp_path, name):
-    model = timm.create_model(name, img_size=32, patch_size=8, num_classes=5, depth=2)
-    qkv = [b.attn.qkv.out_features for b in model.blocks]
-    _prune_and_check(model, (1, 3, 32, 32), tmp_path)
-    assert [b.attn.qkv.out_features for b in model.blocks] == qkv  # heads x head size stay whole
-    assert model.blocks[0].attn.qkv.in_features < 192 or any(b.mlp.fc1.out_features < 768 for b in model.blocks)
+def _timm_vit():
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5, depth=2, num_heads=6)
+
+
+def test_timm_vits_lose_whole_heads(tmp_path):
+    model = _prune_and_check(_timm_vit(), (1, 3, 32, 32), tmp_path, reduction=1.6)
+    for b in model.blocks:
+        a = b.attn
+        assert a.head_dim == 32 and a.attn_dim == a.num_heads * 32 and a.qkv.out_features == 3 * a.attn_dim
+        assert a.proj.in_features == a.attn_dim
+    assert any(b.attn.num_heads < 6 for b in model.blocks)
+
+
+def test_removing_heads_equals_masking_their_output_columns():
+    """Whole heads: q, k and v rows of the same heads go, and the output projection's columns of those heads."""
+    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.plan import Planner
+
+    dense = _timm_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    model, masked = [copy.deepcopy(dense) for _ in range(2)]
+    graph, groups = all_groups(model, torch.zeros(1, 3, 32, 32), default_ignored(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    scores = [torch.arange(len(g[0].idxs), dtype=torch.float64) for g in groups]  # head 0 scores lowest
+    planner = Planner(model, groups, scores, {}, Schedule(round_to=1), names)
+    i = next(k for k, (name, *_rest) in enumerate(planner.entries) if name == "blocks.0.attn.qkv")
+    counts = [0] * len(planner.entries)
+    counts[i] = 2  # the two lowest heads of block 0
+    apply_plan(model, planner.removals(counts), torch.zeros(1, 3, 32, 32), graph)
+    assert model.blocks[0].attn.num_heads == 4 and model.blocks[1].attn.num_heads == 6
+    with torch.no_grad():
+        masked.blocks[0].attn.proj.weight[:, :64] = 0  # heads 0 and 1 (32 dims each)
+    assert torch.allclose(model.eval()(x), masked(x), atol=1e-5)
 
 
 def test_a_depthwise_conv_with_a_channel_multiplier_is_left_whole(tmp_path):

@@ -246,9 +246,11 @@ def all_groups(model, example_inputs, ignored_layers=()):
         with torch.enable_grad(), warnings.catch_warnings():
             # tokens and layer scales outside a layer: the last non-singleton dim is their channel dim, as assumed
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            # shape inference giving up on a deep chain: the groups it concerns are left out below
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-        names = param_names(model)
-        groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names) and _supported(g)]
+            names = param_names(model)
+            groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names) and _supported(g)]
     except Exception as e:
         raise UserError(f"torch-pruning cannot trace this model's channel dependencies "
                         f"({e.__class__.__name__}: {str(e)[:120]}); singe-deploy cannot prune this model yet "

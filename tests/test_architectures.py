@@ -169,3 +169,35 @@ def test_a_segmentation_model_with_labels_per_image_is_bad_input(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "segmentation model" in err and "--criterion taylor" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+class _TinyFPN(torch.nn.Module):
+    """Three backbone stages, torchvision's FeaturePyramidNetwork over them, and a head on every level."""
+
+    def __init__(self):
+        super().__init__()
+        from collections import OrderedDict
+
+        from torchvision.ops import FeaturePyramidNetwork
+        self.stages = torch.nn.ModuleList([
+            torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1), torch.nn.BatchNorm2d(cout),
+                                torch.nn.ReLU()) for cin, cout in ((3, 16), (16, 24), (24, 32))])
+        self.fpn = FeaturePyramidNetwork([16, 24, 32], 16)
+        self.head = torch.nn.Linear(16, 5)
+        self._dict = OrderedDict
+
+    def forward(self, x):
+        feats = self._dict()
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            feats[str(i)] = x
+        levels = self.fpn(feats)
+        return self.head(sum(v.mean((2, 3)) for v in levels.values()))
+
+
+def test_an_fpn_prunes_its_backbone_and_neck_consistently(tmp_path):
+    model = _prune_and_check(_TinyFPN(), (1, 3, 32, 32), tmp_path)
+    for inner, stage in zip(model.fpn.inner_blocks, model.stages):
+        assert inner[0].in_channels == stage[0].out_channels  # lateral convs follow their stage
+    widths = {b[0].out_channels for b in model.fpn.inner_blocks} | {b[0].in_channels for b in model.fpn.layer_blocks}
+    assert len(widths) == 1  # the top-down adds keep every level at one width

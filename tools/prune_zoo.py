@@ -77,8 +77,8 @@ def run(name, timeout, threads):
 
 def render(rows, listed=None):
     passed = sum(r["status"] == "pass" for r in rows)
-    ran = f"{len(rows)} models run" + (f" of the {listed} listed (the run was stopped; rerunning the command "
-                                        "continues it)" if listed and listed > len(rows) else "")
+    ran = (f"{len(rows)} of the {listed} listed models run, then stopped: rerunning the command continues it"
+           if listed and listed > len(rows) else f"{len(rows)} models run")
     out = ["# Pruning a model zoo with `singe-deploy compress`\n",
            f"`python tools/prune_zoo.py` ({ran}; {passed} pass): `compress` on each model with random weights,",
            f"synthetic data, l2, {REDUCTION}x fewer MACs, one step; parity is the pruned ONNX file against PyTorch "
@@ -90,7 +90,7 @@ def render(rows, listed=None):
         out.append(f"| {r['model']} | {r['input']} | {r['status']} | {r.get('macs_ratio', '')} | "
                    f"{r.get('params_ratio', '')} | {'' if diff is None else f'{diff:.1e}'} | "
                    f"{r.get('top1_agreement', '')} | {r.get('graph_macs_agree', '')} | {r.get('seconds', '')} | "
-                   f"{r.get('reason', '')} |")
+                   f"{r.get('reason', '').replace('|', chr(92) + '|')} |")
     return "\n".join(out) + "\n"
 
 

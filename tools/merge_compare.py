@@ -25,9 +25,10 @@ def merge(paths):
         opts = {k: v for k, v in data["options"].items() if k not in SPLIT}
         if options is None:
             options = opts
-        elif opts != options:
+        else:  # an option a later version added is absent from older files: absent and None are the same
             diff = sorted(k for k in set(opts) | set(options) if opts.get(k) != options.get(k))
-            raise SystemExit(f"error: {path} was run with other options ({', '.join(diff)}); merge like with like")
+            if diff:
+                raise SystemExit(f"error: {path} was run with other options ({', '.join(diff)}); merge like with like")
         for run in data["runs"]:
             if run["name"] in runs:
                 repeated += 1

@@ -18,7 +18,7 @@ import torch
 
 from . import bench, distributed, export, onnx_flops, report
 from .config import PER_RUN, to_yaml
-from .data import make_data
+from .data import first_samples, make_data
 from .errors import CheckFailed, UserError, first_line
 from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
@@ -154,14 +154,7 @@ def _parity_batches(cfg, data, dense_macs, log):
         if cap < total:
             log(f"parity: {cap} of {total} samples, what {CPU_PARITY_MACS:.0e} MACs of parity passes afford on a CPU "
                 "(--parity-samples to choose)")
-    if cap is None or cap >= total:
-        return batches
-    out, left = [], cap
-    for x in batches:
-        if left > 0:
-            out.append(x[:left])
-            left -= len(x[:left])
-    return out
+    return batches if cap is None or cap >= total else first_samples(batches, cap)
 
 
 def _scores_on_cpu(cfg):

@@ -161,6 +161,18 @@ def load_fashion_mnist(data_dir=None):
     return tuple(out)
 
 
+def first_samples(batches, n):
+    """The first n samples of a list of batches (each a tensor, or a tuple of tensors sharing the batch dim)."""
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        cut = tuple(t[:left] for t in b) if isinstance(b, tuple) else b[:left]
+        out.append(cut)
+        left -= len(cut[0] if isinstance(cut, tuple) else cut)
+    return out
+
+
 def _subset(x, y, limit):
     return (x[:limit], y[:limit]) if limit else (x, y)
 

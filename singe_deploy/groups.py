@@ -18,6 +18,7 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping
 
 from .errors import UserError
+from .models import has_head_attributes
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
          nn.PReLU)
@@ -297,7 +298,7 @@ def _in_bounds(group, names):
     """Whether every index the group removes exists in its parameter: torch-pruning maps some reshapes (split
     q/k/v heads) to indices past a layer's width; such a group would not prune consistently."""
     for s in slices(group, names):
-        size = s.param.shape[s.dim] * (s.groups if s.groups > 1 else 1)
+        size = s.param.shape[s.dim] * s.groups
         if len(s.idxs) and int(s.idxs.max()) >= size:
             return False
     return True
@@ -389,10 +390,8 @@ def head_layout(m):
     """(qkv layer, head size) for an attention block whose heads can go whole: one qkv Linear producing q, k and
     v of num_heads x head_dim each, a width of its own (attn_dim, as timm's Attention), so removing a head
     leaves head_dim and the embedding as they are. None for any other block."""
-    qkv, heads, size = getattr(m, "qkv", None), getattr(m, "num_heads", None), getattr(m, "head_dim", None)
-    if (isinstance(qkv, nn.Linear) and isinstance(heads, int) and isinstance(size, int)
-            and getattr(m, "attn_dim", None) == heads * size and qkv.out_features == 3 * heads * size):
-        return qkv, size
+    if has_head_attributes(m) and m.attn_dim == m.num_heads * m.head_dim and m.qkv.out_features == 3 * m.attn_dim:
+        return m.qkv, m.head_dim
     return None
 
 

@@ -128,9 +128,10 @@ def _torchvision(name, num_classes, in_channels, pretrained):
                         "see torchvision.models.list_models()")
     if in_channels != 3:
         raise UserError(f"torchvision:{name} takes 3 input channels, not {in_channels}; fix --input-shape")
+    segmentation = name in segmentation_names()
     if pretrained:
         model = _with_network(lambda: tvm.get_model(name, weights="DEFAULT"), f"torchvision:{name}")
-        if name in segmentation_names():
+        if segmentation:
             return _segmentation(model)
         classes = _num_outputs(model)
         if num_classes and classes != num_classes:
@@ -140,7 +141,7 @@ def _torchvision(name, num_classes, in_channels, pretrained):
     kwargs = {"num_classes": num_classes} if num_classes else {}
     if name in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=True)
-    if name in segmentation_names():
+    if segmentation:
         kwargs.update(weights_backbone=None, aux_loss=False)
         return _segmentation(tvm.get_model(name, weights=None, **kwargs))
     return tvm.get_model(name, weights=None, **kwargs)
@@ -309,10 +310,10 @@ def fix_size_attributes(model):
     return model
 
 
-def _whole_heads(m):
-    qkv, size = getattr(m, "qkv", None), getattr(m, "head_dim", None)
-    return (isinstance(qkv, nn.Linear) and isinstance(size, int) and isinstance(getattr(m, "attn_dim", None), int)
-            and isinstance(getattr(m, "num_heads", None), int) and qkv.weight.shape[0] % (3 * size) == 0)
+def has_head_attributes(m):
+    """An attention block shaped like timm's Attention: one qkv Linear, and num_heads, head_dim and attn_dim."""
+    return isinstance(getattr(m, "qkv", None), nn.Linear) and all(
+        isinstance(getattr(m, a, None), int) for a in ("num_heads", "head_dim", "attn_dim"))
 
 
 def _fix_size_attributes(m):
@@ -340,6 +341,7 @@ def _fix_size_attributes(m):
         m.head_dim = m.embed_dim // m.num_heads
     elif type(m).__name__ == "VisionTransformer" and hasattr(m, "conv_proj"):  # torchvision's reads hidden_dim
         m.hidden_dim = m.conv_proj.weight.shape[0]
-    elif _whole_heads(m):  # timm's Attention after whole heads went: the head count follows q/k/v's width
+    elif has_head_attributes(m) and m.qkv.weight.shape[0] % (3 * m.head_dim) == 0:
+        # timm's Attention after whole heads went: the head count follows q/k/v's width
         m.num_heads = m.qkv.weight.shape[0] // (3 * m.head_dim)
         m.attn_dim = m.num_heads * m.head_dim

@@ -79,12 +79,12 @@ class Planner:
             n = len(g[0].idxs)
             if n % (blocks * unit):
                 continue
-            per_block = s.double().view(blocks, -1, unit).mean((0, 2))
+            per_block = s.double().view(blocks, -1, unit).mean((0, 2))  # one score per unit of a block
             dense = dense_channels.setdefault(name, n) // (blocks * unit)
             q = self._quantum(blocks, unit)
             keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
-            most = n // (blocks * unit) - keep_min
-            self.entries.append((name, g[0].dep.handler, n // (blocks * unit), blocks, per_block, max(most, 0)))
+            most = len(per_block) - keep_min
+            self.entries.append((name, g[0].dep.handler, len(per_block), blocks, per_block, max(most, 0)))
             self.units.append(unit)
             self.groups.append(g)
             self.divisors.append(self._divisor(per_block, costs[k] if costs is not None else None))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .data import first_samples
 from .errors import UserError
 from .flops import count
 from .groups import all_groups, default_ignored
@@ -188,13 +189,7 @@ def calibration(batches, schedule, criterion, model, groups, shape, log=None):
                     "passes afford on a CPU (--calib-samples to choose)")
     if cap is None or cap >= total:
         return batches, total
-    out, left = [], cap
-    for x, y in batches:
-        if left <= 0:
-            break
-        out.append((x[:left], y[:left]))
-        left -= len(x[:left])
-    return out, cap
+    return first_samples([tuple(b) for b in batches], cap), cap
 
 
 def check_reachable(model, input_shape, target, schedule, ignored_layers=None):

@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from singe_deploy.groups import all_groups, channel_groups, default_ignored, param_names, per_unit, slices
@@ -86,7 +88,7 @@ def _pruned_equals_masked(factory, shape):
     n = len(_groups(reference, shape))
     assert n > 0
     for i in range(n):
-        pruned, masked = [_copy_of(reference) for _ in range(2)]
+        pruned, masked = [copy.deepcopy(reference) for _ in range(2)]
         graph, groups = all_groups(pruned, torch.zeros(shape), default_ignored(pruned))
         root = groups[i][0].dep
         size, blocks = len(groups[i][0].idxs), channel_groups(groups[i])
@@ -101,11 +103,6 @@ def _pruned_equals_masked(factory, shape):
                     s.param[s.mask(select)] = 0
             assert torch.allclose(pruned.eval()(x), masked.eval()(x), atol=1e-5), f"group {i}"
     return n
-
-
-def _copy_of(model):
-    import copy
-    return copy.deepcopy(model)
 
 
 def test_pruning_equals_masking_on_a_residual_model(tiny):

@@ -23,7 +23,7 @@ from .errors import CheckFailed, UserError, first_line
 from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
 from .models import (default_input_shape, is_dense_output, load_model, load_pruned, parse_spec, read_checkpoint,
-                     save_pruned)
+                     save_pruned, task_of)
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .progress import progress
 from .train import evaluate
@@ -120,9 +120,9 @@ def prepare(cfg, log=print):
     criterion = _make(cfg, data)
     if is_dense_output(model) and (data.real or criterion.uses_data):
         why = f"--data {cfg['data']}" if data.real else f"--criterion {criterion.name}"
-        raise UserError(f"{cfg['model']} is a segmentation model and {why} needs one label per image; prune it with "
-                        "--data synthetic and a data-free criterion (l1, l2, bn, random) for export and latency, "
-                        "then evaluate pruned.pt with your own code")
+        raise UserError(f"{cfg['model']} is a {task_of(model)} model and {why} needs a loss, which singe-deploy "
+                        "has only for one class per image; prune it with --data synthetic and a data-free criterion "
+                        "(l1, l2, bn, random) for export and latency, then evaluate pruned.pt with your own code")
     if not data.real:
         labels = f"; {criterion.name} scores see random labels" if criterion.uses_data else ""
         chosen = (f"; criterion {criterion.name} (data-free: random labels carry no signal; --criterion to choose)"
@@ -188,8 +188,9 @@ def check_forward(model, spec, shape, classes):
     except Exception as e:
         raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({first_line(e)}); "
                         "pass an --input-shape the model takes") from None
-    if is_dense_output(model) and isinstance(out, torch.Tensor) and out.dim() == 4:
-        return out.shape[1]
+    dims = {"segmentation": 4, "detection": 3}.get(task_of(model))
+    if dims and isinstance(out, torch.Tensor) and out.dim() == dims:  # maps (N, classes, H, W); anchors (N, A, k)
+        return out.shape[1 if dims == 4 else 2]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(f"{spec} must return (batch, classes) logits; it returned "
                         f"{getattr(out, 'shape', type(out).__name__)}")
@@ -381,7 +382,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
     reloaded = load_pruned(work / "pruned.pt")
     variants = {"dense": dense_model, "pruned": model}
-    q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)")
+    q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)",
+                      cfg["parity_atol"])
     exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
     runners = {}
     bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] in ("onnx", "trt") else 0),
@@ -392,7 +394,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             export.export_onnx(m, input_shape, path, cfg["opset"], metadata={"model": cfg["model"], "variant": variant})
             opset = export.check_onnx(path)
             runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
-            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
+            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", cfg["parity_atol"])
             g = compare(m, costs[variant], onnx_flops.count(path, input_shape))
             graph = {k: g[k] for k in ("macs", "params", "macs_rel_diff", "macs_agree", "folded_norms",
                                        "params_expected", "params_agree", "uncounted_ops")}
@@ -449,7 +451,7 @@ def _engines(cfg, variants, input_shape, batches, work, exports, log):
         record = trt.build_engine(onnx_path, engine, input_shape, cfg["trt_precision"], cfg["trt_tf32"], profile,
                                   cfg["trt_workspace_gb"], cfg["trt_timing_cache"], log)
         runners[variant] = trt.TensorRT(engine, cfg["cuda_graph"])
-        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch")
+        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", atol)
         exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
                         "engine": record})
         log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e} (<= {atol:g}), top-1 agreement "

@@ -84,7 +84,7 @@ OPTIONS = [
     Option("latency_iters", "int", 50, "at least this many timed iterations"),
     Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
-    Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted"),
+    Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted (classes scored within --parity-atol of the best count as agreeing)"),
     Option("parity_batches", "int", 4, "validation batches used for parity"),
     Option("parity_samples", "int", None, "parity samples at most (default: all of the parity batches, except "
            "for a CPU target: as many as about 2 TMACs of the parity passes afford, at least 8; a vit_b_16 at "

@@ -66,9 +66,11 @@ def check_onnx(path):
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def parity(reference, candidate, batches, reference_name):
-    """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement (for maps
-    (N, classes, H, W): the share of pixels whose top class agrees, averaged over samples)."""
+def parity(reference, candidate, batches, reference_name, tie=0.0):
+    """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement: the share of
+    samples whose reference top class is the candidate's too, or scores within `tie` of the candidate's best (two
+    classes closer than the accepted numeric error have no defined order). Maps (N, classes, H, W): the share of
+    pixels, averaged over samples; detection outputs (N, anchors, k): the share of anchors."""
     max_diff, agree, total = 0.0, 0, 0
     for x in batches:
         x = x.numpy() if isinstance(x, torch.Tensor) else x
@@ -76,8 +78,9 @@ def parity(reference, candidate, batches, reference_name):
         if a.shape != b.shape:
             raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
         max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - b).max()))
-        axis = 1 if a.ndim > 2 else -1  # (N, classes, H, W) maps: the class of every pixel
-        same = a.argmax(axis) == b.argmax(axis)
+        axis = 1 if a.ndim == 4 else -1  # (N, classes, H, W) maps: the class of every pixel
+        picked = np.take_along_axis(b, np.expand_dims(a.argmax(axis), axis), axis)
+        same = picked >= b.max(axis, keepdims=True) - tie
         agree += float(same.reshape(len(same), -1).mean(1).sum())
         total += a.shape[0]
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,

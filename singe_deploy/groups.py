@@ -373,7 +373,10 @@ def _input_sizes(node):
 def default_ignored(model):
     """Layers never pruned: the classifier (the last Linear, or a final 1x1 conv head) keeps its classes, and the
     projections an attention block reshapes into heads (q, k, v) keep their width, since the block's head count
-    and head size are static attributes. Its output projection and the MLP stay prunable."""
+    and head size are static attributes. Its output projection and the MLP stay prunable. A detector's heads (and
+    what its RoI heads read) stay whole too (detection.py)."""
+    from .detection import kept_layers
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if linears:
         layers = [linears[-1]]
@@ -383,7 +386,7 @@ def default_ignored(model):
         if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None:
             layers += [c for name, c in m.named_children()
                        if isinstance(c, (nn.Linear, nn.modules.conv._ConvNd)) and name not in OUTPUT_PROJECTIONS]
-    return layers
+    return layers + [m for m in kept_layers(model) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
 
 def head_layout(m):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import detection
 from .builtin.resnet_cifar import resnet20, resnet56
 from .errors import UserError, first_line
 
@@ -46,7 +47,7 @@ def _suggest(name, choices):
 def torchvision_names():
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm)) + segmentation_names()
+    return sorted(tvm.list_models(module=tvm)) + segmentation_names() + detection.names()
 
 
 def segmentation_names():
@@ -55,12 +56,18 @@ def segmentation_names():
     return sorted(tvm.list_models(module=tvm.segmentation))
 
 
+def task_of(model):
+    """'classification' (one class per image), 'segmentation' (maps: N, classes, H, W) or 'detection' (the dense
+    part: N, anchors, scores and box deltas; see detection.py)."""
+    return getattr(model, TASK, "classification")
+
+
 def is_dense_output(model):
-    """Whether the model predicts a map (N, classes, H, W) rather than one class per image (segmentation)."""
-    return getattr(model, DENSE, False)
+    """Whether the model predicts more than one class per image (segmentation maps, detection anchors)."""
+    return task_of(model) != "classification"
 
 
-DENSE = "_singe_dense_output"
+TASK = "_singe_task"
 
 
 def _main_output(module, inputs, output):
@@ -79,7 +86,7 @@ def default_input_shape(spec):
             size = tvm.get_model_weights(name).DEFAULT.transforms().crop_size[0]
         except Exception:  # models without weights enums
             size = 224
-        return (3, size, size)
+        return (3, size, size) if name not in detection.names() else (3,) + (detection.input_size(name),) * 2
     if kind == "timm":
         timm = _import_timm()
         cfg = timm.models.get_pretrained_cfg(name)
@@ -128,11 +135,13 @@ def _torchvision(name, num_classes, in_channels, pretrained):
                         "see torchvision.models.list_models()")
     if in_channels != 3:
         raise UserError(f"torchvision:{name} takes 3 input channels, not {in_channels}; fix --input-shape")
-    segmentation = name in segmentation_names()
+    segmentation, detecting = name in segmentation_names(), name in detection.names()
     if pretrained:
         model = _with_network(lambda: tvm.get_model(name, weights="DEFAULT"), f"torchvision:{name}")
         if segmentation:
             return _segmentation(model)
+        if detecting:
+            return detector(model)
         classes = _num_outputs(model)
         if num_classes and classes != num_classes:
             raise UserError(f"the pretrained torchvision:{name} has {classes} classes and the data has "
@@ -144,13 +153,22 @@ def _torchvision(name, num_classes, in_channels, pretrained):
     if segmentation:
         kwargs.update(weights_backbone=None, aux_loss=False)
         return _segmentation(tvm.get_model(name, weights=None, **kwargs))
+    if detecting:
+        return detector(tvm.get_model(name, weights=None, weights_backbone=None, **kwargs))
     return tvm.get_model(name, weights=None, **kwargs)
 
 
 def _segmentation(model):
     model.register_forward_hook(_main_output)
-    setattr(model, DENSE, True)
+    setattr(model, TASK, "segmentation")
     return model
+
+
+def detector(model):
+    """A torchvision detector (any model built from its detection classes) as the dense network that prunes,
+    exports and times; `detection.full_detector` gives the whole detector back."""
+    setattr(model, TASK, detection.TASK)
+    return detection.dense(model)
 
 
 def _num_outputs(model):
@@ -190,7 +208,7 @@ def _from_file(path, factory, num_classes, in_channels):
     model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"{file}:{factory} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return detector(model) if detection.is_detector(model) else model
 
 
 def read_checkpoint(path, trust=False):

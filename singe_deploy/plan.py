@@ -215,10 +215,12 @@ class Predictor(_Costs):
     Every parameter slice the planner's groups remove is known (groups.slices), so each parameter's pruned
     shape follows from the counts. Params are the sum of those shapes' sizes. A conv's or linear layer's MACs
     are its weight's size times the positions it is applied at (output pixels, tokens), which pruning channels
-    does not change, so they scale with the weight's size. `build` returns None where a model has MACs
-    anywhere else (attention, matmuls in a module's own forward); the search then measures every level."""
+    does not change, so they scale with the weight's size. MACs anywhere else (attention matmuls in a module's
+    own forward) are taken as unchanged: exact where pruning leaves their sizes alone (Swin's q/k/v stay whole),
+    an overestimate where it does not. `search` checks the chosen level against a pruned copy and measures
+    every level when they differ. `build` returns None where a layer's MACs cannot be scaled at all."""
 
-    def __init__(self, planner, model, metric, names, layers=None):
+    def __init__(self, planner, model, metric, names, layers=None, constant=0):
         self.planner = planner
         self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         self.slices = []  # per entry: [(param name, dim, groups, idxs, root idxs)]
@@ -227,6 +229,7 @@ class Predictor(_Costs):
                                 for s in slices(g, names)])
         # what is counted: {param name: MACs per weight element} for MACs, {param name: 1} for params
         self.weights = layers if metric == "macs" else {n: 1 for n in self.shapes}
+        self.constant = constant if metric == "macs" else 0
         self.cache = {}
 
     @classmethod
@@ -235,19 +238,20 @@ class Predictor(_Costs):
         if metric == "params":
             return cls(planner, model, metric, names)
         modules = dict(model.named_modules())
-        per_element = {}
+        per_element, constant = {}, 0
         for layer in count(model, input_shape).layers:
             if not layer.macs:
                 continue
             m = modules.get(layer.name)
-            weight = getattr(m, "weight", None)
-            if (not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or any(True for _ in m.children())
-                    or id(weight) not in names or names[id(weight)] in per_element
-                    or layer.macs % weight.numel()
+            if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or any(True for _ in m.children()):
+                constant += layer.macs
+                continue
+            weight = m.weight
+            if (id(weight) not in names or names[id(weight)] in per_element or layer.macs % weight.numel()
                     or (isinstance(m, nn.modules.conv._ConvNd) and m.transposed and m.groups > 1)):
                 return None
             per_element[names[id(weight)]] = layer.macs // weight.numel()
-        return cls(planner, model, metric, names, per_element)
+        return cls(planner, model, metric, names, per_element, constant)
 
     def _cost(self, counts):
         removed = {}  # (param name, dim, groups) -> [removed indices along dim]
@@ -261,7 +265,7 @@ class Predictor(_Costs):
         for (name, dim, groups), parts in removed.items():
             gone = len(torch.unique(torch.cat(parts)))
             shapes[name][dim] -= gone // groups
-        return sum(w * math.prod(shapes[n]) for n, w in self.weights.items())
+        return self.constant + sum(w * math.prod(shapes[n]) for n, w in self.weights.items())
 
 
 def search(planner, model, example, input_shape, metric, target, desc):

@@ -1,3 +1,4 @@
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -80,3 +81,29 @@ def test_parity_of_segmentation_maps_is_the_share_of_pixels_that_agree():
 
     q = parity(Map(False), Map(True), [torch.zeros(2, 3, 4, 5)], "a")
     assert q["samples"] == 2 and abs(q["top1_agreement"] - (1 - 1 / 20 / 2)) < 1e-9
+
+
+class _Fixed:
+    def __init__(self, out):
+        self.out = np.asarray(out, dtype=np.float32)
+
+    def infer(self, x):
+        return self.out
+
+
+def test_top1_counts_a_tie_within_the_tolerance_as_agreement_and_a_real_flip_as_not():
+    ref = _Fixed([[1.0, 1.0000001, 0.0], [2.0, 0.0, 0.0]])  # sample 0: classes 0 and 1 tie within rounding
+    near = _Fixed([[1.0000002, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    flipped = _Fixed([[1.0, 1.0000001, 0.0], [0.0, 2.0, 0.0]])
+    assert parity(ref, near, [np.zeros(1)], "a")["top1_agreement"] == 0.5  # exact argmax: the tie flips
+    assert parity(ref, near, [np.zeros(1)], "a", tie=1e-3)["top1_agreement"] == 1.0
+    assert parity(ref, flipped, [np.zeros(1)], "a", tie=1e-3)["top1_agreement"] == 0.5
+
+
+def test_parity_of_detection_outputs_is_the_share_of_anchors_that_agree():
+    ref = np.zeros((2, 4, 6), dtype=np.float32)
+    ref[..., 1] = 1.0  # (N, anchors, scores and box deltas): class 1 at every anchor
+    other = ref.copy()
+    other[0, 0, 3] = 5.0  # one anchor of the first sample disagrees
+    q = parity(_Fixed(ref), _Fixed(other), [np.zeros(1)], "a", tie=1e-3)
+    assert abs(q["top1_agreement"] - (1 - 1 / 4 / 2)) < 1e-9

@@ -160,16 +160,45 @@ class Attention(nn.Module):
         return self.fc((q @ k.transpose(1, 2)).softmax(-1) @ q).mean(1)
 
 
-def test_models_the_predictor_cannot_cost_are_measured_at_every_level():
-    from singe_deploy.plan import Predictor, measure, search
+def test_attention_whose_matmuls_shrink_is_measured_at_every_level():
+    from singe_deploy.plan import measure, search
 
     model, shape = Attention().eval(), (1, 4, 8)
-    planner = _planner_for(model, shape)
-    assert Predictor.build(planner, model, shape, "macs") is None
-    assert Predictor.build(planner, model, shape, "params") is not None
+    planner = _planner_for(model, shape)  # its one group narrows q and k, so the matmuls' MACs change
     dense = measure(model, shape, "macs")
     plan, cost, reached, measured = search(planner, model, torch.zeros(shape), shape, "macs", dense / 1.5, None)
     assert measured and reached and plan and cost <= dense / 1.5
+
+
+class AttentionMLP(nn.Module):
+    """q and k kept whole (as Swin's), an MLP after them: the matmuls' MACs do not change with pruning."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        q, k = self.q(x), self.k(x)
+        return self.fc2(torch.relu(self.fc1((q @ k.transpose(1, 2)).softmax(-1) @ q))).mean(1)
+
+
+def test_attention_with_whole_q_and_k_is_predicted_exactly_with_its_matmuls_constant():
+    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.plan import Planner, Predictor, _Measured, measure, search
+
+    model, shape = AttentionMLP().eval(), (1, 4, 8)
+    _, groups = all_groups(model, torch.zeros(shape), default_ignored(model) + [model.q, model.k])
+    scores = [torch.rand(len(g[0].idxs), generator=torch.Generator().manual_seed(0)) for g in groups]
+    planner = Planner(model, groups, scores, {}, Schedule(round_to=1), {id(m): n for n, m in model.named_modules()})
+    predict = Predictor.build(planner, model, shape, "macs")
+    real = _Measured(planner, model, torch.zeros(shape), shape, "macs")
+    assert predict.constant > 0
+    for level in (1, planner.levels // 2, planner.levels - 1):
+        assert predict(planner.counts(level)) == real(planner.counts(level))
+    dense = measure(model, shape, "macs")
+    plan, cost, reached, measured = search(planner, model, torch.zeros(shape), shape, "macs", dense / 1.3, None)
+    assert not measured and reached and cost <= dense / 1.3
 
 
 def test_a_wrong_prediction_falls_back_to_measuring_and_finds_the_same_plan(monkeypatch):

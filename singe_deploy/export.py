@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 
+from .agreement import top1_agreement
 from .errors import CheckFailed, UserError, first_line
 
 
@@ -78,10 +79,8 @@ def parity(reference, candidate, batches, reference_name, tie=0.0):
         if a.shape != b.shape:
             raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
         max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - b).max()))
-        axis = 1 if a.ndim == 4 else -1  # (N, classes, H, W) maps: the class of every pixel
-        picked = np.take_along_axis(b, np.expand_dims(a.argmax(axis), axis), axis)
-        same = picked >= b.max(axis, keepdims=True) - tie
-        agree += float(same.reshape(len(same), -1).mean(1).sum())
+        agree += float(top1_agreement(a, b, tie).sum())
         total += a.shape[0]
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,
             "samples": total}
+

@@ -8,6 +8,7 @@ channel's weights along the SInGE path.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -244,11 +245,7 @@ def all_groups(model, example_inputs, ignored_layers=()):
     channels would be removed at the wrong indices on the far side."""
     was_training = model.training  # build_dependency switches to eval and does not switch back
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # tokens and layer scales outside a layer: the last non-singleton dim is their channel dim, as assumed
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            # shape inference giving up on a deep chain: the groups it concerns are left out below
-            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        with torch.enable_grad(), known_warnings_off():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
             names = param_names(model)
             groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names) and _supported(g)]
@@ -259,6 +256,17 @@ def all_groups(model, example_inputs, ignored_layers=()):
     finally:
         model.train(was_training)
     return graph, groups
+
+
+@contextlib.contextmanager
+def known_warnings_off():
+    """torch-pruning's warnings about cases handled here, silenced while it traces or prunes."""
+    with warnings.catch_warnings():
+        # tokens and layer scales outside a layer: the last non-singleton dim is their channel dim, as assumed
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        # shape inference giving up on a deep chain: the groups it concerns are left out (all_groups)
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        yield
 
 
 def _root_groups(graph, ignored_layers):

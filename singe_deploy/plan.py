@@ -17,7 +17,8 @@ from torch import nn
 
 from .errors import UserError
 from .flops import channels_of, count
-from .groups import UnitMap, all_groups, channel_groups, head_layout, is_out_handler, param_names, slices
+from .groups import (UnitMap, all_groups, channel_groups, head_layout, is_out_handler, known_warnings_off, param_names,
+                     slices)
 from .models import fix_size_attributes
 from .progress import progress
 
@@ -188,9 +189,9 @@ def apply_plan(model, plan, example, graph=None):
     if graph is None:
         graph, _ = all_groups(model, example)
     modules = dict(model.named_modules())
-    for name, handler, idxs in plan:
-        group = graph.get_pruning_group(modules[name], handler, idxs)
-        group.prune()
+    with known_warnings_off():
+        for name, handler, idxs in plan:
+            graph.get_pruning_group(modules[name], handler, idxs).prune()
     fix_size_attributes(model)
     for p in model.parameters():
         p.grad = None

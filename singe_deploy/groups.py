@@ -353,6 +353,51 @@ def _tolerant(update):
 index_mapping.update_reshape_index_mapping = _tolerant(index_mapping.update_reshape_index_mapping)
 
 
+def _spatial_slices(update):
+    """Wrap torch-pruning's slice index mapping, which takes a slice along dim 1 of a 4-D tensor for a channel
+    slice. A channels-last map (LeViT's subsampling: tokens viewed as (B, H, W, C), then [:, ::2, ::2]) is sliced
+    along its height there, and channel indices pass through unchanged: such a slice keeps the identity mapping.
+    A slice is taken as spatial when the sliced dim's size differs from the channel count of the layer that
+    produced the tensor."""
+    if getattr(update, "_singe_spatial", False):
+        return update
+
+    def guarded(graph, node):
+        sizes, dim = _input_sizes(node), getattr(node.module, "dim", None)
+        channels = _producer_channels(node)
+        if sizes and dim is not None and channels is not None and sizes[dim] != channels and sizes[-1] == channels:
+            return None
+        return update(graph, node)
+
+    guarded._singe_spatial = True
+    return guarded
+
+
+def _producer_channels(node, hops=8):
+    """The output width of the nearest conv, linear or norm layer upstream of a node (through element-wise ops,
+    reshapes and slices), or None."""
+    frontier = list(node.inputs)
+    for _ in range(hops):
+        nxt = []
+        for n in frontier:
+            m = n.module
+            if isinstance(m, nn.Linear):
+                return m.out_features
+            if isinstance(m, nn.modules.conv._ConvNd):
+                return m.out_channels
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                return m.num_features
+            if isinstance(m, nn.LayerNorm):
+                return m.normalized_shape[-1]
+            if n.type in (tp_ops.OPTYPE.ELEMENTWISE, tp_ops.OPTYPE.RESHAPE, tp_ops.OPTYPE.SLICE):
+                nxt.extend(n.inputs)
+        frontier = nxt
+    return None
+
+
+index_mapping.update_slice_index_mapping = _spatial_slices(index_mapping.update_slice_index_mapping)
+
+
 def _high_rank_reshape(node, hops=3):
     """A view that regroups channels: its input has more than 4 dims, or its output reaches such a view through
     a few element-wise ops (the first view of a channel shuffle, then its transpose)."""
@@ -392,8 +437,8 @@ def default_ignored(model):
         layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1:]
     for m in model.modules():
         if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None:
-            layers += [c for name, c in m.named_children()
-                       if isinstance(c, (nn.Linear, nn.modules.conv._ConvNd)) and name not in OUTPUT_PROJECTIONS]
+            layers += [x for name, c in m.named_children() if name not in OUTPUT_PROJECTIONS for x in c.modules()
+                       if isinstance(x, (nn.Linear, nn.modules.conv._ConvNd))]  # q/k/v wrapped with a norm too
     return layers + [m for m in kept_layers(model) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
 

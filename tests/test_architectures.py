@@ -201,3 +201,16 @@ def test_an_fpn_prunes_its_backbone_and_neck_consistently(tmp_path):
         assert inner[0].in_channels == stage[0].out_channels  # lateral convs follow their stage
     widths = {b[0].out_channels for b in model.fpn.inner_blocks} | {b[0].in_channels for b in model.fpn.layer_blocks}
     assert len(widths) == 1  # the top-down adds keep every level at one width
+
+
+def test_timm_levit_prunes_through_its_subsampling_and_keeps_q_k_v():
+    """Its subsampling slices a channels-last map (tests/test_groups.py has the exact check); its ONNX export is
+    left out here (about a minute): docs/zoo/prune-timm.md has the full run."""
+    model = timm.create_model("levit_128s", img_size=64, num_classes=5).eval()
+    widths = [b.attn.qkv.linear.out_features for s in model.stages for b in s.blocks]
+    dense = count(model, (1, 3, 64, 64)).macs
+    prune(model, (1, 3, 64, 64), make_criterion("l2"), Target("macs", 1.3),
+          Schedule(steps=1, finetune_iters=0, epochs=0, round_to=1), log=lambda *a: None)
+    assert count(model, (1, 3, 64, 64)).macs < dense / 1.3 * 1.03
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert [b.attn.qkv.linear.out_features for s in model.stages for b in s.blocks] == widths

@@ -122,3 +122,26 @@ def test_channel_shuffle_groups_are_mapped_or_left_out():
     last = model.stage4[0].branch2[5]  # its output goes through the shuffle
     assert last not in {item.dep.target.module for g in groups for item in g if "out" in item.dep.handler.__name__}
     assert _pruned_equals_masked(_tiny_shufflenet, shape) == len(groups)
+
+
+class _Subsample(torch.nn.Module):
+    """Tokens viewed as a channels-last map and subsampled (LeViT): the slices cut the height and width, and
+    the channels pass through them unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mid = torch.nn.Linear(3, 16), torch.nn.Linear(16, 24)
+        self.down, self.head = torch.nn.Linear(24, 32), torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        t = torch.relu(self.mid(self.embed(x.flatten(2).transpose(1, 2))))  # (B, 64 tokens, 24)
+        b, n, c = t.shape
+        t = t.view(b, 8, 8, c)[:, ::2, ::2].reshape(b, -1, c)  # (B, 16 tokens, 24)
+        return self.head(torch.relu(self.down(t)).mean(1))
+
+
+def test_a_slice_along_the_height_of_a_channels_last_map_keeps_the_channel_indices():
+    model = _Subsample().eval()
+    roots = {g[0].dep.target.module for g in _groups(model, (1, 3, 8, 8))}
+    assert model.mid in roots
+    assert _pruned_equals_masked(_Subsample, (1, 3, 8, 8)) == len(roots)

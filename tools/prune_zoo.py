@@ -3,6 +3,7 @@
     python tools/prune_zoo.py --out docs/zoo/prune                      # every model (hours on 2 CPU cores)
     python tools/prune_zoo.py --models shufflenet_v2_x1_0,vit_b_16 --out /tmp/zoo
     python tools/prune_zoo.py --models timm:resnet18@64,timm:vit_tiny_patch16_224@224 --out docs/zoo/prune-timm
+    python tools/prune_zoo.py --models fasterrcnn_mobilenet_v3_large_fpn@320,fcn_resnet50@128 --out docs/zoo/prune-detseg
 
 A name without a kind is torchvision's; `@N` sets the input to NxN.
 

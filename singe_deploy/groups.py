@@ -436,10 +436,17 @@ def default_ignored(model):
     else:
         layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1:]
     for m in model.modules():
-        if hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None:
+        if (hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None
+                and not _holds_attention(m)):
             layers += [x for name, c in m.named_children() if name not in OUTPUT_PROJECTIONS for x in c.modules()
                        if isinstance(x, (nn.Linear, nn.modules.conv._ConvNd))]  # q/k/v wrapped with a norm too
     return layers + [m for m in kept_layers(model) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+def _holds_attention(m):
+    """Whether m is a block around an attention module (torchvision's EncoderBlock keeps a num_heads too), not
+    the attention itself."""
+    return any(x is not m and (hasattr(x, "num_heads") or isinstance(x, nn.MultiheadAttention)) for x in m.modules())
 
 
 def head_layout(m):

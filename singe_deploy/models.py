@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import detection
+from .attention import split_heads
 from .builtin.resnet_cifar import resnet20, resnet56
 from .errors import UserError, first_line
 
@@ -146,7 +147,7 @@ def _torchvision(name, num_classes, in_channels, pretrained):
         if num_classes and classes != num_classes:
             raise UserError(f"the pretrained torchvision:{name} has {classes} classes and the data has "
                             f"{num_classes}; fine-tune it for your classes and pass --checkpoint instead")
-        return model
+        return split_heads(model)
     kwargs = {"num_classes": num_classes} if num_classes else {}
     if name in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=True)
@@ -155,7 +156,7 @@ def _torchvision(name, num_classes, in_channels, pretrained):
         return _segmentation(tvm.get_model(name, weights=None, **kwargs))
     if detecting:
         return detector(tvm.get_model(name, weights=None, weights_backbone=None, **kwargs))
-    return tvm.get_model(name, weights=None, **kwargs)
+    return split_heads(tvm.get_model(name, weights=None, **kwargs))
 
 
 def _segmentation(model):
@@ -303,15 +304,14 @@ def load_pruned(path, obj=None, spec=None):
 
 def resize_to(model, state):
     """Give every parameter and buffer the shape it has in `state` and fix the layers' size attributes."""
+    own = model.state_dict(keep_vars=True)  # the file's keys (a module may name its tensors itself: attention.py)
+    where = {id(t): (m, n) for m in model.modules()
+             for n, t in list(m._parameters.items()) + list(m._buffers.items()) if t is not None}
     for key, value in state.items():
-        owner_name, _, attr = key.rpartition(".")
-        try:
-            owner = model.get_submodule(owner_name)
-        except AttributeError:
+        current = own.get(key)
+        if not isinstance(current, torch.Tensor) or current.shape == value.shape or id(current) not in where:
             continue
-        current = getattr(owner, attr, None)
-        if not isinstance(current, torch.Tensor) or current.shape == value.shape:
-            continue
+        owner, attr = where[id(current)]
         fresh = torch.empty(value.shape, dtype=current.dtype)
         if isinstance(current, nn.Parameter):
             setattr(owner, attr, nn.Parameter(fresh, requires_grad=current.requires_grad))

@@ -110,9 +110,10 @@ def main(argv=None):
         listed = data.get("listed") or max(len(names), len(data["rows"]))
         out.with_suffix(".md").write_text(render(data["rows"], listed))
         return 0
-    done = {}
+    done, listed_before = {}, 0
     if out.with_suffix(".json").exists():  # resume: passed rows are kept, the rest run again
-        done = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+        before = json.loads(out.with_suffix(".json").read_text())
+        done, listed_before = {r["model"]: r for r in before["rows"]}, before.get("listed", 0)
     rows = []
     for name in names:
         kept = done.get(name)
@@ -121,7 +122,7 @@ def main(argv=None):
         print(f"{name}: {row['status']} {row.get('macs_ratio', '')} {row.get('reason', '')}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         keep = [r for r in done.values() if r["model"] not in {x["model"] for x in rows}] + rows
-        listed = max(len(names), len(keep))
+        listed = max(len(names), len(keep), listed_before)
         out.with_suffix(".json").write_text(json.dumps({"reduction": REDUCTION, "listed": listed, "rows": keep},
                                                        indent=1))
         out.with_suffix(".md").write_text(render(keep, listed))

@@ -383,7 +383,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     reloaded = load_pruned(work / "pruned.pt")
     variants = {"dense": dense_model, "pruned": model}
     q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)",
-                      cfg["parity_atol"])
+                      cfg["parity_atol"], cfg["parity_rtol"])
     exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
     runners = {}
     bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] in ("onnx", "trt") else 0),
@@ -394,7 +394,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             export.export_onnx(m, input_shape, path, cfg["opset"], metadata={"model": cfg["model"], "variant": variant})
             opset = export.check_onnx(path)
             runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
-            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", cfg["parity_atol"])
+            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", cfg["parity_atol"],
+                              cfg["parity_rtol"])
             g = compare(m, costs[variant], onnx_flops.count(path, input_shape))
             graph = {k: g[k] for k in ("macs", "params", "macs_rel_diff", "macs_agree", "folded_norms",
                                        "params_expected", "params_agree", "uncounted_ops")}
@@ -414,9 +415,10 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     for e in exports:
         q = e["parity"]
         atol = e.get("atol", cfg["parity_atol"])
-        if q["max_abs_diff"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
-            failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e} "
-                            f"(<= {atol:g}), top-1 {q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
+        if q["beyond_rtol"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
+            failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e}, "
+                            f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x |reference| (<= {atol:g}), top-1 "
+                            f"{q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
     for batch in cfg["batch_sizes"]:
         for variant, runner in runners.items():
             stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
@@ -451,7 +453,7 @@ def _engines(cfg, variants, input_shape, batches, work, exports, log):
         record = trt.build_engine(onnx_path, engine, input_shape, cfg["trt_precision"], cfg["trt_tf32"], profile,
                                   cfg["trt_workspace_gb"], cfg["trt_timing_cache"], log)
         runners[variant] = trt.TensorRT(engine, cfg["cuda_graph"])
-        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", atol)
+        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", atol, cfg["parity_rtol"])
         exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
                         "engine": record})
         log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e} (<= {atol:g}), top-1 agreement "

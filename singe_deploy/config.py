@@ -84,6 +84,8 @@ OPTIONS = [
     Option("latency_iters", "int", 50, "at least this many timed iterations"),
     Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
+    Option("parity_rtol", "float", 1e-5, "relative tolerance on top of it: an output passes where |diff| <= "
+           "parity_atol + parity_rtol x |reference| (numpy's allclose), for models with large outputs"),
     Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted (classes scored within --parity-atol of the best count as agreeing)"),
     Option("parity_batches", "int", 4, "validation batches used for parity"),
     Option("parity_samples", "int", None, "parity samples at most (default: all of the parity batches, except "
@@ -277,7 +279,7 @@ def validate(cfg):
     bs = cfg["singe_batch_steps"]
     if bs != "auto" and not (str(bs).isdigit() and int(bs) >= 1):
         raise UserError(f"--singe-batch-steps must be 'auto' or a positive integer, got {bs!r}")
-    for key in ("finetune_iters", "epochs", "lr", "latency_seconds", "parity_atol"):
+    for key in ("finetune_iters", "epochs", "lr", "latency_seconds", "parity_atol", "parity_rtol"):
         if cfg[key] < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
     if cfg["round_to"] is not None and cfg["round_to"] < 1:

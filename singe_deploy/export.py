@@ -67,20 +67,23 @@ def check_onnx(path):
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def parity(reference, candidate, batches, reference_name, tie=0.0):
+def parity(reference, candidate, batches, reference_name, tie=0.0, rtol=0.0):
     """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement: the share of
     samples whose reference top class is the candidate's too, or scores within `tie` of the candidate's best (two
     classes closer than the accepted numeric error have no defined order). Maps (N, classes, H, W): the share of
-    pixels, averaged over samples; detection outputs (N, anchors, k): the share of anchors."""
-    max_diff, agree, total = 0.0, 0, 0
+    pixels, averaged over samples; detection outputs (N, anchors, k): the share of anchors. `beyond_rtol`: the
+    largest |diff| - rtol x |reference|, which an absolute tolerance then bounds (numpy's allclose)."""
+    max_diff, beyond, agree, total = 0.0, 0.0, 0, 0
     for x in batches:
         x = x.numpy() if isinstance(x, torch.Tensor) else x
         a, b = np.asarray(reference.infer(x)), np.asarray(candidate.infer(x))
         if a.shape != b.shape:
             raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
-        max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - b).max()))
+        diff = np.abs(a.astype(np.float64) - b)
+        max_diff = max(max_diff, float(diff.max()))
+        beyond = max(beyond, float((diff - rtol * np.abs(a.astype(np.float64))).max()))
         agree += float(top1_agreement(a, b, tie).sum())
         total += a.shape[0]
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,
-            "samples": total}
+            "samples": total, "rtol": rtol, "beyond_rtol": max(beyond, 0.0)}
 

@@ -107,3 +107,11 @@ def test_parity_of_detection_outputs_is_the_share_of_anchors_that_agree():
     other[0, 0, 3] = 5.0  # one anchor of the first sample disagrees
     q = parity(_Fixed(ref), _Fixed(other), [np.zeros(1)], "a", tie=1e-3)
     assert abs(q["top1_agreement"] - (1 - 1 / 4 / 2)) < 1e-9
+
+
+def test_a_relative_tolerance_scales_with_the_reference():
+    big = _Fixed([[1.6e9, 0.0]])
+    off = _Fixed([[1.6e9 + 4.5e3, 1e-4]])  # float32 rounding at 1.6e9, and a small absolute error
+    assert parity(big, off, [np.zeros(1)], "a")["beyond_rtol"] > 4e3
+    q = parity(big, off, [np.zeros(1)], "a", rtol=1e-5)
+    assert q["max_abs_diff"] > 4e3 and q["beyond_rtol"] == pytest.approx(1e-4, rel=1e-3)  # what atol then bounds

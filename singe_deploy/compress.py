@@ -417,7 +417,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
         atol = e.get("atol", cfg["parity_atol"])
         if q["beyond_rtol"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
             failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e}, "
-                            f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x |reference| (<= {atol:g}), top-1 "
+                            f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x the largest |output| (<= {atol:g}), top-1 "
                             f"{q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
     for batch in cfg["batch_sizes"]:
         for variant, runner in runners.items():

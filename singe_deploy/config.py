@@ -85,7 +85,7 @@ OPTIONS = [
     Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
     Option("parity_rtol", "float", 1e-5, "relative tolerance on top of it: an output passes where |diff| <= "
-           "parity_atol + parity_rtol x |reference| (numpy's allclose), for models with large outputs"),
+           "parity_atol + parity_rtol x the sample's largest |output|, for models with large outputs"),
     Option("parity_top1", "float", 0.99, "smallest top-1 agreement accepted (classes scored within --parity-atol of the best count as agreeing)"),
     Option("parity_batches", "int", 4, "validation batches used for parity"),
     Option("parity_samples", "int", None, "parity samples at most (default: all of the parity batches, except "

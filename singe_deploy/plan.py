@@ -216,12 +216,13 @@ class Predictor(_Costs):
     Every parameter slice the planner's groups remove is known (groups.slices), so each parameter's pruned
     shape follows from the counts. Params are the sum of those shapes' sizes. A conv's or linear layer's MACs
     are its weight's size times the positions it is applied at (output pixels, tokens), which pruning channels
-    does not change, so they scale with the weight's size. MACs anywhere else (attention matmuls in a module's
-    own forward) are taken as unchanged: exact where pruning leaves their sizes alone (Swin's q/k/v stay whole),
-    an overestimate where it does not. `search` checks the chosen level against a pruned copy and measures
+    does not change, so they scale with the weight's size. An attention block whose heads go whole
+    (groups.head_layout) has matmul MACs proportional to its inner width, q/k/v's rows. MACs anywhere else
+    (other attention matmuls in a module's own forward) are taken as unchanged: exact where pruning leaves their
+    sizes alone (Swin's q/k/v stay whole), an overestimate where it does not. `search` checks the chosen level against a pruned copy and measures
     every level when they differ. `build` returns None where a layer's MACs cannot be scaled at all."""
 
-    def __init__(self, planner, model, metric, names, layers=None, constant=0):
+    def __init__(self, planner, model, metric, names, layers=None, constant=0, rows=None):
         self.planner = planner
         self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         self.slices = []  # per entry: [(param name, dim, groups, idxs, root idxs)]
@@ -231,6 +232,7 @@ class Predictor(_Costs):
         # what is counted: {param name: MACs per weight element} for MACs, {param name: 1} for params
         self.weights = layers if metric == "macs" else {n: 1 for n in self.shapes}
         self.constant = constant if metric == "macs" else 0
+        self.rows = (rows or {}) if metric == "macs" else {}  # {q/k/v weight name: MACs per unit of inner width}
         self.cache = {}
 
     @classmethod
@@ -239,11 +241,16 @@ class Predictor(_Costs):
         if metric == "params":
             return cls(planner, model, metric, names)
         modules = dict(model.named_modules())
-        per_element, constant = {}, 0
+        per_element, constant, rows = {}, 0, {}
         for layer in count(model, input_shape).layers:
             if not layer.macs:
                 continue
             m = modules.get(layer.name)
+            layout = head_layout(m) if m is not None else None
+            width = layout[0].weight.shape[0] // 3 if layout is not None else 0  # q/k/v's rows / 3
+            if width and id(layout[0].weight) in names and layer.macs % width == 0:
+                rows[names[id(layout[0].weight)]] = layer.macs // width  # q @ k^T, attn @ v: tokens^2 x width
+                continue
             if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or any(True for _ in m.children()):
                 constant += layer.macs
                 continue
@@ -252,7 +259,7 @@ class Predictor(_Costs):
                     or (isinstance(m, nn.modules.conv._ConvNd) and m.transposed and m.groups > 1)):
                 return None
             per_element[names[id(weight)]] = layer.macs // weight.numel()
-        return cls(planner, model, metric, names, per_element, constant)
+        return cls(planner, model, metric, names, per_element, constant, rows)
 
     def _cost(self, counts):
         removed = {}  # (param name, dim, groups) -> [removed indices along dim]
@@ -266,7 +273,8 @@ class Predictor(_Costs):
         for (name, dim, groups), parts in removed.items():
             gone = len(torch.unique(torch.cat(parts)))
             shapes[name][dim] -= gone // groups
-        return self.constant + sum(w * math.prod(shapes[n]) for n, w in self.weights.items())
+        return (self.constant + sum(w * math.prod(shapes[n]) for n, w in self.weights.items())
+                + sum(w * shapes[n][0] // 3 for n, w in self.rows.items()))
 
 
 def search(planner, model, example, input_shape, metric, target, desc):

@@ -215,3 +215,22 @@ def test_a_wrong_prediction_falls_back_to_measuring_and_finds_the_same_plan(monk
         self.planner, model, torch.zeros(shape), shape, "macs")(counts))
     wrong = P.search(planner, model, torch.zeros(shape), shape, "macs", dense / 2, None)
     assert wrong[3] and wrong[0] == exact[0] and wrong[1] == exact[1]
+
+
+def test_attention_that_loses_whole_heads_is_predicted_exactly():
+    from singe_deploy.attention import split_heads
+    from singe_deploy.plan import Predictor, _Measured, measure, search
+
+    from .test_architectures import _tiny_vit
+
+    torch.manual_seed(0)
+    model, shape = split_heads(_tiny_vit()).eval(), (1, 3, 32, 32)
+    planner = _planner_for(model, shape)
+    predict = Predictor.build(planner, model, shape, "macs")
+    real = _Measured(planner, model, torch.zeros(shape), shape, "macs")
+    assert predict.rows  # the matmuls scale with each block's inner width
+    for level in (1, planner.levels // 3, 2 * planner.levels // 3):
+        assert predict(planner.counts(level)) == real(planner.counts(level))
+    dense = measure(model, shape, "macs")
+    plan, cost, reached, measured = search(planner, model, torch.zeros(shape), shape, "macs", dense / 1.5, None)
+    assert not measured and reached and cost <= dense / 1.5

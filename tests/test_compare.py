@@ -96,3 +96,33 @@ def test_bad_entries_are_bad_input(text):
 
     with pytest.raises(UserError):
         compare.entry(text)
+
+
+def _merge_tool():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "merge_compare.py"
+    spec = importlib.util.spec_from_file_location("merge_compare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_merging_ignores_export_options_of_runs_without_export_and_refuses_other_differences(tmp_path):
+    import json
+
+    def write(name, options, run):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"options": dict({"export": False, "lr": 0.05}, **options), "runs": [run]}))
+        return str(path)
+
+    run = {"name": "l2-x2-s0-entwined", "criterion": "l2", "macs_reduction": 2.0, "seed": 0, "flowchart": "entwined",
+           "accuracy": 0.9, "macs": 1, "params": 1, "score_seconds": 0.0, "target_hit": True}
+    merge = _merge_tool().merge
+    a = write("a", {}, run)
+    b = write("b", {"parity_rtol": 1e-5}, dict(run, name="l2-x2-s1-entwined", seed=1))
+    rows, _, sources, _ = merge([a, b])
+    assert len(rows) == 2 and len(sources) == 2
+    c = write("c", {"lr": 0.1}, dict(run, name="l2-x2-s2-entwined", seed=2))
+    with pytest.raises(SystemExit, match="other options \\(lr\\)"):
+        merge([a, c])

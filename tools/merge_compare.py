@@ -2,7 +2,8 @@
 
     python tools/merge_compare.py docs/results/compare-r56-*.json --out docs/results/r56
 
-Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds); a run
+Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds; and, for
+runs without export, the export, parity and latency options, which cannot change their results); a run
 named twice (same criterion, target, seed and flowchart) is kept once, from the first file that has it.
 Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's accuracy by seed).
 """
@@ -16,13 +17,18 @@ from pathlib import Path
 from singe_deploy.compare import markdown
 
 SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "out", "force", "resume", "config")
+# export, parity and latency options: compare runs without export, so they cannot change a result
+EXPORT_ONLY = ("parity_atol", "parity_rtol", "parity_top1", "parity_batches", "parity_samples", "batch_sizes",
+               "threads", "latency_iters", "latency_seconds", "opset", "trt_precision", "trt_tf32", "trt_workspace_gb",
+               "trt_timing_cache", "cuda_graph")
 
 
 def merge(paths):
     runs, options, sources, repeated = {}, None, [], 0
     for path in paths:
         data = json.loads(Path(path).read_text())
-        opts = {k: v for k, v in data["options"].items() if k not in SPLIT}
+        skip = SPLIT + (EXPORT_ONLY if not data["options"].get("export", True) else ())
+        opts = {k: v for k, v in data["options"].items() if k not in skip}
         if options is None:
             options = opts
         else:  # an option a later version added is absent from older files: absent and None are the same

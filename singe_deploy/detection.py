@@ -13,6 +13,7 @@ Kept whole: every head layer's output (their widths are the anchors' scores and 
 the FPN outputs, which the RoI heads read outside the traced part."""
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -22,10 +23,11 @@ KEEP = "_singe_keep_whole"  # names of modules whose output channels are never p
 SIZES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320, "fasterrcnn_mobilenet_v3_large_320_fpn": 320}
 
 
+@functools.cache
 def names():
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm.detection))
+    return tuple(sorted(tvm.list_models(module=tvm.detection)))
 
 
 def is_detector(model):

@@ -8,6 +8,7 @@ saved tensors, so it needs no pickled code either.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import inspect
 import pickle
@@ -48,13 +49,14 @@ def _suggest(name, choices):
 def torchvision_names():
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm)) + segmentation_names() + detection.names()
+    return sorted(tvm.list_models(module=tvm)) + list(segmentation_names()) + list(detection.names())
 
 
+@functools.cache
 def segmentation_names():
     import torchvision.models as tvm
 
-    return sorted(tvm.list_models(module=tvm.segmentation))
+    return tuple(sorted(tvm.list_models(module=tvm.segmentation)))
 
 
 def task_of(model):

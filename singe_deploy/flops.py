@@ -9,6 +9,8 @@ Convention (also written into every report):
   deploy time costs nothing, so other_ops is an upper bound for deployed models.
 - params: unique parameter elements (shared weights once); buffers are not parameters. unused_params:
   those the counted forward never reads (auxiliary heads in eval mode); an export leaves them out.
+- work that reads weights and buffers only, never the input (Swin V2's relative position bias MLP over fixed
+  coordinates), is not counted: it is the same for every input, and the exported graph folds it into a constant.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 CONVENTION = ("MACs = multiply-accumulates per sample (batch 1) of conv, linear, matmul/bmm and attention, "
               "counted at the aten dispatcher; FLOPs = 2 x MACs; biases not counted. other_ops = one op per "
               "output element of every other computing op (norms, activations, adds, pooling); views/copies "
-              "count zero. params = unique parameter elements.")
+              "count zero; work on weights alone (folded into constants on export) is not counted. "
+              "params = unique parameter elements.")
 
 aten = torch.ops.aten
 _FREE = {
@@ -107,16 +111,21 @@ class Costs:
 
 
 class _Counter(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, weights=()):
         super().__init__()
         self.stack = [""]
         self.macs, self.other = {}, {}
         self.seen = set()  # ids of the tensors ops read: parameters never read are unused in this forward
+        self.fixed = {id(t): t for t in weights}  # tensors that do not depend on the input (kept alive: ids stay)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.seen.update(id(a) for a in args if isinstance(a, torch.Tensor))
         self.seen.update(id(a) for a in (kwargs or {}).values() if isinstance(a, torch.Tensor))
         out = func(*args, **(kwargs or {}))
+        if all(id(t) in self.fixed for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
+            # weights only (a bias MLP over fixed coordinates): the exported graph folds it into a constant
+            self.fixed.update((id(t), t) for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
         name = func.__name__.split(".")[0]
         where = self.stack[-1]
         macs = op_macs(name, args, out)
@@ -143,7 +152,7 @@ def channels_of(m):
 def count(model, input_shape):
     """Costs of `model` for one sample; input_shape is the full input shape, its batch is set to 1."""
     shape = [1] + list(input_shape)[1:]
-    counter = _Counter()
+    counter = _Counter(list(model.parameters()) + list(model.buffers()))
     handles = []
     for name, m in model.named_modules():
         handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: counter.stack.append(n)))  # returns None

@@ -19,6 +19,7 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.dependency import index_mapping
 
 from .errors import UserError
+from .attention import tracing as attention_tracing
 from .models import has_head_attributes
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
@@ -55,8 +56,42 @@ class Slice:
         return m
 
 
+class Names(dict):
+    """{id(param): name} for a model's parameters; `heads`: {id(q/k/v Linear): (head_dim, attn_dim, [(name,
+    param, head dim)])} for attention blocks whose per-head tensors (a relative position bias: `head_tensors`,
+    attention.WindowAttention) lose a head together with its q/k/v rows."""
+
+    heads: dict
+
+
 def param_names(model):
-    return {id(p): n for n, p in model.named_parameters()}
+    names = Names((id(p), n) for n, p in model.named_parameters())
+    names.heads = {}
+    for prefix, m in model.named_modules():
+        layout = head_layout(m)
+        if layout is not None and getattr(m, "head_tensors", ()):
+            own = dict(m.named_parameters())
+            tensors = [(f"{prefix}.{t}" if prefix else t, own[t], dim) for t, dim in m.head_tensors if t in own]
+            names.heads[id(layout[0])] = (m.head_dim, m.attn_dim, tensors)
+    return names
+
+
+def head_of(idxs, head_dim, attn_dim):
+    """The head of each q/k/v row index."""
+    return (torch.as_tensor(idxs) % attn_dim) // head_dim
+
+
+def drop_heads(model, heads_entry, idxs):
+    """Remove the heads of q/k/v rows `idxs` from the per-head tensors of Names.heads' entry (torch-pruning
+    removes the rows and the projection's columns)."""
+    head_dim, attn_dim, tensors = heads_entry
+    gone = set(head_of(idxs, head_dim, attn_dim).tolist())
+    modules = dict(model.named_modules())
+    for name, param, dim in tensors:
+        owner, _, attr = name.rpartition(".")
+        keep = torch.tensor([h for h in range(param.shape[dim]) if h not in gone], device=param.device)
+        fresh = nn.Parameter(param.data.index_select(dim, keep).contiguous(), requires_grad=param.requires_grad)
+        setattr(modules[owner], attr, fresh)
 
 
 def slices(group, names):
@@ -89,6 +124,9 @@ def slices(group, names):
             add(layer.weight, 0 if is_out else 1)
             if is_out:
                 add(layer.bias, 0)
+            head_dim, attn_dim, tensors = getattr(names, "heads", {}).get(id(layer), (1, 1, ()))
+            for name, param, dim in tensors if is_out else ():  # a head's bias table column goes with its q/k/v rows
+                out.append(Slice(name, param, dim, head_of(idxs_t, head_dim, attn_dim), root_t))
         elif isinstance(layer, NORMS):
             add(getattr(layer, "weight", None), 0)
             add(getattr(layer, "bias", None), 0)
@@ -245,7 +283,7 @@ def all_groups(model, example_inputs, ignored_layers=()):
     channels would be removed at the wrong indices on the far side."""
     was_training = model.training  # build_dependency switches to eval and does not switch back
     try:
-        with torch.enable_grad(), known_warnings_off():
+        with torch.enable_grad(), known_warnings_off(), attention_tracing():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
             names = param_names(model)
             groups = [g for g in _root_groups(graph, ignored_layers) if _in_bounds(g, names) and _supported(g)]
@@ -436,8 +474,11 @@ def default_ignored(model):
     else:
         layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1:]
     for m in model.modules():
-        if (hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and head_layout(m) is None
-                and not _holds_attention(m)):
+        layout = head_layout(m)
+        if layout is not None:  # heads go whole through q/k/v; other layers inside (a bias MLP) stay whole
+            layers += [x for name, c in m.named_children() if c is not layout[0] and name not in OUTPUT_PROJECTIONS
+                       for x in c.modules() if isinstance(x, (nn.Linear, nn.modules.conv._ConvNd))]
+        elif hasattr(m, "num_heads") and not isinstance(m, nn.MultiheadAttention) and not _holds_attention(m):
             layers += [x for name, c in m.named_children() if name not in OUTPUT_PROJECTIONS for x in c.modules()
                        if isinstance(x, (nn.Linear, nn.modules.conv._ConvNd))]  # q/k/v wrapped with a norm too
     return layers + [m for m in kept_layers(model) if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
@@ -458,4 +499,5 @@ def head_layout(m):
     return None
 
 
-OUTPUT_PROJECTIONS = ("proj", "out_proj", "o_proj", "to_out", "fc_out")  # attention outputs: back to the stream
+# attention outputs, back to the stream
+OUTPUT_PROJECTIONS = ("proj", "out_proj", "o_proj", "to_out", "fc_out", "merge")

@@ -6,6 +6,8 @@ ONNX shape inference with every batch dimension set to 1. MACs per node:
 - ConvTranspose: input elements x (output channels / group) x kernel elements;
 - Gemm and MatMul: output elements x the reduced dimension K;
 - Einsum of two operands: the product of the sizes of every index in the equation.
+Nodes that read only initializers and constants, never the input, are not counted: a runtime folds them
+into constants (the model counter leaves out the same work).
 Params are the elements of the float initializers the nodes read (each once), less BatchNormalization's
 running mean and variance (buffers, not parameters) and less single-element constants (scales, epsilons).
 """
@@ -20,7 +22,9 @@ from .errors import UserError, first_line
 
 CONVENTION = ("MACs per sample (batch 1) from the graph: Conv = output elements x input channels per group x "
               "kernel elements; ConvTranspose = input elements x output channels per group x kernel elements; "
-              "Gemm/MatMul = output elements x K; two-operand Einsum = product of all index sizes; FLOPs = 2 x MACs. params = float initializer elements the nodes "
+              "Gemm/MatMul = output elements x K; two-operand Einsum = product of all index sizes; nodes that read "
+              "only weights and constants are not counted; FLOPs = 2 x MACs. params = float initializer elements "
+              "the nodes "
               "read, each once, less BatchNormalization running statistics and single-element constants.")
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
 # ops that multiply-accumulate but that this counter does not read: reported, never silently zero
@@ -241,10 +245,14 @@ def count(model_or_path, shape=None):
     if any(n not in shapes for n in needed):
         folder = Path(model_or_path).parent if is_path else None
         shapes.update(_run_shapes(model, shape, sorted({n for n in needed if n not in shapes}), folder))
+    fixed = set(weights)  # values that do not depend on the graph's input
     for node in inferred.graph.node:
         used.update(n for n in node.input if n in weights)
         if node.op_type == "BatchNormalization":
             buffers.update(node.input[3:5])
+        if all(n in fixed for n in node.input if n):  # weights only: a runtime folds it into a constant
+            fixed.update(node.output)
+            continue
         if node.op_type in UNCOUNTED or (node.domain not in ("", "ai.onnx") and node.op_type in MAC_OPS):
             uncounted.append(node.name or node.op_type)
             continue

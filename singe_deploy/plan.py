@@ -17,8 +17,8 @@ from torch import nn
 
 from .errors import UserError
 from .flops import channels_of, count
-from .groups import (UnitMap, all_groups, channel_groups, head_layout, is_out_handler, known_warnings_off, param_names,
-                     slices)
+from .groups import (UnitMap, all_groups, channel_groups, drop_heads, head_layout, is_out_handler, known_warnings_off,
+                     param_names, slices)
 from .models import fix_size_attributes
 from .progress import progress
 
@@ -189,9 +189,12 @@ def apply_plan(model, plan, example, graph=None):
     if graph is None:
         graph, _ = all_groups(model, example)
     modules = dict(model.named_modules())
+    heads = param_names(model).heads
     with known_warnings_off():
         for name, handler, idxs in plan:
             graph.get_pruning_group(modules[name], handler, idxs).prune()
+            if id(modules[name]) in heads:
+                drop_heads(model, heads[id(modules[name])], idxs)
     fix_size_attributes(model)
     for p in model.parameters():
         p.grad = None

@@ -217,20 +217,25 @@ def test_a_wrong_prediction_falls_back_to_measuring_and_finds_the_same_plan(monk
     assert wrong[3] and wrong[0] == exact[0] and wrong[1] == exact[1]
 
 
-def test_attention_that_loses_whole_heads_is_predicted_exactly():
+@pytest.mark.parametrize("kind", ["vit", "swin", "swin_v2", "maxvit"])
+def test_attention_that_loses_whole_heads_is_predicted_exactly(kind):
+    """MACs and params, with the per-head tensors (relative position biases, V2's bias MLP rows) going too."""
     from singe_deploy.attention import split_heads
     from singe_deploy.plan import Predictor, _Measured, measure, search
 
     from .test_architectures import _tiny_vit
+    from .test_attention import WINDOWED
 
     torch.manual_seed(0)
-    model, shape = split_heads(_tiny_vit()).eval(), (1, 3, 32, 32)
+    build = _tiny_vit if kind == "vit" else WINDOWED[kind][0]
+    model, shape = split_heads(build()).eval(), (1, 3, 32, 32)
     planner = _planner_for(model, shape)
-    predict = Predictor.build(planner, model, shape, "macs")
-    real = _Measured(planner, model, torch.zeros(shape), shape, "macs")
-    assert predict.rows  # the matmuls scale with each block's inner width
-    for level in (1, planner.levels // 3, 2 * planner.levels // 3):
-        assert predict(planner.counts(level)) == real(planner.counts(level))
+    for metric in ("macs", "params"):
+        predict = Predictor.build(planner, model, shape, metric)
+        real = _Measured(planner, model, torch.zeros(shape), shape, metric)
+        assert metric == "params" or predict.rows  # the matmuls scale with each block's inner width
+        for level in (1, planner.levels // 3, 2 * planner.levels // 3):
+            assert predict(planner.counts(level)) == real(planner.counts(level)), metric
     dense = measure(model, shape, "macs")
     plan, cost, reached, measured = search(planner, model, torch.zeros(shape), shape, "macs", dense / 1.5, None)
     assert not measured and reached and cost <= dense / 1.5

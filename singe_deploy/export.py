@@ -59,11 +59,11 @@ def check_onnx(path):
     """onnx.checker with full_check (shape inference too); returns the opset."""
     import onnx
 
-    model = onnx.load(str(path))
-    try:
-        onnx.checker.check_model(model, full_check=True)
+    try:  # by path: a model with its weights in a side file may pass protobuf's 2 GB limit in memory
+        onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
         raise CheckFailed(f"{path} fails the ONNX checker: {first_line(e, 200)}") from None
+    model = onnx.load(str(path), load_external_data=False)
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

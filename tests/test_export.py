@@ -23,6 +23,20 @@ def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path):
     assert q["max_abs_diff"] < 1e-4 and q["top1_agreement"] == 1.0 and q["samples"] == 10
 
 
+def test_weights_in_a_side_file_are_checked_by_path(tmp_path, monkeypatch):
+    """Models past protobuf's 2 GB limit keep their weights beside the graph; the checker reads them by path
+    (a ModelProto that large cannot be serialised in memory)."""
+    m = TinyNet().eval()
+    path = export_onnx(m, (1, 1, 12, 12), tmp_path / "m.onnx", external_data=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    checked = []
+    real = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, **kw: checked.append(model) or real(model, **kw))
+    assert check_onnx(path) >= 18
+    assert checked == [str(path)]
+
+
 def test_parity_catches_a_different_model(tmp_path):
     a, b = TinyNet().eval(), TinyNet().eval()
     q = parity(Torch(a), Torch(b), [torch.randn(16, 1, 12, 12)], "a")

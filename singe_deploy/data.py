@@ -97,7 +97,17 @@ def _augment(x, gen):
     cols = (dx[:, None] + torch.arange(w)[None]).clamp(max=w + 3)
     bidx = torch.arange(n)[:, None, None]
     out = pad.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    return nchw(out.permute(0, 3, 1, 2))
+
+
+def nchw(x):
+    """x with the plain (N, C, H, W) strides. A one-channel batch permuted from NHWC counts as contiguous but keeps
+    channels-last strides; convolutions then take oneDNN's channels-last path, whose backward corrupted the heap
+    on one thread with the odd channel counts a pruned model has (torch 2.14.1; crashes with `--round-to 1`)."""
+    standard = [1]
+    for size in reversed(x.shape[1:]):
+        standard.insert(0, standard[0] * size)
+    return x if x.stride() == tuple(standard) else x.clone(memory_format=torch.contiguous_format)
 
 
 def _fit(x, shape, mean, std):

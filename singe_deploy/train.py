@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .data import nchw
 from .progress import progress
 
 
@@ -75,7 +76,7 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
             x, y = next(batches)
             if not sharded:
                 x, y = distributed.shard(x, y)
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            x, y = nchw(x).to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             n = distributed.all_sum(torch.tensor([float(len(y))]))[0] if ctx.active else len(y)
             loss = F.cross_entropy(net(x), y, reduction="sum") * (ctx.world / n)
             opt.zero_grad(set_to_none=True)

@@ -55,6 +55,20 @@ def test_fashion_from_data_dir_is_seeded_and_shaped(tmp_path):
     assert next(iter(rgb.val))[0].shape[1:] == (3, 32, 32)
 
 
+def test_augmented_batches_have_plain_nchw_strides(tmp_path):
+    """A one-channel batch permuted from NHWC passes is_contiguous() with channels-last strides, which sent
+    pruned convs down a oneDNN backward that corrupted the heap on one thread (data.nchw)."""
+    from singe_deploy.data import nchw
+    _fake_fashion(tmp_path)
+    x, _ = next(iter(make_data("fashion-mnist", batch_size=8, data_dir=tmp_path).train))  # augmented
+    assert x.stride() == (784, 784, 28, 1)
+    odd = torch.randn(8, 28, 28, 1).permute(0, 3, 1, 2)
+    assert odd.is_contiguous() and odd.stride() != (784, 784, 28, 1)
+    assert nchw(odd).stride() == (784, 784, 28, 1) and torch.equal(nchw(odd), odd)
+    plain = torch.randn(2, 3, 4, 4)
+    assert nchw(plain) is plain
+
+
 def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         make_data("fashion-mnist", data_dir=tmp_path)

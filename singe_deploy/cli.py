@@ -47,6 +47,11 @@ def _parser():
     m = rs.add_parser("merge", help="one Markdown table and a PNG chart from reports and latency files",
                       description=merge.__doc__.split("\n\n")[0])
     merge.add_arguments(m)
+    from . import quantize_command
+
+    q = sub.add_parser("quantize", help="an int8 or fp16 ONNX file from an fp32 one, its accuracy measured",
+                       description=quantize_command.__doc__.split("\n\n")[0])
+    quantize_command.add_arguments(q)
     c2 = sub.add_parser("check", help="check a report.json or an .onnx file against a budget (exit 1 on a miss)",
                         description=check.__doc__.split("\n\n")[0])
     check.add_arguments(c2)
@@ -95,6 +100,10 @@ def _main(argv):
             return run(args)
         elif args.command == "report":
             from .merge import run
+
+            return run(args)
+        elif args.command == "quantize":
+            from .quantize_command import run
 
             return run(args)
         elif args.command == "check":

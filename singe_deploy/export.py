@@ -67,6 +67,21 @@ def check_onnx(path):
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def runtime_accuracy(backend, loader, limit=None):
+    """Top-1 accuracy of an `infer` backend (the deployable as its runtime runs it) over (x, y) batches, on the
+    first `limit` images when given."""
+    right = seen = 0
+    for x, y in loader:
+        if limit is not None and seen >= limit:
+            break
+        x, y = np.asarray(x), np.asarray(y)
+        if limit is not None:
+            x, y = x[:limit - seen], y[:limit - seen]
+        right += int((np.asarray(backend.infer(x)).argmax(1) == y).sum())
+        seen += len(y)
+    return right / max(seen, 1)
+
+
 def parity(reference, candidate, batches, reference_name, tie=0.0, rtol=0.0):
     """Run two `infer` backends on the same batches: max abs diff of outputs and top-1 agreement: the share of
     samples whose reference top class is the candidate's too, or scores within `tie` of the candidate's best (two

@@ -1,0 +1,134 @@
+"""fp16 and int8 deployables from an fp32 ONNX file, built with the libraries made for it.
+
+int8: onnxruntime.quantization's static quantization in QDQ form (QuantizeLinear/DequantizeLinear around each
+quantized op), weights per output channel, activations calibrated on real batches (minmax, entropy or
+percentile), after the pre-processing onnxruntime recommends (quant_pre_process: shape inference and graph
+optimisation). Activations and weights are int8 (S8S8, onnxruntime's recommended first choice for QDQ); weights
+are symmetric. For onnxruntime on a CPU (target "cpu") activations keep a zero point. For TensorRT (target "trt")
+they are symmetric too: the explicit-quantization QDQ graph TensorRT builds int8 engines from. uint8 activations
+(U8S8) lost 2 points on the demo model through onnxruntime's x86 kernels (their int16 pair sums saturate; the
+same graph simulated in float lost 0.1): docs/quantization.md.
+fp16: onnxconverter-common's float16 converter, with the graph's inputs and outputs kept fp32 by default.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckFailed, UserError, first_line
+
+PRECISIONS = ("fp32", "fp16", "int8")
+METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("cpu", "trt")
+
+
+def parse_precisions(text):
+    """'none' -> []; 'fp16,int8' -> ['fp16', 'int8']; anything else exits 2 naming the choices."""
+    values = [v.strip().lower() for v in str(text).split(",") if v.strip()]
+    if values in ([], ["none"]):
+        return []
+    bad = [v for v in values if v not in PRECISIONS[1:]]
+    if bad:
+        raise UserError(f"unknown precision '{bad[0]}'; use none, fp16, int8 or a list such as fp16,int8")
+    return list(dict.fromkeys(values))
+
+
+def to_fp16(src, dst, keep_io_types=True):
+    """dst: src with its float32 weights and ops in float16 (inputs and outputs stay float32 when keep_io_types)."""
+    import onnx
+
+    from onnxconverter_common import float16
+
+    model = _load(src)
+    try:
+        half = float16.convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False)
+    except Exception as e:
+        raise CheckFailed(f"fp16 conversion of {Path(src).name} failed ({e.__class__.__name__}: "
+                          f"{first_line(e, 160)}); the fp32 file is still written") from None
+    onnx.save(half, str(dst))
+    return Path(dst)
+
+
+class _Reader:
+    """onnxruntime's calibration data reader over a list of batches (arrays or tensors, NCHW)."""
+
+    def __init__(self, name, batches):
+        self.name, self.batches, self.i = name, list(batches), 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        x = self.batches[self.i]
+        self.i += 1
+        x = x.numpy() if hasattr(x, "numpy") else x
+        return {self.name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def rewind(self):
+        self.i = 0
+
+
+def to_int8(src, dst, batches, method="minmax", per_channel=True, target="cpu"):
+    """dst: src quantized to int8 (static, QDQ) with activation ranges from `batches` (see the module doc)."""
+    from onnxruntime import quantization as q
+
+    if method not in METHODS:
+        raise UserError(f"unknown calibration method '{method}'; use {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise UserError(f"unknown quantization target '{target}'; use cpu (onnxruntime) or trt (TensorRT)")
+    batches = list(batches or [])
+    if not batches:
+        raise UserError("int8 needs calibration batches; pass --data with real images (fashion-mnist, "
+                        "imagefolder:DIR) and --calib-batches N")
+    name = input_name(src)
+    trt = target == "trt"
+    calibrate = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                 "percentile": q.CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception:  # pre-processing is an optimisation; quantization works on the file as it is
+            pre = Path(src)
+        try:
+            q.quantize_static(str(pre), str(dst), _Reader(name, batches), quant_format=q.QuantFormat.QDQ,
+                              per_channel=per_channel, calibrate_method=calibrate,
+                              activation_type=q.QuantType.QInt8,
+                              weight_type=q.QuantType.QInt8,
+                              extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True,
+                                             "CalibMovingAverage": False})
+        except UserError:
+            raise
+        except Exception as e:
+            raise CheckFailed(f"int8 quantization of {Path(src).name} failed ({e.__class__.__name__}: "
+                              f"{first_line(e, 160)}); the fp32 file is still written") from None
+    return Path(dst)
+
+
+def input_name(path):
+    graph = _load(path, load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise UserError(f"{Path(path).name} has {len(inputs)} inputs; quantization takes models with one image input")
+    return inputs[0]
+
+
+def _load(path, **kw):
+    import onnx
+
+    try:
+        return onnx.load(str(path), **kw)
+    except Exception as e:
+        raise UserError(f"cannot read {path} as ONNX ({e.__class__.__name__}: {first_line(e, 120)}); "
+                        "pass an .onnx file that singe-deploy compress or torch.onnx.export wrote") from None
+
+
+def quantize(src, precision, dst, batches=None, method="minmax", per_channel=True, target="cpu"):
+    """One verb for both precisions: returns the path written."""
+    if precision == "fp16":
+        return to_fp16(src, dst)
+    if precision == "int8":
+        return to_int8(src, dst, batches, method, per_channel, target)
+    raise UserError(f"unknown precision '{precision}'; use fp16 or int8")

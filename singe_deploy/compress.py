@@ -322,10 +322,11 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     t = time.time()
     costs = {"dense": dense_costs, "pruned": pruned_costs}
     if cfg["export"]:
-        exports, latency, failures = _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs)
+        exports, latency, failures, deployables = _export_and_time(cfg, dense_model, model, data, input_shape, work,
+                                                                   log, costs)
     else:
         save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
-        exports, latency, failures = [], [], []
+        exports, latency, failures, deployables = [], [], [], []
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
@@ -351,7 +352,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
                      **schedule.__dict__},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
-        "exports": exports, "latency": latency,
+        "exports": exports, "latency": latency, "deployables": deployables,
         "checks": {"passed": not failures, "failures": failures},
         "timings": timings, "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
@@ -368,7 +369,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         shutil.rmtree(out)
     work.rename(out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
-    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''})")
+    quantized = "".join(f", pruned.{q}.onnx" for q in cfg["quantize"])
+    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
+        f"{quantized})")
     if failures:
         raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
     return rep, out
@@ -386,7 +389,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
                       cfg["parity_atol"], cfg["parity_rtol"])
     exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
     runners = {}
-    bar = progress(total=2 * len(cfg["batch_sizes"]) + (2 if cfg["target"] in ("onnx", "trt") else 0),
+    bar = progress(total=(2 + len(cfg["quantize"])) * len(cfg["batch_sizes"])
+                   + (2 if cfg["target"] in ("onnx", "trt") else 0),
                    desc="export and latency", unit="task")
     if cfg["target"] in ("onnx", "trt"):
         for variant, m in variants.items():
@@ -407,6 +411,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
                 f"{q['top1_agreement']:.4f} vs PyTorch; graph MACs {g['macs']:,} "
                 f"({'agree' if g['agree'] else 'DIFFER'}: {100 * g['macs_rel_diff']:+.3f}%)")
+    if cfg["quantize"]:
+        runners.update(_quantized(cfg, model, data, batches, work, exports, log))
     if cfg["target"] == "trt":
         runners = _engines(cfg, variants, input_shape, batches, work, exports, log)
     elif cfg["target"] == "torch":
@@ -415,24 +421,87 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     for e in exports:
         q = e["parity"]
         atol = e.get("atol", cfg["parity_atol"])
+        if e.get("precision") in QUANTIZED:
+            continue  # a lower precision changes the outputs by design: its accuracy is what is measured
         if q["beyond_rtol"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
             failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e}, "
                             f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x the largest |output| (<= {atol:g}), top-1 "
                             f"{q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
     for batch in cfg["batch_sizes"]:
-        for variant, runner in runners.items():
+        timed = {}
+        for name, runner in runners.items():
             stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
                                   min_seconds=cfg["latency_seconds"])
-            latency.append(dict(stats, variant=variant))
+            variant, precision = _deployable(cfg, name)
+            latency.append(dict(stats, variant=variant, precision=precision))
+            timed[name] = latency[-1]
             bar.update()
-        d, pr = latency[-2]["median_ms"], latency[-1]["median_ms"]
-        noisy = max(latency[-2]["cv"], latency[-1]["cv"])
+        d = timed["dense"]["median_ms"]
+        noisy = max(x["cv"] for x in timed.values())
         note = (f" (noisy: coefficient of variation {100 * noisy:.0f}% > {100 * bench.NOISY_CV:g}%)"
                 if noisy > bench.NOISY_CV else "")
+        others = ", ".join(f"{name} {x['median_ms']:.3f} ms, {d / x['median_ms']:.2f}x"
+                           for name, x in timed.items() if name != "dense")
         log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
-            f"pruned {pr:.3f} ms, {d / pr:.2f}x{note}")
+            f"{others}{note}")
     bar.close()
-    return exports, latency, failures
+    return exports, latency, failures, _deployables(cfg, runners, exports, latency, data, costs, work, log)
+
+
+QUANTIZED = ("fp16", "int8")
+
+
+def _deployable(cfg, name):
+    """(variant, precision) of a runner's name: dense, pruned, pruned.int8, ..."""
+    variant, _, precision = name.partition(".")
+    return variant, precision or (cfg["trt_precision"] if cfg["target"] == "trt" else "fp32")
+
+
+def _quantized(cfg, model, data, batches, work, exports, log):
+    """pruned.PRECISION.onnx for each --quantize precision (int8 calibrated on the scoring batches), compared with
+    PyTorch; returns their onnxruntime runners."""
+    from .quantize import quantize
+
+    calib = [x for x, _ in data.calibration(cfg["calib_batches"])]
+    if "int8" in cfg["quantize"] and not data.real:
+        log("note: int8 calibrated on synthetic data: its ranges, and so its accuracy, mean nothing")
+    runners = {}
+    for precision in cfg["quantize"]:
+        path = work / f"pruned.{precision}.onnx"
+        quantize(work / "pruned.onnx", precision, path, batches=calib, method=cfg["quantize_method"],
+                 target="trt" if cfg["target"] == "trt" else "cpu")
+        runner = runners[f"pruned.{precision}"] = bench.OnnxRuntime(path, cfg["threads"])
+        q = export.parity(bench.Torch(model), runner, batches, "pytorch (fp32)", cfg["parity_atol"], cfg["parity_rtol"])
+        exports.append({"format": "onnx", "variant": "pruned", "precision": precision, "path": path.name,
+                        "parity": q, "size_bytes": path.stat().st_size})
+        log(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
+            f"{q['top1_agreement']:.4f} vs PyTorch fp32")
+    return runners
+
+
+def _deployables(cfg, runners, exports, latency, data, costs, work, log):
+    """One row per deployable (dense and pruned, each precision): its accuracy as its runtime computes it on the
+    whole validation set (None on synthetic data), top-1 agreement with PyTorch, MACs, params, file size and
+    latency per batch size."""
+    rows = []
+    for name, runner in runners.items():
+        variant, precision = _deployable(cfg, name)
+        fmt = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}.get(runner.name, "torch")
+        e = next((x for x in exports if x["format"] == fmt and x.get("variant") == variant
+                  and x.get("precision", _deployable(cfg, variant)[1]) == precision), None)
+        path = work / e["path"] if e else None
+        accuracy = export.runtime_accuracy(runner, data.val) if data.real else None
+        rows.append({"name": name, "variant": variant, "format": fmt, "precision": precision,
+                     "path": e["path"] if e else None, "accuracy": accuracy,
+                     "top1_agreement": e["parity"]["top1_agreement"] if e else None,
+                     "macs": costs[variant].macs, "params": costs[variant].params,
+                     "size_bytes": path.stat().st_size if path and path.is_file() else None,
+                     "latency_ms": {str(x["batch_size"]): x["median_ms"] for x in latency
+                                    if x["variant"] == variant and x["precision"] == precision
+                                    and x["backend"] == runner.name}})
+        if accuracy is not None:
+            log(f"accuracy of {name} ({fmt}, {precision}, run by {runner.name}): {accuracy:.4f}")
+    return rows
 
 
 def _engines(cfg, variants, input_shape, batches, work, exports, log):

@@ -77,6 +77,10 @@ OPTIONS = [
     Option("trt_tf32", "bool", True, "TensorRT fp32 engines may use TF32 tensor cores (recorded in the report)"),
     Option("trt_workspace_gb", "float", 4.0, "TensorRT builder workspace limit in GiB"),
     Option("trt_timing_cache", "str", None, "TensorRT timing cache file, read and updated (speeds up rebuilds)"),
+    Option("quantize", "strs", None, "also write the pruned model as pruned.fp16.onnx and/or pruned.int8.onnx "
+           "(none, fp16, int8 or fp16,int8), each timed and its accuracy measured by its runtime; int8 calibrates on "
+           "the scoring batches (default: none)"),
+    Option("quantize_method", "str", "minmax", "int8 calibration method", ("minmax", "entropy", "percentile")),
     Option("opset", "int", 18, "ONNX opset (>= 18)"),
     Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
            "the TensorRT profile spans them"),
@@ -293,6 +297,12 @@ def validate(cfg):
     if cfg["cuda_graph"] and not (cfg["target"] == "trt" or (cfg["target"] == "torch" and cfg["device"] == "cuda")):
         raise UserError("--cuda-graph times CUDA-graph replay on a GPU; use it with --target trt or "
                         "--target torch --device cuda")
+    from .quantize import parse_precisions
+
+    cfg["quantize"] = parse_precisions(",".join(cfg["quantize"] or []) or "none")
+    if cfg["quantize"] and (cfg["target"] != "onnx" or not cfg["export"]):
+        raise UserError("--quantize writes and times ONNX files; use it with --target onnx and --export (for "
+                        "TensorRT: singe-deploy quantize OUT/pruned.onnx --target trt writes the QDQ graph)")
     if cfg["batch_sizes"] is None:
         cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
     if cfg["dist_timeout"] <= 0:

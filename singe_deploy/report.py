@@ -97,15 +97,17 @@ def markdown(r):
                      f"| | | | |")
         lines.append("")
     if r.get("latency"):
-        lines += ["## Latency", "", "| backend | device | variant | batch | median ms | p90 ms | p99 ms | mean ms | "
-                  "std ms | CV | throughput/s | speedup |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["## Latency", "", "| backend | device | variant | precision | batch | median ms | p90 ms | p99 ms | "
+                  "mean ms | std ms | CV | throughput/s | speedup |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         dense = {(x["backend"], x["batch_size"]): x["median_ms"] for x in r["latency"] if x["variant"] == "dense"}
         noisy = [x for x in r["latency"] if _cv(x) > NOISY_CV]
         for x in r["latency"]:
             base = dense.get((x["backend"], x["batch_size"]))
             speed = f"{base / x['median_ms']:.2f}x" if x["variant"] == "pruned" and base else ""
             cv = f"{100 * _cv(x):.1f}%" + (" noisy" if x in noisy else "")
-            lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x['batch_size']} | "
+            lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x.get('precision', '')} | "
+                         f"{x['batch_size']} | "
                          f"{x['median_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['mean_ms']:.3f} | "
                          f"{x['std_ms']:.3f} | {cv} | {x['throughput_per_s']:.1f} | {speed} |")
         lines += ["", f"Beside the speedups: the pruned model has {d['macs'] / max(p['macs'], 1):.2f}x fewer MACs. "
@@ -115,13 +117,28 @@ def markdown(r):
                          f"{100 * NOISY_CV:g}% (CV), so their speedups are uncertain; other work was probably running. "
                          "Measure again on an idle machine (`singe-deploy bench`, or a longer --latency-seconds).")
         lines.append("")
+    if r.get("deployables"):
+        batches = sorted({int(b) for row in r["deployables"] for b in row["latency_ms"]})
+        lines += ["## Deployables", "", "Each file as its runtime runs it: accuracy on the whole validation set, top-1 "
+                  "agreement with PyTorch (fp32), costs, size and median latency.", "",
+                  "| deployable | format | precision | accuracy | top-1 agreement | MACs | params | MB | "
+                  + " | ".join(f"ms @ batch {b}" for b in batches) + " |", "|---|---|---|---:|---:|---:|---:|---:|"
+                  + "---:|" * len(batches)]
+        for row in r["deployables"]:
+            agree = "" if row["top1_agreement"] is None else f"{row['top1_agreement']:.4f}"
+            size = "" if row["size_bytes"] is None else f"{row['size_bytes'] / 1e6:.2f}"
+            ms = " | ".join(f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "" for b in batches)
+            lines.append(f"| {row['name']} | {row['format']} | {row['precision']} | {_acc(row['accuracy'])} | {agree} "
+                         f"| {row['macs']:,} | {row['params']:,} | {size} | {ms} |")
+        lines.append("")
     if r.get("exports"):
         lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
                   "MACs counted on the graph |", "|---|---|---|---|---:|---:|---:|"]
         for e in r["exports"]:
             q, g = e["parity"], e.get("graph_count")
             graph = f"{g['macs']:,} ({100 * g['macs_rel_diff']:+.3f}%)" if g else ""
-            lines.append(f"| {e['format']} | {e.get('variant', '')} | {e['path']} | {q['reference']} | "
+            variant = e.get("variant", "") + (f" ({e['precision']})" if e.get("precision") else "")
+            lines.append(f"| {e['format']} | {variant} | {e['path']} | {q['reference']} | "
                          f"{q['max_abs_diff']:.2e} | {q['top1_agreement']:.4f} | {graph} |")
         lines += ["", "The graph count is an independent check of the MACs above: Conv, ConvTranspose, Gemm and "
                   "MatMul read from the exported ONNX graph with shapes inferred (`singe-deploy flops FILE.onnx`).", ""]

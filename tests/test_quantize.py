@@ -10,7 +10,7 @@ from singe_deploy.errors import UserError
 from singe_deploy.export import export_onnx
 from singe_deploy.quantize import parse_precisions, quantize, to_fp16, to_int8
 
-from .conftest import TinyNet
+from .conftest import TinyNet, needs_fashion
 
 SHAPE = (1, 1, 12, 12)
 
@@ -107,3 +107,46 @@ def test_the_quantize_command(fp32, tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "x.onnx")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@needs_fashion
+def test_compress_writes_quantized_deployables_with_their_runtime_accuracy(tmp_path, capsys, monkeypatch):
+    """Each deployable's accuracy is computed by running its file: an int8 file swapped for a random-weight model
+    shows chance accuracy while the others keep theirs."""
+    import json
+
+    import singe_deploy.quantize as Q
+    from singe_deploy.cli import main
+    from singe_deploy.models import build_model
+
+    from .test_cli import FAST, _validate
+
+    real = Q.quantize
+
+    def broken(src, precision, dst, **kw):
+        if precision != "int8":
+            return real(src, precision, dst, **kw)
+        return export_onnx(build_model("builtin:resnet20", 10, 1).eval(), (1, 1, 28, 28), dst)  # random weights
+
+    out = tmp_path / "run"
+    argv = ["compress", "--criterion", "l2", "--quantize", "int8,fp16", "--batch-sizes", "1,2"] + FAST
+    assert main(argv + ["--out", str(out)]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    rows = {r["name"]: r for r in report["deployables"]}
+    assert set(rows) == {"dense", "pruned", "pruned.int8", "pruned.fp16"}
+    assert abs(rows["pruned"]["accuracy"] - report["pruned"]["accuracy"]) <= 0.01
+    assert abs(rows["pruned.int8"]["accuracy"] - rows["pruned"]["accuracy"]) <= 0.05
+    assert rows["pruned.int8"]["size_bytes"] < rows["pruned"]["size_bytes"] / 2
+    assert all(set(r["latency_ms"]) == {"1", "2"} for r in rows.values())
+    assert {(x["precision"], x["batch_size"]) for x in report["latency"] if x["variant"] == "pruned"} == {
+        (p, b) for p in ("fp32", "int8", "fp16") for b in (1, 2)}
+    assert "## Deployables" in (out / "report.md").read_text()
+    int8 = onnx.load(str(out / "pruned.int8.onnx")).graph
+    assert any(n.op_type == "QuantizeLinear" for n in int8.node)
+    monkeypatch.setattr(Q, "quantize", broken)
+    assert main(argv + ["--out", str(tmp_path / "broken")]) in (0, 1)
+    rows = {r["name"]: r for r in json.loads((tmp_path / "broken" / "report.json").read_text())["deployables"]}
+    assert rows["pruned.int8"]["accuracy"] < 0.3 < rows["pruned"]["accuracy"]
+    assert main(["compress", "--quantize", "int4"] + FAST + ["--out", str(tmp_path / "bad")]) == 2
+    assert "unknown precision 'int4'" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -63,7 +63,9 @@ def expand(artifacts, backend):
             raise UserError(f"{a} does not exist; pass an .onnx file, an engine, a pruned .pt or a compress folder")
         if p.is_dir():
             suffix = {"tensorrt": ".engine", "torch": ".pt"}.get(backend, ".onnx")
-            found = [p / f"{v}{suffix}" for v in VARIANTS if (p / f"{v}{suffix}").is_file()]
+            names = [f"{v}{suffix}" for v in VARIANTS] + ([f"pruned.{q}.onnx" for q in ("fp16", "int8")]
+                                                          if suffix == ".onnx" else [])
+            found = [p / n for n in names if (p / n).is_file()]
             if not found:
                 raise UserError(f"{a} holds no dense{suffix} or pruned{suffix}; pass a file or a compress output "
                                 "folder")
@@ -195,11 +197,15 @@ def measure_files(args):
             notes.append(f"{path.name}: neither its metadata nor its name says dense or pruned; counted as dense "
                          "(pass --variant)")
         shape = input_shape(declared, args.input_shape, batches, path)
+        precision = meta.get("precision") or next((q for q in ("fp16", "int8") if f".{q}." in path.name), None)
+        precision = precision or ("fp32" if backend == "onnxruntime" else None)
         models.append({"path": str(path), "name": name, "variant": variant, "backend": backend,
+                       **({"precision": precision} if precision else {}),
                        "input_shape": shape, "runner": runner.info(), **({"metadata": meta} if meta else {})})
         for b in batches:
             stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
             entries.append(dict(stats, variant=variant, model=name, file=path.name,
+                                **({"precision": precision} if precision else {}),
                                 **({"provider": runner.provider} if backend == "onnxruntime" else {})))
     return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
             "device": device.describe(args.device_name, args.threads or bench.default_threads()),
@@ -212,10 +218,11 @@ def write_json(data, path):
 
 
 def table(data):
-    rows = ["| model | variant | backend | device | batch | median ms | p90 ms | throughput /s |",
-            "|---|---|---|---|---:|---:|---:|---:|"]
+    rows = ["| model | variant | precision | backend | device | batch | median ms | p90 ms | throughput /s |",
+            "|---|---|---|---|---|---:|---:|---:|---:|"]
     for e in data["latency"]:
-        rows.append(f"| {e['model']} | {e['variant']} | {e['backend']} | {e['device']} | {e['batch_size']} | "
+        rows.append(f"| {e['model']} | {e['variant']} | {e.get('precision', '')} | {e['backend']} | {e['device']} | "
+                    f"{e['batch_size']} | "
                     f"{e['median_ms']:.3f} | {e['p90_ms']:.3f} | {e['throughput_per_s']:.1f} |")
     return "\n".join(rows)
 

@@ -126,9 +126,17 @@ def _load(path, **kw):
 
 
 def quantize(src, precision, dst, batches=None, method="minmax", per_channel=True, target="cpu"):
-    """One verb for both precisions: returns the path written."""
+    """One verb for both precisions: returns the path written, which keeps src's singe-deploy metadata (model,
+    variant) and says its precision (bench reads it)."""
+    from .bench_command import onnx_metadata
+    from .export import tag_onnx
+
     if precision == "fp16":
-        return to_fp16(src, dst)
-    if precision == "int8":
-        return to_int8(src, dst, batches, method, per_channel, target)
-    raise UserError(f"unknown precision '{precision}'; use fp16 or int8")
+        to_fp16(src, dst)
+    elif precision == "int8":
+        to_int8(src, dst, batches, method, per_channel, target)
+    else:
+        raise UserError(f"unknown precision '{precision}'; use fp16 or int8")
+    extra = {"calibration": method, "quantized_for": target} if precision == "int8" else {}
+    tag_onnx(dst, dict(onnx_metadata(src), precision=precision, **extra))
+    return Path(dst)

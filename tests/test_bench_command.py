@@ -46,7 +46,26 @@ def test_a_compress_folder_benches_dense_and_pruned(compressed, tmp_path, capsys
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
-    assert "| tests/conftest.py:tiny_factory | dense | onnxruntime | cpu | 1 |" in capsys.readouterr().out
+    assert "| tests/conftest.py:tiny_factory | dense | fp32 | onnxruntime | cpu | 1 |" in capsys.readouterr().out
+
+
+def test_quantized_files_are_benched_with_their_precision(compressed, tmp_path):
+    import numpy as np
+
+    from singe_deploy.quantize import quantize
+
+    folder = tmp_path / "run"
+    shutil.copytree(compressed, folder)
+    x = np.random.default_rng(0).standard_normal((4, 1, 12, 12)).astype(np.float32)
+    quantize(folder / "pruned.onnx", "int8", folder / "pruned.int8.onnx", batches=[x])
+    out = tmp_path / "l.json"
+    r = _without_torch("bench", str(folder), "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert schemas.errors(data, "latency") == []
+    assert sorted((e["variant"], e["precision"]) for e in data["latency"]) == [
+        ("dense", "fp32"), ("pruned", "fp32"), ("pruned", "int8")]
+    assert {e["model"] for e in data["latency"]} == {"tests/conftest.py:tiny_factory"}  # metadata kept
 
 
 def test_variant_and_name_come_from_flags_metadata_or_file_name(compressed, tmp_path):

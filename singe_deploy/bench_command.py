@@ -206,6 +206,8 @@ def measure_files(args):
             stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
             entries.append(dict(stats, variant=variant, model=name, file=path.name,
                                 **({"precision": precision} if precision else {}),
+                                **({"quantized": True} if meta.get("precision") in ("fp16", "int8") or
+                                   f".{precision}." in path.name else {}),
                                 **({"provider": runner.provider} if backend == "onnxruntime" else {})))
     return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
             "device": device.describe(args.device_name, args.threads or bench.default_threads()),

@@ -5,7 +5,9 @@
     singe-deploy check --budget budget.yaml latency.json        # latency measured on a device
 
 Budget keys (YAML): max_macs, max_params, min_accuracy, max_accuracy_drop, min_macs_reduction,
-max_latency_ms, max_parity_abs_diff, min_top1_agreement, onnx_opset. See docs/ci.md for their forms.
+max_latency_ms, max_parity_abs_diff, min_top1_agreement, onnx_opset, max_size_mb. See docs/ci.md for their forms.
+min_accuracy and max_size_mb take a number (the pruned fp32 model) or one per precision ({fp32: 0.93, int8: 0.92}),
+read from the report's deployables; a latency rule may name a precision.
 On an .onnx file the checks are: the ONNX checker, an onnxruntime load and run (finite outputs),
 MACs/params counted from the graph, parity of onnxruntime against the ONNX reference evaluator, and
 latency measured with onnxruntime when the budget has max_latency_ms. A key the artifact cannot answer
@@ -21,7 +23,9 @@ from pathlib import Path
 from .errors import CheckFailed, UserError, first_line
 
 STATS = {"median": "median_ms", "p90": "p90_ms"}
-RULE_KEYS = {"backend", "device", "batch_size", "stat", "ms", "variant", "provider"}
+RULE_KEYS = {"backend", "device", "batch_size", "stat", "ms", "variant", "provider", "precision"}
+PRECISIONS = ("fp32", "fp16", "int8")
+PER_PRECISION = {"min_accuracy": (0, 1, "a fraction (0.93 for 93%)"), "max_size_mb": (0, None, "megabytes")}
 SCALARS = {  # key -> (lower bound, upper bound, what)
     "max_macs": (0, None, "MACs per sample"),
     "max_params": (0, None, "parameters"),
@@ -30,7 +34,7 @@ SCALARS = {  # key -> (lower bound, upper bound, what)
     "min_macs_reduction": (1, None, "dense MACs / pruned MACs"),
     "min_top1_agreement": (0, 1, "a fraction"),
 }
-KEYS = list(SCALARS) + ["max_latency_ms", "max_parity_abs_diff", "onnx_opset"]
+KEYS = list(SCALARS) + ["max_latency_ms", "max_parity_abs_diff", "onnx_opset", "max_size_mb"]
 
 
 def add_arguments(ap):
@@ -88,6 +92,8 @@ def _latency_rules(value, where):
         batch = rule.get("batch_size", 1)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise UserError(f"max_latency_ms rule {i + 1} in {where}: batch_size must be a positive integer")
+        if "precision" in rule and rule["precision"] not in PRECISIONS:
+            raise UserError(f"max_latency_ms rule {i + 1} in {where}: precision must be one of {', '.join(PRECISIONS)}")
         for k in ("backend", "device", "provider"):
             if k in rule and not isinstance(rule[k], str):
                 raise UserError(f"max_latency_ms rule {i + 1} in {where}: {k} must be a name, got {rule[k]!r}")
@@ -108,8 +114,14 @@ def load_budget(path):
             close = difflib.get_close_matches(str(key), KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown budget key '{key}' in {path}{hint}; use {', '.join(KEYS)}")
-        if key in SCALARS:
-            budget[key] = _number(key, value, *SCALARS[key], path)
+        if key in PER_PRECISION and isinstance(value, dict):
+            bad = [k for k in value if k not in PRECISIONS]
+            if bad:
+                raise UserError(f"budget key '{key}' in {path}: unknown precision '{bad[0]}'; use "
+                                f"{', '.join(PRECISIONS)}")
+            budget[key] = {k: _number(f"{key}.{k}", v, *PER_PRECISION[key], path) for k, v in value.items()}
+        elif key in SCALARS or key in PER_PRECISION:
+            budget[key] = _number(key, value, *(SCALARS.get(key) or PER_PRECISION[key]), path)
         elif key == "max_latency_ms":
             budget[key] = _latency_rules(value, path)
         elif key == "max_parity_abs_diff":
@@ -134,12 +146,12 @@ def facts_from_report(kind, data):
     """Everything a budget can ask, read from a report or a latency file (None = not recorded)."""
     if kind == "latency":
         return {"macs": None, "params": None, "accuracy": None, "dense_accuracy": None, "dense_macs": None,
-                "exports": [], "latency": data["latency"], "what": "a latency file"}
+                "exports": [], "latency": data["latency"], "deployables": [], "what": "a latency file"}
     return {"macs": data["pruned"]["macs"], "params": data["pruned"]["params"],
             "accuracy": data["pruned"]["accuracy"], "dense_accuracy": data["dense"]["accuracy"],
             "dense_macs": data["dense"]["macs"],
             "exports": [dict(e, variant=e.get("variant", "pruned")) for e in data["exports"]],
-            "latency": data["latency"], "what": "this report"}
+            "latency": data["latency"], "deployables": data.get("deployables", []), "what": "this report"}
 
 
 def facts_from_onnx(path, budget, args):
@@ -170,7 +182,7 @@ def facts_from_onnx(path, budget, args):
     except Exception as e:  # noqa: BLE001
         problems.append(("onnxruntime load", "loads", first_line(e, 120)))
         return {"macs": None, "params": None, "opset": opset, "accuracy": None, "dense_accuracy": None,
-                "dense_macs": None, "exports": [], "latency": [], "what": "an .onnx file"}, problems
+                "dense_macs": None, "exports": [], "latency": [], "deployables": [], "what": "an .onnx file"}, problems
     batches = sorted({r["batch_size"] for r in budget.get("max_latency_ms", [])} | {1})
     shape = shape_for(runner.input_shape, args.input_shape, [1], path)
     import numpy as np
@@ -199,8 +211,14 @@ def facts_from_onnx(path, budget, args):
                 continue
             latency.append(dict(bench.measure(runner, shape, b, min_iters=20, min_seconds=0.5), variant="pruned",
                                 provider="cpu"))
+    from .bench_command import onnx_metadata
+
+    precision = onnx_metadata(path).get("precision", "fp32")
+    deployables = [{"variant": "pruned", "precision": precision, "size_bytes": Path(path).stat().st_size,
+                    "accuracy": None}]
     return {"macs": count.macs, "params": count.params, "opset": opset, "accuracy": None, "dense_accuracy": None,
-            "dense_macs": None, "exports": exports, "latency": latency, "what": "an .onnx file"}, problems
+            "dense_macs": None, "exports": exports, "latency": [dict(e, precision=precision) for e in latency],
+            "deployables": deployables, "what": "an .onnx file"}, problems
 
 
 def _reference_parity(model, runner, x, out):
@@ -229,7 +247,7 @@ def evaluate(budget, facts):
     missing = f"not recorded in {facts['what']}"
     for key, fact, cmp in (("max_macs", "macs", "<="), ("max_params", "params", "<="),
                            ("min_accuracy", "accuracy", ">=")):
-        if key in budget:
+        if key in budget and not isinstance(budget[key], dict):  # a mapping per precision: below
             v = facts[fact]
             row(key, f"{cmp} {budget[key]:,}" if fact != "accuracy" else f">= {budget[key]:.4f}",
                 missing if v is None else (f"{v:,}" if fact != "accuracy" else f"{v:.4f}"),
@@ -261,6 +279,20 @@ def evaluate(budget, facts):
         want = f"{low}" if low == high else f"{low or 1}..{high or 'any'}"
         ok = bool(opsets) and all(spec.get("min", 0) <= o <= spec.get("max", 10**9) for o in opsets)
         row("onnx_opset", want, ", ".join(map(str, sorted(set(opsets)))) or missing, ok)
+    for key, limits in budget.items():
+        if key not in PER_PRECISION or (key == "min_accuracy" and not isinstance(limits, dict)):
+            continue
+        for precision, limit in (limits if isinstance(limits, dict) else {"fp32": limits}).items():
+            found = [d for d in facts.get("deployables", []) if d.get("variant") == "pruned"
+                     and d.get("precision") == precision]
+            if key == "min_accuracy":
+                v = found[0]["accuracy"] if found else None
+                row(f"min_accuracy ({precision})", f">= {limit:.4f}", f"{v:.4f}" if v is not None else
+                    f"no pruned {precision} accuracy in {facts['what']}", v is not None and v >= limit)
+            else:
+                v = found[0]["size_bytes"] / 1e6 if found and found[0].get("size_bytes") else None
+                row(f"max_size_mb ({precision})", f"<= {limit:g} MB", f"{v:.3f} MB" if v is not None else
+                    f"no pruned {precision} file in {facts['what']}", v is not None and v <= limit)
     for rule in budget.get("max_latency_ms", []):
         row(*_latency_row(rule, facts))
     return rows
@@ -268,8 +300,10 @@ def evaluate(budget, facts):
 
 def _latency_row(rule, facts):
     match = [e for e in facts["latency"] if e["variant"] == rule["variant"] and e["batch_size"] == rule["batch_size"]
-             and all(k not in rule or str(e.get(k, "")) == rule[k] for k in ("backend", "device", "provider"))]
-    where = ", ".join(f"{rule[k]}" for k in ("backend", "provider", "device") if k in rule)
+             and all(k not in rule or str(e.get(k, "")) == rule[k] for k in ("backend", "device", "provider"))
+             and (e.get("precision", "fp32") == rule["precision"] if "precision" in rule
+                  else not e.get("quantized"))]  # no precision named: the model as exported, not its int8/fp16 files
+    where = ", ".join(f"{rule[k]}" for k in ("backend", "provider", "device", "precision") if k in rule)
     name = f"max_latency_ms ({rule['variant']}, {where + ', ' if where else ''}batch {rule['batch_size']}, " \
            f"{rule['stat']})"
     if not match:

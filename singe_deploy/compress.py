@@ -433,7 +433,8 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
             stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
                                   min_seconds=cfg["latency_seconds"])
             variant, precision = _deployable(cfg, name)
-            latency.append(dict(stats, variant=variant, precision=precision))
+            latency.append(dict(stats, variant=variant, precision=precision,
+                                **({"quantized": True} if "." in name else {})))
             timed[name] = latency[-1]
             bar.update()
         d = timed["dense"]["median_ms"]

@@ -201,3 +201,31 @@ def test_the_ci_workflow_example_runs_the_export_check():
     for budget in ("configs/budgets/ci.yaml", "configs/budgets/onnx.yaml"):
         assert budget in script and (root / budget).is_file()
     assert "tools/export_check.sh" in (root / ".ci" / "run").read_text()
+
+
+def test_per_precision_budgets_read_the_deployables(compressed, tmp_path, capsys):
+    data = json.loads((compressed / "report.json").read_text())
+    row = {"variant": "pruned", "format": "onnx", "latency_ms": {}, "macs": 1, "params": 1, "top1_agreement": 1.0}
+    data["deployables"] = [dict(row, name="pruned", precision="fp32", accuracy=0.92, size_bytes=2_000_000),
+                           dict(row, name="pruned.int8", precision="int8", accuracy=0.91, size_bytes=600_000)]
+    fp32 = next(e for e in data["latency"] if e["variant"] == "pruned")
+    data["latency"].append(dict(fp32, precision="int8", quantized=True, median_ms=fp32["median_ms"] / 10))
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps(data))
+    ok = ("min_accuracy: {fp32: 0.92, int8: 0.90}\nmax_size_mb: {int8: 0.7}\n"
+          f"max_latency_ms: [{{precision: int8, ms: {fp32['median_ms'] / 5}}}]\n")
+    assert main(["check", "--budget", _budget(tmp_path, ok), str(report)]) == 0
+    out = capsys.readouterr().out
+    for key in ("min_accuracy (fp32)", "min_accuracy (int8)", "max_size_mb (int8)", "max_latency_ms (pruned, int8"):
+        assert f"| {key}" in out, key
+    # without a precision a latency rule reads the model as exported, not its int8 file
+    slow = _budget(tmp_path, f"max_latency_ms: {fp32['median_ms'] / 5}")
+    assert main(["check", "--budget", slow, str(report)]) == 1
+    for text, missed in (("min_accuracy: {int8: 0.95}", "min_accuracy (int8)"),
+                         ("max_size_mb: 1.5", "max_size_mb (fp32)"),
+                         ("min_accuracy: {fp16: 0.5}", "min_accuracy (fp16)")):  # no fp16 file: a miss
+        capsys.readouterr()
+        assert main(["check", "--budget", _budget(tmp_path, text), str(report)]) == 1
+        assert f"| {missed}" in capsys.readouterr().out.split("checks missed:")[1]
+    assert main(["check", "--budget", _budget(tmp_path, "max_size_mb: {int4: 1}"), str(report)]) == 2
+    assert "unknown precision 'int4'" in capsys.readouterr().err

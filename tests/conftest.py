@@ -24,6 +24,16 @@ needs_fashion = pytest.mark.skipif(not _has_fashion(), reason="Fashion-MNIST not
                                    "(apt-get install dataset-fashion-mnist)")
 
 
+def load_tool(name):
+    """A script of tools/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -29,20 +29,24 @@ def test_split_heads_computes_the_same_and_keeps_torchvision_keys():
     assert torch.allclose(fresh(x), dense(x), atol=1e-6)
 
 
+def _remove_head_0(model, attention):
+    """Plan and apply the removal of head 0 of one attention module (scores rise with the channel index)."""
+    graph, groups = all_groups(model, torch.zeros(SHAPE), default_ignored(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    scores = [torch.arange(len(g[0].idxs), dtype=torch.float64) for g in groups]
+    planner = Planner(model, groups, scores, {}, Schedule(round_to=1), names)
+    qkv = names[id(dict(model.named_modules())[attention].qkv)]
+    counts = [int(name == qkv) for name, *_rest in planner.entries]
+    assert sum(counts) == 1
+    apply_plan(model, planner.removals(counts), torch.zeros(SHAPE), graph)
+
+
 def test_the_planner_removes_whole_heads_exactly_as_masking_them():
     torch.manual_seed(0)
     dense = split_heads(_tiny_vit()).eval()
     x = torch.randn(2, 3, 32, 32)
     model, masked = [copy.deepcopy(dense) for _ in range(2)]
-    graph, groups = all_groups(model, torch.zeros(SHAPE), default_ignored(model))
-    names = {id(m): n for n, m in model.named_modules()}
-    scores = [torch.arange(len(g[0].idxs), dtype=torch.float64) for g in groups]  # head 0 scores lowest
-    planner = Planner(model, groups, scores, {}, Schedule(round_to=1), names)
-    qkv = "encoder.layers.encoder_layer_0.self_attention.qkv"
-    i = next(k for k, (name, *_rest) in enumerate(planner.entries) if name == qkv)
-    counts = [0] * len(planner.entries)
-    counts[i] = 1
-    apply_plan(model, planner.removals(counts), torch.zeros(SHAPE), graph)
+    _remove_head_0(model, "encoder.layers.encoder_layer_0.self_attention")
     first, second = (b.self_attention for b in model.encoder.layers)
     assert (first.num_heads, first.head_dim, first.attn_dim, second.num_heads) == (3, 16, 48, 4)
     with torch.no_grad():
@@ -121,19 +125,11 @@ def test_a_window_attention_head_goes_whole_with_its_bias(kind):
     dense = _randomise_head_tensors(split_heads(build())).eval()
     x = torch.randn(2, 3, 32, 32)
     model, masked = [copy.deepcopy(dense) for _ in range(2)]
-    graph, groups = all_groups(model, torch.zeros(SHAPE), default_ignored(model))
-    names = {id(m): n for n, m in model.named_modules()}
-    scores = [torch.arange(len(g[0].idxs), dtype=torch.float64) for g in groups]  # head 0 scores lowest
-    planner = Planner(model, groups, scores, {}, Schedule(round_to=1), names)
-    qkv = names[id(dict(model.named_modules())[where].qkv)]
-    i = next(k for k, (name, *_rest) in enumerate(planner.entries) if name == qkv)
-    counts = [0] * len(planner.entries)
-    counts[i] = 1
     attn = dict(model.named_modules())[where]
     heads, head_dim = attn.num_heads, attn.head_dim
     tensors = {n: p.detach().clone() for n, p in attn.named_parameters()
                if n.split(".")[0] not in ("qkv", "to_qkv", out)}
-    apply_plan(model, planner.removals(counts), torch.zeros(SHAPE), graph)
+    _remove_head_0(model, where)
     assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features) == (heads - 1, (heads - 1) * head_dim,
                                                                       3 * (heads - 1) * head_dim)
     for name, dim in attn.head_tensors:  # head 0's entry went, the others stay in order

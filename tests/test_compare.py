@@ -99,13 +99,8 @@ def test_bad_entries_are_bad_input(text):
 
 
 def _merge_tool():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "tools" / "merge_compare.py"
-    spec = importlib.util.spec_from_file_location("merge_compare", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from .conftest import load_tool
+    return load_tool("merge_compare")
 
 
 def test_merging_ignores_export_options_of_runs_without_export_and_refuses_other_differences(tmp_path):

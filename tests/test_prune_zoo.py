@@ -1,19 +1,11 @@
 """tools/prune_zoo.py: one compress run per model, rows kept across runs, latency columns with --latency."""
-import importlib.util
 import json
-from pathlib import Path
 
-
-def _tool():
-    path = Path(__file__).resolve().parents[1] / "tools" / "prune_zoo.py"
-    spec = importlib.util.spec_from_file_location("prune_zoo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_tool
 
 
 def test_a_model_runs_at_the_asked_reduction_with_latency_and_passed_rows_are_kept(tmp_path, monkeypatch):
-    zoo = _tool()
+    zoo = load_tool("prune_zoo")
     out = tmp_path / "zoo"
     assert zoo.main(["--models", "builtin:resnet20@32", "--reduction", "2", "--latency", "--out", str(out)]) == 0
     data = json.loads(out.with_suffix(".json").read_text())

@@ -369,7 +369,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         shutil.rmtree(out)
     work.rename(out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
-    quantized = "".join(f", pruned.{q}.onnx" for q in cfg["quantize"])
+    quantized = "".join(f", {e['path']}" for e in exports if e.get("precision") in QUANTIZED)
     log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
         f"{quantized})")
     if failures:
@@ -412,7 +412,7 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
                 f"{q['top1_agreement']:.4f} vs PyTorch; graph MACs {g['macs']:,} "
                 f"({'agree' if g['agree'] else 'DIFFER'}: {100 * g['macs_rel_diff']:+.3f}%)")
     if cfg["quantize"]:
-        runners.update(_quantized(cfg, model, data, batches, work, exports, log))
+        runners.update(_quantized(cfg, model, data, batches, work, exports, failures, log))
     if cfg["target"] == "trt":
         runners = _engines(cfg, variants, input_shape, batches, work, exports, log)
     elif cfg["target"] == "torch":
@@ -458,9 +458,10 @@ def _deployable(cfg, name):
     return variant, precision or (cfg["trt_precision"] if cfg["target"] == "trt" else "fp32")
 
 
-def _quantized(cfg, model, data, batches, work, exports, log):
+def _quantized(cfg, model, data, batches, work, exports, failures, log):
     """pruned.PRECISION.onnx for each --quantize precision (int8 calibrated on the scoring batches), compared with
-    PyTorch; returns their onnxruntime runners."""
+    PyTorch; returns their onnxruntime runners. A precision the converter fails on is a failure (exit 1) that
+    leaves the rest of the run, fp32 files included, as it is."""
     from .quantize import quantize
 
     calib = [x for x, _ in data.calibration(cfg["calib_batches"])]
@@ -469,8 +470,13 @@ def _quantized(cfg, model, data, batches, work, exports, log):
     runners = {}
     for precision in cfg["quantize"]:
         path = work / f"pruned.{precision}.onnx"
-        quantize(work / "pruned.onnx", precision, path, batches=calib, method=cfg["quantize_method"],
-                 target="trt" if cfg["target"] == "trt" else "cpu")
+        try:
+            quantize(work / "pruned.onnx", precision, path, batches=calib, method=cfg["quantize_method"],
+                     target="trt" if cfg["target"] == "trt" else "cpu")
+        except CheckFailed as e:
+            failures.append(str(e))
+            log(f"{path.name}: not written: {e}")
+            continue
         runner = runners[f"pruned.{precision}"] = bench.OnnxRuntime(path, cfg["threads"])
         q = export.parity(bench.Torch(model), runner, batches, "pytorch (fp32)", cfg["parity_atol"], cfg["parity_rtol"])
         exports.append({"format": "onnx", "variant": "pruned", "precision": precision, "path": path.name,

@@ -150,3 +150,33 @@ def test_compress_writes_quantized_deployables_with_their_runtime_accuracy(tmp_p
     assert rows["pruned.int8"]["accuracy"] < 0.3 < rows["pruned"]["accuracy"]
     assert main(["compress", "--quantize", "int4"] + FAST + ["--out", str(tmp_path / "bad")]) == 2
     assert "unknown precision 'int4'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_a_precision_that_fails_to_convert_is_a_failure_that_keeps_the_rest(tmp_path, capsys, monkeypatch):
+    import json
+
+    import singe_deploy.quantize as Q
+    from singe_deploy.cli import main
+    from singe_deploy.errors import CheckFailed
+
+    from .test_cli import FAST
+
+    real = Q.quantize
+
+    def fails_int8(src, precision, dst, **kw):
+        if precision == "int8":
+            raise CheckFailed("int8 quantization of pruned.onnx failed (node Conv_3: unsupported); the fp32 file "
+                              "is still written")
+        return real(src, precision, dst, **kw)
+
+    monkeypatch.setattr(Q, "quantize", fails_int8)
+    out = tmp_path / "run"
+    argv = ["compress", "--data", "synthetic", "--model", "tests/conftest.py:tiny_factory", "--input-shape",
+            "1,1,12,12", "--round-to", "1", "--quantize", "int8,fp16", "--out", str(out)] + FAST
+    assert main(argv) == 1
+    assert "node Conv_3" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert {r["name"] for r in report["deployables"]} == {"dense", "pruned", "pruned.fp16"}
+    assert all(r["accuracy"] is None for r in report["deployables"])  # synthetic data: no accuracy
+    assert (out / "pruned.onnx").is_file() and (out / "pruned.fp16.onnx").is_file()
+    assert not (out / "pruned.int8.onnx").exists()

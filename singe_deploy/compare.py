@@ -34,6 +34,9 @@ def add_compare_arguments(p):
                    "e.g. singe:variant=completeness:path=unit (KEY is a compress option, singe_ implied for SInGE's)")
     p.add_argument("--rankings", metavar="NAME[,NAME]",
                    help="run every criterion with each of these rankings (global, raw, cost, local)")
+    p.add_argument("--distill-both", action="store_true",
+                   help="run every criterion with and without distillation from the dense model (--distill), to "
+                   "separate its effect from the criterion's")
     p.add_argument("--macs-reduction", default="2,3", metavar="X[,X]", help="MACs reductions (default: 2,3)")
     p.add_argument("--seeds", default="0,1,2", metavar="N[,N]", help="seeds (default: 0,1,2)")
     p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
@@ -73,15 +76,17 @@ def entry(text):
     return text, opts
 
 
-def plan(criteria, reductions, seeds, one_shot, rankings=None):
+def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None):
     """(run name, flowchart, per-run options) for every run, in a fixed order. Each criterion is a name or an
-    entry with options (see entry); with `rankings`, every criterion runs with each of them."""
+    entry with options (see entry); with `rankings`, every criterion runs with each of them, and with `distill`
+    (a list of False/True) with and without distillation from the dense model."""
     flowcharts = ["entwined"] + (["one-shot"] if one_shot else [])
     entries = [entry(c) for c in criteria]
-    if rankings:
-        crossed = [(f"{label}:ranking={r}" if "ranking" not in opts else label, dict({"ranking": r}, **opts))
-                   for label, opts in entries for r in rankings]
-        entries = list(dict((label, (label, opts)) for label, opts in crossed).values())
+    for key, values in (("ranking", rankings), ("distill", distill)):
+        if values:
+            crossed = [(f"{label}:{key}={str(v).lower()}" if key not in opts else label, dict({key: v}, **opts))
+                       for label, opts in entries for v in values]
+            entries = list(dict((label, (label, opts)) for label, opts in crossed).values())
     runs = []
     for flowchart in flowcharts:
         for x in reductions:
@@ -124,7 +129,8 @@ def run(args, log=print):
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     if work.exists() and not args.resume:
         shutil.rmtree(work)
-    runs = plan(criteria, reductions, seeds, args.one_shot, rankings)
+    distill = [False, True] if getattr(args, "distill_both", False) else None
+    runs = plan(criteria, reductions, seeds, args.one_shot, rankings, distill)
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
     (work / "runs").mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,9 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
                             cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
                             cfg["step_eval"], cfg["calib_samples"],
-                            CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None)
+                            CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None,
+                            **{k: cfg[k] for k in ("weight_decay", "momentum", "label_smoothing", "distill",
+                                                   "distill_t", "distill_alpha")})
         input_shape = [1] + list(shape)
         check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
         state = _resume_state(cfg, work) if ctx.main else None
@@ -307,7 +309,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
-                   checkpoint if ctx.main else None, log, finetuned, dense_channels)
+                   checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model)
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds

@@ -58,6 +58,12 @@ OPTIONS = [
     Option("finetune_iters", "int", 150, "fine-tuning iterations K after each pruning step"),
     Option("epochs", "float", 4.0, "epochs E of final fine-tuning"),
     Option("lr", "float", 0.05, "fine-tuning learning rate (cosine schedule)"),
+    Option("weight_decay", "float", 5e-4, "fine-tuning weight decay (SGD, not on biases and norms)"),
+    Option("momentum", "float", 0.9, "fine-tuning SGD momentum (Nesterov when > 0)"),
+    Option("label_smoothing", "float", 0.0, "fine-tuning cross-entropy label smoothing"),
+    Option("distill", "bool", False, "fine-tune against the dense model's logits too (knowledge distillation)"),
+    Option("distill_t", "float", 4.0, "distillation temperature T"),
+    Option("distill_alpha", "float", 0.5, "distillation weight: alpha x T^2 x KL + (1 - alpha) x cross-entropy"),
     Option("ranking", "str", "global", "how channels are allocated to layers: global = across groups, scores "
            "divided by the group mean; raw = across groups, scores as they are; cost = across groups, score per "
            "MAC (per param for a params target) a channel costs; local = the same fraction of every group",
@@ -286,6 +292,12 @@ def validate(cfg):
     for key in ("finetune_iters", "epochs", "lr", "latency_seconds", "parity_atol", "parity_rtol"):
         if cfg[key] < 0:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
+    for key, low, high in (("label_smoothing", 0, 1), ("momentum", 0, 1), ("distill_alpha", 0, 1.000001)):
+        if not low <= cfg[key] < high:
+            raise UserError(f"--{key.replace('_', '-')} must be in [{low}, {min(high, 1):g}"
+                            f"{']' if high > 1 else ')'}, got {cfg[key]:g}")
+    if cfg["weight_decay"] < 0 or cfg["distill_t"] <= 0:
+        raise UserError("--weight-decay must be >= 0 and --distill-t > 0")
     if cfg["round_to"] is not None and cfg["round_to"] < 1:
         raise UserError(f"--round-to must be >= 1, got {cfg['round_to']}")
     if not 0 < cfg["max_layer_ratio"] < 1:

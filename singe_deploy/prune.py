@@ -22,7 +22,7 @@ from .errors import UserError
 from .flops import count
 from .groups import all_groups, default_ignored
 from .plan import RANKINGS, Planner, apply_plan, channel_costs, measure, measure_pruned, search
-from .train import cycle, evaluate, train_epochs, train_iters
+from .train import Recipe, cycle, evaluate, train_epochs, train_iters
 
 
 @dataclass
@@ -53,6 +53,12 @@ class Schedule:
     step_eval: bool = True  # accuracy after every step (off: after the last one only)
     calib_samples: int | None = None  # at most this many calibration samples (None: all calib_batches)
     calib_macs: float | None = None  # or, when set and calib_samples is not, as many as this budget affords
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    distill: bool = False  # fine-tune against the dense model's logits too (prune() gets it as `teacher`)
+    distill_t: float = 4.0
+    distill_alpha: float = 0.5
 
     def __post_init__(self):
         if self.ranking not in RANKINGS:
@@ -107,7 +113,7 @@ def in_window(pruned, dense, reduction):
 
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
-          history=None, on_step=None, log=print, finetuned=False, dense_channels=None):
+          history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
@@ -115,9 +121,14 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     (calibration batches, fine-tuning and evaluation) or None (scoring needs no data and nothing is
     fine-tuned). on_step(step, model, records, phase="prune") is called after each step and after
     the final fine-tuning (phase "finetuned"), to checkpoint; start_step, history, finetuned and
-    dense_channels (the dict this run fills) resume from such a checkpoint.
+    dense_channels (the dict this run fills) resume from such a checkpoint. teacher: the dense model, which
+    fine-tuning distils from when schedule.distill (prune() copies `model` when it is not given).
     """
     target, schedule = as_target(target), as_schedule(schedule)
+    if schedule.distill and teacher is None:
+        teacher = copy.deepcopy(model).eval()
+    recipe = Recipe(schedule.weight_decay, schedule.momentum, schedule.label_smoothing,
+                    teacher if schedule.distill else None, schedule.distill_t, schedule.distill_alpha)
     shape = [1] + list(input_shape)[1:]
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
@@ -147,7 +158,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         t2 = time.time()
         if real and schedule.finetune_iters > 0:
             train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
-                        desc=f"fine-tune step {s + 1}", sharded=sharded)
+                        desc=f"fine-tune step {s + 1}", sharded=sharded, recipe=recipe)
         t3 = time.time()
         acc = evaluate(model, data.val) if real and (schedule.step_eval or s + 1 == schedule.steps) else None
         macs = count(model, shape).macs
@@ -164,7 +175,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     finetune_seconds = 0.0
     if real and schedule.epochs > 0 and not finetuned:
         t = time.time()
-        train_epochs(model, data.train, schedule.epochs, schedule.lr, desc="final fine-tune")
+        train_epochs(model, data.train, schedule.epochs, schedule.lr, desc="final fine-tune", recipe=recipe)
         finetune_seconds = round(time.time() - t, 2)
         if on_step:
             on_step(schedule.steps, model, records, "finetuned")

@@ -5,6 +5,7 @@ batch (see distributed.py); with one process they are plain loops."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,30 +42,62 @@ def cycle(loader):
         yield from loader
 
 
+@dataclass
+class Recipe:
+    """How fine-tuning trains, between pruning steps and at the end. With a teacher (the dense model) the loss is
+    distill_alpha x T^2 x KL(teacher || student at temperature T) + (1 - distill_alpha) x cross-entropy; the
+    teacher runs once per batch in eval mode, without gradients."""
+
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    teacher: object = None
+    distill_t: float = 4.0
+    distill_alpha: float = 0.5
+
+
+def recipe_loss(logits, y, recipe, teacher_logits=None):
+    """The summed (not averaged) loss of a batch under a Recipe."""
+    ce = F.cross_entropy(logits, y, reduction="sum", label_smoothing=recipe.label_smoothing)
+    if teacher_logits is None:
+        return ce
+    t, a = recipe.distill_t, recipe.distill_alpha
+    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="sum",
+                  log_target=True)
+    return a * t * t * kl + (1 - a) * ce
+
+
 def make_optimizer(model, lr, weight_decay=5e-4, momentum=0.9):
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.dim() <= 1 else decay).append(p)
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=True)
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum,
+                           nesterov=momentum > 0)
 
 
 def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", desc="fine-tune",
-                batches=None, sharded=None):
+                batches=None, sharded=None, recipe=None):
     """SGD for `iters` iterations over `loader` (cycled); returns the mean training loss (this rank's).
 
     On the device of distributed.current(); under torchrun, DDP over this rank's share of every global
     batch (`sharded`: the loader already yields this rank's share), each rank's summed loss divided by
-    the global batch size, so the averaged gradient is the global batch's mean gradient."""
+    the global batch size, so the averaged gradient is the global batch's mean gradient. `recipe` (a Recipe)
+    overrides weight_decay and adds label smoothing, momentum and distillation."""
     if iters <= 0:
         return None
+    recipe = recipe or Recipe(weight_decay=weight_decay)
     ctx = distributed.current()
     sharded = getattr(loader, "sharded", False) if sharded is None else sharded
     batches = batches if batches is not None else cycle(loader)
     home = next(model.parameters()).device
     model.to(ctx.device)
-    opt = make_optimizer(model, lr, weight_decay)
+    opt = make_optimizer(model, lr, recipe.weight_decay, recipe.momentum)
+    teacher = recipe.teacher
+    if teacher is not None:
+        teacher_home = next(teacher.parameters()).device
+        teacher.to(ctx.device).eval().requires_grad_(False)
     total = 0.0
     with distributed.data_parallel(model) as net:
         net.train()
@@ -78,7 +111,10 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
                 x, y = distributed.shard(x, y)
             x, y = nchw(x).to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             n = distributed.all_sum(torch.tensor([float(len(y))]))[0] if ctx.active else len(y)
-            loss = F.cross_entropy(net(x), y, reduction="sum") * (ctx.world / n)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            loss = recipe_loss(net(x), y, recipe, teacher_logits if teacher is not None else None) * (ctx.world / n)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -86,10 +122,12 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item() / ctx.world:.3f}")
     model.eval().to(home)
+    if teacher is not None:
+        teacher.to(teacher_home)
     return total / iters
 
 
-def train_epochs(model, loader, epochs, lr, weight_decay=5e-4, desc="train"):
+def train_epochs(model, loader, epochs, lr, weight_decay=5e-4, desc="train", recipe=None):
     """Cosine-scheduled SGD over whole epochs of `loader`."""
     iters = int(round(epochs * len(loader)))
-    return train_iters(model, loader, iters, lr, weight_decay, desc=desc)
+    return train_iters(model, loader, iters, lr, weight_decay, desc=desc, recipe=recipe)

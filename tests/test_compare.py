@@ -90,6 +90,15 @@ def test_entries_carry_their_own_options_and_rankings_cross_them():
     assert [o["ranking"] for _, _, o in fixed] == ["local"]  # an entry's own ranking wins
 
 
+def test_distillation_crosses_every_criterion_so_its_effect_stands_apart():
+    runs = compare.plan(["singe", "l2"], [2.0], [0, 1], one_shot=False, rankings=["global"], distill=[False, True])
+    labels = list(dict.fromkeys(opts["label"] for _, _, opts in runs))
+    assert labels == ["singe:ranking=global:distill=false", "singe:ranking=global:distill=true",
+                      "l2:ranking=global:distill=false", "l2:ranking=global:distill=true"]
+    assert [(o["distill"], o["seed"]) for _, _, o in runs[:4]] == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert len({name for name, _, _ in runs}) == len(runs) == 8
+
+
 @pytest.mark.parametrize("text", ["singe:variant", "singe:colour=red", "l2:seed=3", "singe:steps=many"])
 def test_bad_entries_are_bad_input(text):
     from singe_deploy.errors import UserError

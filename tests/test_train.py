@@ -1,0 +1,75 @@
+"""Fine-tuning: the loss under a Recipe (label smoothing, distillation from the dense model) and the teacher's
+place in it."""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from singe_deploy.train import Recipe, recipe_loss, train_iters
+
+from .conftest import TinyNet, batches
+
+
+def test_the_distillation_loss_is_the_hand_computed_one():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 2, 1])
+    recipe = Recipe(distill_t=2.0, distill_alpha=0.3)
+    p_t, log_p_s = torch.softmax(t / 2, 1), torch.log_softmax(s / 2, 1)
+    kl = (p_t * (torch.log(p_t) - log_p_s)).sum()
+    ce = -torch.log_softmax(s, 1)[torch.arange(3), y].sum()
+    assert torch.allclose(recipe_loss(s, y, recipe, t), 0.3 * 4 * kl + 0.7 * ce, atol=1e-5)
+    assert torch.allclose(recipe_loss(s, y, recipe), ce)  # no teacher: cross-entropy alone
+    smooth = Recipe(label_smoothing=0.1)
+    assert torch.allclose(recipe_loss(s, y, smooth), F.cross_entropy(s, y, reduction="sum", label_smoothing=0.1))
+
+
+def test_the_teacher_gets_no_gradient_and_is_not_trained():
+    torch.manual_seed(0)
+    student, teacher = TinyNet(), TinyNet()
+    before = copy.deepcopy(teacher.state_dict())
+    seen = []
+    teacher.register_forward_hook(lambda m, a, o: seen.append((m.training, torch.is_grad_enabled())))
+    data = iter(batches(n=3))
+    train_iters(student, None, 3, 0.05, batches=data, recipe=Recipe(teacher=teacher, distill_alpha=0.9))
+    assert seen == [(False, False)] * 3  # once per batch, in eval mode, without autograd
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_the_default_recipe_trains_as_before_and_distillation_changes_the_result():
+    def trained(recipe):
+        torch.manual_seed(0)
+        model = TinyNet()
+        torch.manual_seed(1)
+        train_iters(model, None, 3, 0.05, batches=iter(batches(n=3)), recipe=recipe)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = trained(None)
+    assert torch.equal(plain, trained(Recipe()))  # options off: the same weights as without a recipe
+    torch.manual_seed(2)
+    assert not torch.equal(plain, trained(Recipe(teacher=TinyNet(), distill_alpha=0.9)))
+
+
+def test_prune_distils_from_a_copy_of_the_dense_model_when_asked(monkeypatch):
+    import singe_deploy.prune as P
+    from singe_deploy.data import Data
+    from singe_deploy.importance import make_criterion
+
+    recipes = []
+    real = P.train_iters
+    monkeypatch.setattr(P, "train_iters", lambda *a, **k: recipes.append(k["recipe"]) or real(*a, **k))
+    data = Data("test", batches(n=2), batches(n=1, seed=1), 4, (1, 12, 12), True)
+    for distill in (False, True):
+        torch.manual_seed(0)
+        model = TinyNet()
+        dense = copy.deepcopy(model.state_dict())
+        P.prune(model, (1, 1, 12, 12), make_criterion("l2"), P.Target("macs", 1.5),
+                P.Schedule(steps=1, finetune_iters=2, epochs=0, round_to=1, distill=distill, distill_t=3.0,
+                           label_smoothing=0.1), data, log=lambda *a: None)
+        recipe = recipes[-1]
+        assert recipe.label_smoothing == 0.1 and recipe.distill_t == 3.0
+        if distill:  # the teacher is the model as it was before pruning
+            assert recipe.teacher is not model and all(torch.equal(dense[k], v)
+                                                       for k, v in recipe.teacher.state_dict().items())
+        else:
+            assert recipe.teacher is None

@@ -43,6 +43,9 @@ def test_int8_is_a_qdq_graph_with_per_channel_weights_close_to_fp32(fp32, tmp_pa
     conv = next(n for n in graph.node if n.op_type == "Conv")
     dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == conv.input[1])
     assert weights[dq.input[0]].dtype == np.int8 and weights[dq.input[1]].shape == (16,)  # one scale per channel
+    assert np.abs(weights[dq.input[0]].astype(int)).max() <= 64  # 7-bit weights on the CPU (reduce_range)
+    quantize_input = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    assert weights[quantize_input.input[2]].dtype == np.uint8  # uint8 activations (U8S8)
     a, b = _run(fp32, x), _run(path, x)
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max() and (a.argmax(1) == b.argmax(1)).mean() >= 0.8
 

@@ -1,7 +1,9 @@
-"""Which int8 form to default to: accuracy of the demo model's int8 files in each form, as onnxruntime runs them.
+"""Which int8 form to default to: accuracy of the demo model's int8 files in each form, as onnxruntime runs them,
+and (with --time MODEL.onnx) the latency of another model's int8 files in each form.
 
     python tools/int8_forms.py                       # shipped resnet20, Fashion-MNIST, first 2000 test images
     python tools/int8_forms.py --val-limit 10000 --calib-batches 8
+    python tools/int8_forms.py --time OUT/pruned.onnx --batch 8 --threads 1   # run it alone
 
 Each form is onnxruntime.quantization's static QDQ quantization (per-channel weights, minmax calibration on the
 first calibration batches), run by onnxruntime twice: with its graph optimisations (fused int8 kernels, what a
@@ -17,11 +19,64 @@ import tempfile
 from pathlib import Path
 
 FORMS = {  # name -> (activation type, extra options, reduce_range)
-    "S8S8 (default, cpu)": ("QInt8", {"WeightSymmetric": True, "ActivationSymmetric": False}, False),
-    "S8S8 symmetric (trt)": ("QInt8", {"WeightSymmetric": True, "ActivationSymmetric": True}, False),
+    "S8S8": ("QInt8", {"WeightSymmetric": True, "ActivationSymmetric": False}, False),
+    "S8S8 symmetric (--target trt)": ("QInt8", {"WeightSymmetric": True, "ActivationSymmetric": True}, False),
     "U8S8": ("QUInt8", {"WeightSymmetric": True}, False),
-    "U8S8 reduce-range": ("QUInt8", {"WeightSymmetric": True}, True),
+    "U8S8 reduce-range (--target cpu)": ("QUInt8", {"WeightSymmetric": True}, True),
 }
+
+
+def quantized(q, src, dst, reader, form):
+    act, extra, reduce_range = FORMS[form]
+    q.quantize_static(str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=getattr(q.QuantType, act), weight_type=q.QuantType.QInt8,
+                      reduce_range=reduce_range, extra_options=extra)
+    return dst
+
+
+def timed(path, x, threads, repeat=10):
+    """Median seconds of onnxruntime runs on x (after one warm-up)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"input": x})
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def time_forms(model, batch, threads):
+    """Median latency of `model` (fp32) and of its int8 files in each form (random calibration: speed only)."""
+    import numpy as np
+    from onnxruntime import quantization as q
+
+    from singe_deploy.bench import OnnxRuntime
+    from singe_deploy.quantize import _Reader
+
+    shape = [batch] + list(OnnxRuntime(model, 1).input_shape[1:])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    rows = [("fp32", timed(model, x, threads))]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        q.quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+        for form in FORMS:
+            path = quantized(q, pre, Path(tmp) / "int8.onnx", _Reader("input", calib), form)
+            rows.append((form, timed(path, x, threads)))
+    print(f"{model}, batch {batch}, {threads} thread(s), median of 10 runs\n")
+    print("| form | ms | speedup over fp32 |\n|---|---:|---:|")
+    for form, t in rows:
+        print(f"| {form} | {1000 * t:.1f} | {rows[0][1] / t:.2f}x |")
+    return rows
 
 
 def main(argv=None):
@@ -30,7 +85,13 @@ def main(argv=None):
     ap.add_argument("--calib-batches", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--time", metavar="MODEL.onnx", help="time this model's int8 forms instead (random inputs)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.time:
+        time_forms(args.time, args.batch, args.threads)
+        return 0
 
     import onnxruntime as ort
     import torch
@@ -54,11 +115,8 @@ def main(argv=None):
         rows.append({"form": "fp32", "optimised": runtime_accuracy(OnnxRuntime(fp32, 1), data.val), "float": None})
         pre = Path(tmp) / "pre.onnx"
         q.quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        for name, (act, extra, reduce_range) in FORMS.items():
-            path = Path(tmp) / "int8.onnx"
-            q.quantize_static(str(pre), str(path), _Reader("input", calib), quant_format=q.QuantFormat.QDQ,
-                              per_channel=True, activation_type=getattr(q.QuantType, act),
-                              weight_type=q.QuantType.QInt8, reduce_range=reduce_range, extra_options=extra)
+        for name in FORMS:
+            path = quantized(q, pre, Path(tmp) / "int8.onnx", _Reader("input", calib), name)
             row = {"form": name, "optimised": runtime_accuracy(OnnxRuntime(path, 1), data.val)}
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -155,6 +155,11 @@ def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters
         times, warm, wall, extra = _timed_on_gpu(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
     else:
         times, warm, wall, extra = _timed_on_host(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
+    return _stats(backend, batch_size, times, warm, wall, extra)
+
+
+def _stats(backend, batch_size, times, warm, wall, extra):
+    """The latency entry of one backend from its timed calls (ms) and the seconds they took."""
     ms = np.asarray(times)
     mean = float(ms.mean())
     return {
@@ -165,6 +170,32 @@ def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters
         "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra,
     }
+
+
+def measure_interleaved(backends, input_shape, batch_size=1, warmup_iters=10, min_iters=50, min_seconds=2.0, seed=0):
+    """measure() for several host backends at once, their calls interleaved (one call of each per round, the order
+    rotating), so that a machine whose speed drifts slows them all alike and their ratios hold. Returns one stats
+    dict per backend, in order."""
+    dtype = [getattr(b, "dtype", np.float32) for b in backends]
+    shape = [batch_size] + list(input_shape[1:])
+    x = [np.random.default_rng(seed).standard_normal(shape).astype(d) for d in dtype]
+    for b, xi in zip(backends, x):
+        for _ in range(warmup_iters):
+            b.infer(xi)
+    times = [[] for _ in backends]
+    begin, spent = time.perf_counter(), [0.0] * len(backends)
+    rounds = 0
+    while rounds < min_iters or time.perf_counter() - begin < min_seconds * len(backends):
+        for k in range(len(backends)):
+            i = (rounds + k) % len(backends)
+            t0 = time.perf_counter()
+            backends[i].infer(x[i])
+            dt = time.perf_counter() - t0
+            times[i].append(dt * 1000)
+            spent[i] += dt
+        rounds += 1
+    extra = {"timer": "host clock, input and output copies included; calls interleaved with the other files'"}
+    return [_stats(b, batch_size, ms, warmup_iters, wall, extra) for b, ms, wall in zip(backends, times, spent)]
 
 
 def _loop(step, warmup_seconds, warmup_iters, min_iters, min_seconds):

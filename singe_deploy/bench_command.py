@@ -41,6 +41,9 @@ def add_arguments(ap):
     ap.add_argument("--device-name", metavar="NAME", help="this device's name in tables (default: the host name)")
     ap.add_argument("--iters", type=int, default=50, metavar="N", help="at least this many timed iterations (default: 50)")
     ap.add_argument("--seconds", type=float, default=2.0, metavar="X", help="and at least this many seconds (default: 2)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="time the files together, one call of each in turn, so that drift in the machine's speed "
+                    "slows them alike and their ratios hold (onnxruntime and torch on the CPU; same input shape)")
     ap.add_argument("--out", metavar="FILE", help="write the latency file here (JSON)")
 
 
@@ -188,7 +191,7 @@ def measure_files(args):
             raise UserError(f"--{key} must be >= 1, got {getattr(args, key)}")
     if args.seconds < 0:
         raise UserError(f"--seconds must be >= 0, got {args.seconds:g}")
-    entries, models, notes = [], [], []
+    entries, models, notes, timed = [], [], [], []
     for path in expand(args.artifacts, args.backend):
         backend = _backend_for(path, args.backend)
         runner, declared, meta = runner_for(path, backend, args)
@@ -202,13 +205,24 @@ def measure_files(args):
         models.append({"path": str(path), "name": name, "variant": variant, "backend": backend,
                        **({"precision": precision} if precision else {}),
                        "input_shape": shape, "runner": runner.info(), **({"metadata": meta} if meta else {})})
+        labels = dict(variant=variant, model=name, file=path.name, **({"precision": precision} if precision else {}),
+                      **({"quantized": True} if meta.get("precision") in ("fp16", "int8") or
+                         f".{precision}." in path.name else {}),
+                      **({"provider": runner.provider} if backend == "onnxruntime" else {}))
+        timed.append((runner, shape, labels))
+    if getattr(args, "interleave", False):
+        if any(r.device != "cpu" for r, _, _ in timed) or len({tuple(s) for _, s, _ in timed}) > 1:
+            raise UserError("--interleave times files on the CPU with one input shape; drop it for GPU backends or "
+                            "files of different input sizes")
         for b in batches:
-            stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
-            entries.append(dict(stats, variant=variant, model=name, file=path.name,
-                                **({"precision": precision} if precision else {}),
-                                **({"quantized": True} if meta.get("precision") in ("fp16", "int8") or
-                                   f".{precision}." in path.name else {}),
-                                **({"provider": runner.provider} if backend == "onnxruntime" else {})))
+            stats = bench.measure_interleaved([r for r, _, _ in timed], timed[0][1], b, min_iters=args.iters,
+                                              min_seconds=args.seconds)
+            entries += [dict(st, **labels) for st, (_, _, labels) in zip(stats, timed)]
+    else:
+        for runner, shape, labels in timed:
+            for b in batches:
+                stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
+                entries.append(dict(stats, **labels))
     return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
             "device": device.describe(args.device_name, args.threads or bench.default_threads()),
             "models": models, "latency": entries, "notes": notes}

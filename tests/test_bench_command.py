@@ -149,3 +149,32 @@ def test_device_block_without_nvidia_smi(monkeypatch):
     block = device.describe("x", threads=2)
     assert block["gpus"] == [] and block["threads"] == 2 and block["cores_physical"] >= 1
     assert device.label({"name": "n", "gpus": [{"name": "Orin"}], "cpu": "ARM"}) == "n (Orin)"
+
+
+def test_interleaved_timing_takes_turns_and_keeps_the_ratio(compressed, tmp_path):
+    import time
+
+    from singe_deploy.bench import measure_interleaved
+
+    class Fake:
+        name, device = "fake", "cpu"
+
+        def __init__(self, seconds):
+            self.seconds, self.calls = seconds, []
+
+        def infer(self, x):
+            self.calls.append(time.perf_counter())
+            time.sleep(self.seconds)
+
+    slow, fast = Fake(0.004), Fake(0.002)
+    a, b = measure_interleaved([slow, fast], (1, 1, 4, 4), warmup_iters=2, min_iters=10, min_seconds=0)
+    assert a["iterations"] == b["iterations"] == 10 and "interleaved" in a["timer"]
+    assert 1.5 < a["median_ms"] / b["median_ms"] < 2.5
+    timed = sorted([(t, "slow") for t in slow.calls[2:]] + [(t, "fast") for t in fast.calls[2:]])
+    assert sum(1 for x, y in zip(timed, timed[1:]) if x[1] == y[1]) <= 10  # one after the other would give 18
+    out = tmp_path / "l.json"
+    assert main(["bench", str(compressed), "--interleave", "--batch-sizes", "1,2", "--out", str(out)] + FAST) == 0
+    data = json.loads(out.read_text())
+    assert schemas.errors(data, "latency") == []
+    assert [(e["variant"], e["batch_size"]) for e in data["latency"]] == [
+        ("dense", 1), ("pruned", 1), ("dense", 2), ("pruned", 2)]

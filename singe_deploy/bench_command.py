@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError, first_line
 from .files import write_atomic
+from .quantize import QUANTIZED
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".pt": "torch"}
@@ -66,7 +67,7 @@ def expand(artifacts, backend):
             raise UserError(f"{a} does not exist; pass an .onnx file, an engine, a pruned .pt or a compress folder")
         if p.is_dir():
             suffix = {"tensorrt": ".engine", "torch": ".pt"}.get(backend, ".onnx")
-            names = [f"{v}{suffix}" for v in VARIANTS] + ([f"pruned.{q}.onnx" for q in ("fp16", "int8")]
+            names = [f"{v}{suffix}" for v in VARIANTS] + ([f"pruned.{q}.onnx" for q in QUANTIZED]
                                                           if suffix == ".onnx" else [])
             found = [p / n for n in names if (p / n).is_file()]
             if not found:
@@ -200,14 +201,14 @@ def measure_files(args):
             notes.append(f"{path.name}: neither its metadata nor its name says dense or pruned; counted as dense "
                          "(pass --variant)")
         shape = input_shape(declared, args.input_shape, batches, path)
-        precision = meta.get("precision") or next((q for q in ("fp16", "int8") if f".{q}." in path.name), None)
+        precision = meta.get("precision") or next((q for q in QUANTIZED if f".{q}." in path.name), None)
+        quantized = precision in QUANTIZED  # a --quantize file, from its metadata or its name
         precision = precision or ("fp32" if backend == "onnxruntime" else None)
         models.append({"path": str(path), "name": name, "variant": variant, "backend": backend,
                        **({"precision": precision} if precision else {}),
                        "input_shape": shape, "runner": runner.info(), **({"metadata": meta} if meta else {})})
         labels = dict(variant=variant, model=name, file=path.name, **({"precision": precision} if precision else {}),
-                      **({"quantized": True} if meta.get("precision") in ("fp16", "int8") or
-                         f".{precision}." in path.name else {}),
+                      **({"quantized": True} if quantized else {}),
                       **({"provider": runner.provider} if backend == "onnxruntime" else {}))
         timed.append((runner, shape, labels))
     if getattr(args, "interleave", False):

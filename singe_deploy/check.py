@@ -21,10 +21,10 @@ import math
 from pathlib import Path
 
 from .errors import CheckFailed, UserError, first_line
+from .quantize import PRECISIONS
 
 STATS = {"median": "median_ms", "p90": "p90_ms"}
 RULE_KEYS = {"backend", "device", "batch_size", "stat", "ms", "variant", "provider", "precision"}
-PRECISIONS = ("fp32", "fp16", "int8")
 PER_PRECISION = {"min_accuracy": (0, 1, "a fraction (0.93 for 93%)"), "max_size_mb": (0, None, "megabytes")}
 SCALARS = {  # key -> (lower bound, upper bound, what)
     "max_macs": (0, None, "MACs per sample"),

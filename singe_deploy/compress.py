@@ -20,6 +20,7 @@ from . import bench, distributed, export, onnx_flops, report
 from .config import PER_RUN, to_yaml
 from .data import first_samples, make_data
 from .errors import CheckFailed, UserError, first_line
+from .quantize import QUANTIZED
 from .flops import CONVENTION, compare, count, disagreement
 from .importance import make_criterion
 from .models import (default_input_shape, is_dense_output, load_model, load_pruned, parse_spec, read_checkpoint,
@@ -450,8 +451,6 @@ def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, cost
     bar.close()
     return exports, latency, failures, _deployables(cfg, runners, exports, latency, data, costs, work, log)
 
-
-QUANTIZED = ("fp16", "int8")
 
 
 def _deployable(cfg, name):

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import CheckFailed, UserError, first_line
 
 PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZED = PRECISIONS[1:]  # what --quantize writes beside the fp32 files
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "trt")
 
@@ -29,7 +30,7 @@ def parse_precisions(text):
     values = [v.strip().lower() for v in str(text).split(",") if v.strip()]
     if values in ([], ["none"]):
         return []
-    bad = [v for v in values if v not in PRECISIONS[1:]]
+    bad = [v for v in values if v not in QUANTIZED]
     if bad:
         raise UserError(f"unknown precision '{bad[0]}'; use none, fp16, int8 or a list such as fp16,int8")
     return list(dict.fromkeys(values))

@@ -27,7 +27,7 @@ from .models import (default_input_shape, is_dense_output, load_model, load_prun
                      save_pruned, task_of)
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .progress import progress
-from .train import evaluate
+from .train import evaluate, precision
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 # the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
@@ -232,7 +232,8 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
                             cfg["step_eval"], cfg["calib_samples"],
                             CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None,
                             **{k: cfg[k] for k in ("weight_decay", "momentum", "label_smoothing", "distill",
-                                                   "distill_t", "distill_alpha")})
+                                                   "distill_t", "distill_alpha", "amp", "channels_last")})
+        precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
         input_shape = [1] + list(shape)
         check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
         state = _resume_state(cfg, work) if ctx.main else None
@@ -278,6 +279,13 @@ def _ignored(model, names):
 
 def _quiet(*args, **kwargs):
     pass
+
+
+def _training(schedule, device):
+    """How fine-tuning ran: the device, the precision and memory format that 'auto' resolved to."""
+    dtype, channels_last = precision(schedule.amp, schedule.channels_last, device)
+    return {"device": str(device), "precision": {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16"),
+            "channels_last": channels_last}
 
 
 def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None):
@@ -352,7 +360,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         "criterion": {"name": criterion.name, "options": dict(criterion.options, ranking=cfg["ranking"],
                                                               calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
-                     **schedule.__dict__},
+                     **schedule.__dict__, "training": _training(schedule, ctx.device)},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": exports, "latency": latency, "deployables": deployables,

@@ -59,6 +59,8 @@ class Schedule:
     distill: bool = False  # fine-tune against the dense model's logits too (prune() gets it as `teacher`)
     distill_t: float = 4.0
     distill_alpha: float = 0.5
+    amp: str = "auto"  # fine-tuning precision and memory format, see train.precision
+    channels_last: str = "auto"
 
     def __post_init__(self):
         if self.ranking not in RANKINGS:
@@ -128,7 +130,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     if schedule.distill and teacher is None:
         teacher = copy.deepcopy(model).eval()
     recipe = Recipe(schedule.weight_decay, schedule.momentum, schedule.label_smoothing,
-                    teacher if schedule.distill else None, schedule.distill_t, schedule.distill_alpha)
+                    teacher if schedule.distill else None, schedule.distill_t, schedule.distill_alpha, schedule.amp,
+                    schedule.channels_last)
     shape = [1] + list(input_shape)[1:]
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)

@@ -58,6 +58,7 @@ CASES = [
     (["--ignore-layers", "nope"], "does not have"),
     (["--cuda-graph"], "--cuda-graph times CUDA-graph replay on a GPU"),
     (["--trt-precision", "int8"], "must be one of"),
+    (["--amp", "fp16", "--train-device", "cpu", "--data", "synthetic"], "--amp fp16 needs a CUDA device"),
     (["--resume"], "--resume: no interrupted run was found"),
     (["--input-shape", "1,3,28,28"], "takes 1-channel input (conv1.weight is (16, 1, 3, 3) in the file) but the "
                                      "model was built for 3 channels (--input-shape or the data's); pass "
@@ -138,6 +139,7 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     d, p = report["dense"], report["pruned"]
     assert d["macs"] / 2 * 0.9 <= p["macs"] <= d["macs"] / 2 * 1.03 and report["target"]["hit"]
     assert 0 <= p["accuracy"] <= 1 and len(report["steps"]) == 2
+    assert report["schedule"]["training"] == {"device": "cpu", "precision": "fp32", "channels_last": False}
     assert {e["format"] for e in report["exports"]} == {"onnx", "torch"}
     assert all(e["parity"]["max_abs_diff"] < 1e-3 for e in report["exports"])
     graph = {e["variant"]: e["graph_count"] for e in report["exports"] if e["format"] == "onnx"}

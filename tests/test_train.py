@@ -2,12 +2,15 @@
 place in it."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from singe_deploy.train import Recipe, recipe_loss, train_iters
 
 from .conftest import TinyNet, batches
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
 def test_the_distillation_loss_is_the_hand_computed_one():
@@ -73,3 +76,59 @@ def test_prune_distils_from_a_copy_of_the_dense_model_when_asked(monkeypatch):
                                                        for k, v in recipe.teacher.state_dict().items())
         else:
             assert recipe.teacher is None
+
+
+def test_precision_resolves_auto_per_device_and_refuses_fp16_on_a_cpu(monkeypatch):
+    from singe_deploy.errors import UserError
+    from singe_deploy.train import precision
+
+    assert precision("auto", "auto", "cpu") == (None, False)  # fp32, contiguous: measured faster on CPUs
+    assert precision("bf16", "on", "cpu") == (torch.bfloat16, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision("auto", "auto", "cuda") == (torch.bfloat16, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision("auto", "off", "cuda") == (torch.float16, False)  # no bf16 on this GPU: fp16 with a scaler
+    assert precision("off", "auto", "cuda") == (None, True)
+    with pytest.raises(UserError, match="--amp fp16 needs a CUDA device"):
+        precision("fp16", "auto", "cpu")
+    with pytest.raises(UserError, match="--amp must be one of"):
+        precision("int8", "auto", "cpu")
+
+
+def _train_seen(recipe, device="cpu"):
+    """Weights after 3 iterations under `recipe`, and (conv input dtype, channels-last?, conv output dtype) seen."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    seen = []
+    model.grouped.register_forward_hook(lambda m, a, o: seen.append(
+        (a[0].dtype, a[0].is_contiguous(memory_format=torch.channels_last), o.dtype)))
+    from singe_deploy import distributed
+    old = distributed._current
+    distributed._current = distributed.Context(device=torch.device(device))
+    try:
+        train_iters(model, None, 3, 0.05, batches=iter(batches(n=3)), recipe=recipe)
+    finally:
+        distributed._current = old
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in model.parameters())
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), seen
+
+
+def test_options_off_train_as_before_and_bf16_and_channels_last_take_effect():
+    plain, seen = _train_seen(Recipe())
+    off, _ = _train_seen(Recipe(amp="off", channels_last="off"))
+    assert torch.equal(plain, off) and seen[0] == (torch.float32, False, torch.float32)
+    bf16, seen = _train_seen(Recipe(amp="bf16"))
+    assert seen[0][2] == torch.bfloat16  # the forward ran in bf16, the weights stayed fp32
+    assert not torch.equal(bf16, plain) and torch.allclose(bf16, plain, atol=0.05)
+    cl, seen = _train_seen(Recipe(channels_last="on"))
+    assert seen[0][1] and torch.allclose(cl, plain, atol=1e-4)  # the same function, another memory layout
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_amp_and_channels_last_on_cuda():
+    plain, _ = _train_seen(Recipe(amp="off", channels_last="off"), "cuda")
+    for amp in ("auto", "bf16", "fp16"):
+        weights, seen = _train_seen(Recipe(amp=amp), "cuda")
+        assert seen[0][2] in (torch.bfloat16, torch.float16) and seen[0][1]  # autocast and channels-last
+        assert torch.isfinite(weights).all() and torch.allclose(weights, plain, atol=0.05)

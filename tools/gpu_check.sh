@@ -2,7 +2,8 @@
 # One script for a GPU machine (any NVIDIA GPU with CUDA PyTorch): the gpu-marked tests, then
 # compress of torchvision:resnet50 (synthetic 224x224, 2x fewer MACs) with the best GPU target there
 # (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio,
-# then SInGE scoring on the GPU with path steps batched (vmap) against one by one, then (2+ GPUs)
+# then SInGE scoring on the GPU with path steps batched (vmap) against one by one, then fine-tuning throughput
+# in fp32, bf16/fp16 autocast and channels-last (tools/train_throughput.py), then (2+ GPUs)
 # compress under torchrun with nccl against one GPU.
 #   tools/gpu_check.sh [OUT_DIR]      about 4-7 minutes on one H100
 set -euo pipefail
@@ -45,6 +46,9 @@ python tools/bench_scoring.py --device cuda --model torchvision:resnet50 --data 
   --input-shape 1,3,224,224 --batch-size 32 --calib-batches 2 --repeat 2 --singe-batch-steps 1,2,4,8,auto
 python tools/bench_scoring.py --device cuda --batch-size 128 --calib-batches 4 --repeat 2 \
   --singe-batch-steps 1,2,4,8,auto
+python tools/train_throughput.py --device cuda --model torchvision:resnet50 --input-shape 1,3,224,224 \
+  --num-classes 1000 --batch-size 64 --iters 20 --repeat 3
+python tools/train_throughput.py --device cuda --batch-size 512 --iters 50 --repeat 3 --distill
 # compress under torchrun with nccl (needs 2 GPUs and Fashion-MNIST): same channels as one GPU, and the times
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   for n in 1 2; do

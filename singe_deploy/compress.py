@@ -27,7 +27,8 @@ from .models import (default_input_shape, is_dense_output, load_model, load_prun
                      save_pruned, task_of)
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .progress import progress
-from .train import evaluate, precision
+from .train import evaluate
+from .train import precision as train_precision
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 # the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
@@ -81,6 +82,22 @@ def check_target(cfg):
         raise UserError("--device cuda needs a CUDA GPU and none was found; use --device cpu")
 
 
+def _target(cfg):
+    if cfg["latency_budget_ms"]:
+        return Target("latency", None, cfg["latency_budget_ms"])
+    key = next(k for k in ("macs_reduction", "params_reduction", "latency_reduction") if cfg[k])
+    return Target(key.split("_")[0], cfg[key])
+
+
+def _timer(cfg, input_shape):
+    """What a latency target is timed with (None for a MACs or params target)."""
+    if not (cfg["latency_reduction"] or cfg["latency_budget_ms"]):
+        return None
+    from .latency import timer_for
+
+    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"])
+
+
 def default_out(cfg):
     name = parse_spec(cfg["model"])[2].replace("/", "_")
     return Path("singe-deploy-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -101,7 +118,7 @@ def prepare(cfg, log=print):
     if out.exists() and not cfg["force"] and main:
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     criterion = _make(cfg, None)  # options checked before any loading
-    target = Target("macs", cfg["macs_reduction"]) if cfg["macs_reduction"] else Target("params", cfg["params_reduction"])
+    target = _target(cfg)
     kind = parse_spec(cfg["model"])[0]
     shape = sample_shape(cfg)
     data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
@@ -233,9 +250,11 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
                             CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None,
                             **{k: cfg[k] for k in ("weight_decay", "momentum", "label_smoothing", "distill",
                                                    "distill_t", "distill_alpha", "amp", "channels_last")})
-        precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
+        train_precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
         input_shape = [1] + list(shape)
-        check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
+        if p["target"].metric != "latency":  # a latency target is checked against its table, once measured
+            check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
+        _timer(cfg, input_shape)
         state = _resume_state(cfg, work) if ctx.main else None
     except UserError as e:
         error = e
@@ -283,7 +302,7 @@ def _quiet(*args, **kwargs):
 
 def _training(schedule, device):
     """How fine-tuning ran: the device, the precision and memory format that 'auto' resolved to."""
-    dtype, channels_last = precision(schedule.amp, schedule.channels_last, device)
+    dtype, channels_last = train_precision(schedule.amp, schedule.channels_last, device)
     return {"device": str(device), "precision": {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, "fp16"),
             "channels_last": channels_last}
 
@@ -318,7 +337,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
-                   checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model)
+                   checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
+                   timer=_timer(cfg, input_shape), latency_table=cfg["latency_table"])
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds
@@ -341,9 +361,14 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
-    before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
-    achieved = before / after
-    hit = in_window(after, before, target.reduction)
+    if result.latency is not None:  # measured against the dense model at the end of prune()
+        lat = result.latency
+        target, achieved, hit = Target("latency", lat["reduction"]), lat["achieved"], lat["hit"]
+        window = "measured pruned <= measured dense/X*1.03"
+    else:
+        before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
+        achieved, hit = before / after, in_window(after, before, target.reduction)
+        window = "dense/X*0.9 <= pruned <= dense/X*1.03"
     if not hit:
         failures.append(f"target {target.metric} / {target.reduction:g} missed: got / {achieved:.3f}")
     rep = {
@@ -356,7 +381,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
                                                               accuracy_before_finetune=acc_before),
         "reduction": {"macs": dense_costs.macs / pruned_costs.macs, "params": dense_costs.params / pruned_costs.params},
         "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
-                   "window": "dense/X*0.9 <= pruned <= dense/X*1.03"},
+                   "window": window, **({"latency": result.latency} if result.latency else {})},
         "criterion": {"name": criterion.name, "options": dict(criterion.options, ranking=cfg["ranking"],
                                                               calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",

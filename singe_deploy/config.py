@@ -54,6 +54,13 @@ OPTIONS = [
            "SInGE: path points per vmapped pass, N or auto (1 on CPU; on CUDA the faster way, timed on the first batch)"),
     Option("macs_reduction", "float", None, "prune until MACs <= dense / X (default 2 when no target is given)"),
     Option("params_reduction", "float", None, "prune until params <= dense / X"),
+    Option("latency_reduction", "float", None, "prune until the measured latency <= dense / X, on the --target's "
+           "backend (onnx: onnxruntime on this CPU; torch: PyTorch on --device) at --latency-batch"),
+    Option("latency_budget_ms", "float", None, "prune until the measured latency <= T ms (as --latency-reduction)"),
+    Option("latency_batch", "int", 1, "batch size latency targets are timed at"),
+    Option("latency_table", "str", None, "latency table file for latency targets: read when it was measured for "
+           "this model, input shape, backend, device, batch and threads, else measured and written there "
+           "(default: a file in ~/.cache/singe-deploy/latency)"),
     Option("steps", "int", 4, "pruning steps S of the entwined flowchart"),
     Option("finetune_iters", "int", 150, "fine-tuning iterations K after each pruning step"),
     Option("epochs", "float", 4.0, "epochs E of final fine-tuning"),
@@ -122,6 +129,7 @@ OPTIONS = [
     Option("resume", "bool", False, "continue an interrupted run into the same --out"),
 ]
 BY_NAME = {o.name: o for o in OPTIONS}
+TARGETS = ("macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms")  # one of them
 
 
 def defaults():
@@ -279,14 +287,17 @@ def validate(cfg):
     unknown = set(cfg) - set(BY_NAME)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))}")
-    if cfg["macs_reduction"] is not None and cfg["params_reduction"] is not None:
-        raise UserError("give either --macs-reduction or --params-reduction, not both")
-    if cfg["macs_reduction"] is None and cfg["params_reduction"] is None:
+    given = [k for k in TARGETS if cfg[k] is not None]
+    if len(given) > 1:
+        raise UserError(f"give one target, not {' and '.join('--' + k.replace('_', '-') for k in given)}")
+    if not given:
         cfg["macs_reduction"] = 2.0
-    for key in ("macs_reduction", "params_reduction"):
+    if cfg["latency_budget_ms"] is not None and not cfg["latency_budget_ms"] > 0:
+        raise UserError(f"--latency-budget-ms must be > 0, got {cfg['latency_budget_ms']:g}")
+    for key in ("macs_reduction", "params_reduction", "latency_reduction"):
         if cfg[key] is not None and not cfg[key] > 1:
             raise UserError(f"--{key.replace('_', '-')} must be > 1 (pruned = dense / X), got {cfg[key]:g}")
-    positive = ("batch_size", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps", "nproc",
+    positive = ("batch_size", "latency_batch", "steps", "calib_batches", "latency_iters", "parity_batches", "singe_steps", "nproc",
                 "singe_replicas", "calib_samples", "parity_samples")
     for key in positive:
         if cfg[key] is not None and cfg[key] < 1:

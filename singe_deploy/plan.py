@@ -280,10 +280,15 @@ class Predictor(_Costs):
                 + sum(w * shapes[n][0] // 3 for n, w in self.rows.items()))
 
 
-def search(planner, model, example, input_shape, metric, target, desc):
+def search(planner, model, example, input_shape, metric, target, desc, predict=None):
     """Lowest level whose pruned copy meets `target` (bisection on levels); returns (plan, cost, reached,
     measured): levels are costed by the Predictor where it is exact and the chosen one is measured on a pruned
-    copy; where it is not (or the measurement disagrees), every level tried is measured (`measured` True)."""
+    copy; where it is not (or the measurement disagrees), every level tried is measured (`measured` True).
+    `predict` (counts -> cost) replaces both, for latency: a prediction, measured once the pruning is done."""
+    if predict is not None:
+        cost = _Predicted(predict)
+        counts, reached = _bisect(planner, cost, target, None)
+        return planner.removals(counts), cost(counts), reached, False
     predictor = Predictor.build(planner, model, input_shape, metric)
     real = _Measured(planner, model, example, input_shape, metric)
     if predictor is not None:
@@ -292,6 +297,11 @@ def search(planner, model, example, input_shape, metric, target, desc):
             return planner.removals(counts), real(counts), reached, False
     counts, reached = _bisect(planner, real, target, desc)
     return planner.removals(counts), real(counts), reached, True
+
+
+class _Predicted(_Costs):
+    def __init__(self, predict):
+        self._cost, self.cache = predict, {}
 
 
 class _Measured(_Costs):

@@ -12,6 +12,7 @@ of `round_to` (per block for grouped convolutions).
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -27,13 +28,18 @@ from .train import Recipe, cycle, evaluate, train_epochs, train_iters
 
 @dataclass
 class Target:
-    metric: str  # "macs" or "params"
-    reduction: float
+    metric: str  # "macs", "params" or "latency" (measured; see latency.py)
+    reduction: float | None
+    budget_ms: float | None = None  # latency only, instead of a reduction: prune until latency <= this
 
     def __post_init__(self):
-        if self.metric not in ("macs", "params"):
-            raise UserError(f"unknown target metric '{self.metric}'; use macs or params")
-        if not self.reduction > 1:
+        if self.metric not in ("macs", "params", "latency"):
+            raise UserError(f"unknown target metric '{self.metric}'; use macs, params or latency")
+        if self.budget_ms is not None:
+            if self.metric != "latency" or not self.budget_ms > 0:
+                raise UserError(f"a budget in ms is a latency target and must be > 0, got {self.budget_ms}")
+            return
+        if self.reduction is None or not self.reduction > 1:
             raise UserError(f"--{self.metric}-reduction must be > 1 (it divides the dense {self.metric}), "
                             f"got {self.reduction}")
 
@@ -87,17 +93,22 @@ class PruneResult:
     steps: list = field(default_factory=list)
     target_met: bool = True  # see in_window
     finetune_seconds: float = 0.0  # the final fine-tuning
+    latency: dict | None = None  # latency targets: dense, predicted and measured ms, the table and how it was timed
 
 
 def as_target(target):
-    """A Target from a Target or a dict like {"macs_reduction": 2} / {"params_reduction": 3}."""
+    """A Target from a Target or a dict like {"macs_reduction": 2}, {"params_reduction": 3},
+    {"latency_reduction": 2} or {"latency_budget_ms": 5}."""
     if isinstance(target, Target):
         return target
     if isinstance(target, dict) and len(target) == 1:
         (key, value), = target.items()
-        if key in ("macs_reduction", "params_reduction"):
+        if key in ("macs_reduction", "params_reduction", "latency_reduction"):
             return Target(key.split("_")[0], float(value))
-    raise UserError(f"target {target!r} must be {{'macs_reduction': X}} or {{'params_reduction': X}}")
+        if key == "latency_budget_ms":
+            return Target("latency", None, float(value))
+    raise UserError(f"target {target!r} must be {{'macs_reduction': X}}, {{'params_reduction': X}}, "
+                    "{'latency_reduction': X} or {'latency_budget_ms': T}")
 
 
 def as_schedule(schedule):
@@ -115,7 +126,8 @@ def in_window(pruned, dense, reduction):
 
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
-          history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None):
+          history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None, timer=None,
+          latency_table=None):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
@@ -125,6 +137,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     the final fine-tuning (phase "finetuned"), to checkpoint; start_step, history, finetuned and
     dense_channels (the dict this run fills) resume from such a checkpoint. teacher: the dense model, which
     fine-tuning distils from when schedule.distill (prune() copies `model` when it is not given).
+    A latency target needs `timer` (latency.timer_for) and measures a latency table first, or reads it from
+    `latency_table` (a path) when that holds one for this model and timer; the levels are then chosen by the
+    table's prediction and the pruned model is timed against the dense one at the end.
     """
     target, schedule = as_target(target), as_schedule(schedule)
     if schedule.distill and teacher is None:
@@ -136,7 +151,12 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
     records = list(history or [])
-    dense_cost = records[0]["dense"] if records else measure(model, shape, target.metric)
+    table, dense_model = None, None
+    if target.metric == "latency":
+        table, table_path, target = _latency_setup(model, example, shape, ignored, schedule, target, timer,
+                                                   latency_table, records, log)
+        dense_model = copy.deepcopy(model).eval() if not records else None
+    dense_cost = records[0]["dense"] if records else (table.dense_ms if table else measure(model, shape, target.metric))
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
     sharded = getattr(data, "sharded", False)  # the loaders already yield this rank's share
@@ -150,10 +170,13 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape, log if s == start_step else None)
         scores = criterion.score(model, groups, batches, sharded)
         t1 = time.time()
-        costs = channel_costs(model, groups, shape, target.metric) if schedule.ranking == "cost" else None
+        costs = None
+        if schedule.ranking == "cost":
+            costs = table.channel_costs(groups, names) if table else channel_costs(model, groups, shape, target.metric)
         planner = Planner(model, groups, scores, dense_channels, schedule, names, costs)
         plan, cost, reached, _ = search(planner, model, example, shape, target.metric, step_target,
-                                        desc=f"plan step {s + 1}/{schedule.steps}")
+                                        desc=f"plan step {s + 1}/{schedule.steps}",
+                                        predict=(lambda c, p=planner: table.predict(p, c)) if table else None)
         if s == 0 and not reached and schedule.steps == 1:
             _unreachable(target, dense_cost, cost)
         apply_plan(model, plan, example, graph)
@@ -169,6 +192,10 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         rec = StepRecord(s + 1, step_target, macs, params, acc, sum(len(i) for _, _, i in plan),
                          round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), n_calib).__dict__
         rec["dense"] = dense_cost
+        if table is not None:
+            rec["latency_predicted_ms"] = cost
+            if not records:
+                rec["latency_table"] = str(table_path)
         records.append(rec)
         if on_step:
             on_step(s + 1, model, records)
@@ -182,8 +209,59 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         finetune_seconds = round(time.time() - t, 2)
         if on_step:
             on_step(schedule.steps, model, records, "finetuned")
+    if table is not None:
+        info = _latency_result(timer, dense_model, model, table, records, target)
+        return PruneResult(model, records, info["hit"], finetune_seconds, info)
     final = measure(model, shape, target.metric)
     return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds)
+
+
+def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log):
+    """(table, its path, the target as a reduction) for a latency target: the table is measured on the dense model
+    (or read: see latency.load_or_measure), and on resume read from where the first step recorded it."""
+    from . import latency
+
+    if timer is None:
+        raise UserError("a latency target needs a timer: prune(..., timer=latency.timer_for(target, input_shape))")
+    planner = None
+    if records and records[0].get("latency_table"):
+        path = records[0]["latency_table"]
+        table = latency.LatencyTable.read(path)
+    else:
+        _, groups = all_groups(model, example, ignored)
+        names = {id(m): n for n, m in model.named_modules()}
+        planner = Planner(model, groups, [torch.ones(len(g[0].idxs)) for g in groups], {}, schedule, names,
+                          [1.0] * len(groups))
+        table, path = latency.load_or_measure(path, planner, model, example, timer, shape, log)
+    if target.budget_ms is not None:
+        if target.budget_ms >= table.dense_ms:
+            raise UserError(f"--latency-budget-ms {target.budget_ms:g} is above the dense model's "
+                            f"{table.dense_ms:.3f} ms ({table.key['backend']}): nothing to prune; lower the budget")
+        target = Target("latency", table.dense_ms / target.budget_ms)
+    if planner is not None:
+        smallest = table.predict(planner, planner.counts(planner.levels))
+        if smallest > table.dense_ms / target.reduction:
+            raise UserError(f"latency {table.dense_ms / target.reduction:.3f} ms (dense {table.dense_ms:.3f} ms / "
+                            f"{target.reduction:.3g}) is unreachable: the smallest latency these layers, "
+                            f"--max-layer-ratio and --round-to allow is {smallest:.3f} ms (predicted); lower the "
+                            "reduction or raise the budget")
+    return table, path, target
+
+
+def _latency_result(timer, dense_model, model, table, records, target, rounds=3):
+    """The pruned model timed against the dense one (alternately, medians of `rounds`), the prediction beside it;
+    the target is hit when measured <= dense / X x 1.03."""
+    dense, pruned = [], []
+    for _ in range(rounds):
+        if dense_model is not None:  # None after a resume: the table's dense time stands in
+            dense.append(timer(dense_model))
+        pruned.append(timer(model))
+    dense_ms = statistics.median(dense) if dense else table.dense_ms
+    measured = statistics.median(pruned)
+    return {"dense_ms": dense_ms, "measured_ms": measured, "predicted_ms": records[-1].get("latency_predicted_ms"),
+            "table_dense_ms": table.dense_ms, "reduction": target.reduction, "achieved": dense_ms / measured,
+            "hit": measured <= dense_ms / target.reduction * 1.03, "table": str(records[0].get("latency_table")),
+            "timer": table.key}
 
 
 MIN_CALIB_SAMPLES = 16

@@ -58,6 +58,10 @@ CASES = [
     (["--ignore-layers", "nope"], "does not have"),
     (["--cuda-graph"], "--cuda-graph times CUDA-graph replay on a GPU"),
     (["--trt-precision", "int8"], "must be one of"),
+    (["--latency-reduction", "2", "--macs-reduction", "2"], "give one target, not --macs-reduction and "
+                                                            "--latency-reduction"),
+    (["--latency-budget-ms", "-1"], "--latency-budget-ms must be > 0"),
+    (["--latency-reduction", "2", "--target", "torch", "--device", "cuda"], "CUDA"),
     (["--amp", "fp16", "--train-device", "cpu", "--data", "synthetic"], "--amp fp16 needs a CUDA device"),
     (["--resume"], "--resume: no interrupted run was found"),
     (["--input-shape", "1,3,28,28"], "takes 1-channel input (conv1.weight is (16, 1, 3, 3) in the file) but the "

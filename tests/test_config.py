@@ -48,7 +48,7 @@ def test_missing_config_file(tmp_path):
 
 @pytest.mark.parametrize("argv,match", [
     (["--macs-reduction", "1"], "must be > 1"),
-    (["--macs-reduction", "2", "--params-reduction", "2"], "not both"),
+    (["--macs-reduction", "2", "--params-reduction", "2"], "give one target, not --macs-reduction and --params-reduction"),
     (["--input-shape", "3,224,224"], "1,C,H,W"),
     (["--max-layer-ratio", "1.5"], "between 0 and 1"),
     (["--steps", "0"], ">= 1"),

@@ -1,0 +1,183 @@
+"""Latency as a pruning target: a table of measured latency per dependency group, and the prediction the planner
+searches with.
+
+The model is additive: latency(kept channels) = dense + the sum over groups of (table_g(kept_g) - dense), where
+table_g is measured by timing the whole model with only group g narrowed, at a few kept counts (linear in
+between). Tables are cached on disk under a key (model architecture, input shape, backend, runtime version,
+device, batch, threads) and measured again when the key changes.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import bench
+from .device import cpu_model
+from .errors import UserError
+from .files import write_atomic
+from .progress import progress
+
+POINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of a group's removable channels timed (1.0: the most allowed)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "singe-deploy" / "latency"
+
+
+class OnnxTimer:
+    """Median latency (ms) of a model exported to ONNX and run by onnxruntime on this CPU."""
+
+    def __init__(self, input_shape, batch=1, threads=None, min_iters=30, min_seconds=0.5, opset=18):
+        self.shape, self.batch, self.opset = list(input_shape), batch, opset
+        self.threads = threads or bench.default_threads()
+        self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
+
+    def __call__(self, model):
+        from .export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            export_onnx(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
+            backend = bench.OnnxRuntime(path, self.threads)
+            return bench.measure(backend, self.shape, self.batch, **self.limits)["median_ms"]
+
+    def key(self):
+        import onnxruntime
+
+        return {"backend": "onnxruntime", "version": onnxruntime.__version__, "device": cpu_model(),
+                "threads": self.threads, "batch": self.batch}
+
+
+class TorchTimer:
+    """Median latency (ms) of the model in PyTorch on a CPU or a CUDA GPU (CUDA events there)."""
+
+    def __init__(self, input_shape, batch=1, device="cpu", threads=None, min_iters=30, min_seconds=0.5):
+        self.shape, self.batch, self.device, self.threads = list(input_shape), batch, device, threads
+        self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
+
+    def __call__(self, model):
+        backend = bench.Torch(copy.deepcopy(model), self.device, self.threads)
+        return bench.measure(backend, self.shape, self.batch, **self.limits)["median_ms"]
+
+    def key(self):
+        name = torch.cuda.get_device_name() if self.device == "cuda" else cpu_model()
+        return {"backend": "torch", "version": torch.__version__, "device": f"{self.device}: {name}",
+                "threads": self.threads or torch.get_num_threads(), "batch": self.batch}
+
+
+def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18):
+    """The timer of a deployment target: onnxruntime on this CPU for onnx, PyTorch on `device` for torch."""
+    if target == "onnx":
+        return OnnxTimer(input_shape, batch, threads, opset=opset)
+    if target == "torch":
+        return TorchTimer(input_shape, batch, device, threads)
+    raise UserError(f"latency targets time the model on --target onnx or --target torch; --target {target} is not "
+                    "supported for them yet: prune for --target onnx --latency-reduction X, or use --macs-reduction")
+
+
+def architecture(model):
+    """A fingerprint of the model's layers and weight shapes (not its weights)."""
+    text = repr(model) + repr([(n, tuple(p.shape)) for n, p in model.named_parameters()])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class LatencyTable:
+    """Measured latency of the model with each group narrowed: {root layer: [(kept root channels, ms), ...]}."""
+
+    def __init__(self, dense_ms, groups, key):
+        self.dense_ms, self.groups, self.key = float(dense_ms), groups, key
+
+    @classmethod
+    def measure(cls, planner, model, example, timer, key, log=print):
+        """Time the dense model, then each entry of `planner` narrowed to POINTS of its removable channels."""
+        from .plan import apply_plan
+
+        trials = [(i, r) for i, entry in enumerate(planner.entries) for r in _removals(planner, i)]
+        log(f"latency table: timing the model {len(trials) + 1} times ({len(planner.entries)} groups)")
+        dense = timer(model)
+        groups = {}
+        for i, r in progress(trials, desc="latency table", unit="model"):
+            name = planner.entries[i][0]
+            counts = [0] * len(planner.entries)
+            counts[i] = r
+            narrowed = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
+            total = len(planner.groups[i][0].idxs)
+            groups.setdefault(name, [[total, dense]]).append([total - len(planner.removed(i, r)), timer(narrowed)])
+        return cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
+
+    def at(self, name, kept):
+        """Latency with only `name`'s group at `kept` root channels (linear between measured points, clamped)."""
+        points = self.groups.get(name)
+        if not points:
+            return self.dense_ms
+        if kept <= points[0][0]:
+            return points[0][1]
+        for (k0, t0), (k1, t1) in zip(points, points[1:]):
+            if kept <= k1:
+                return t0 + (t1 - t0) * (kept - k0) / max(k1 - k0, 1)
+        return points[-1][1]
+
+    def predict(self, planner, counts):
+        """Predicted latency of the model pruned by planner counts: the dense time plus, for each of the planner's
+        groups, what its kept width changes in the table (groups the planner does not hold count as dense)."""
+        total = self.dense_ms
+        for i, r in enumerate(counts):
+            name, now = planner.entries[i][0], len(planner.groups[i][0].idxs)
+            total += self.at(name, now - (len(planner.removed(i, r)) if r > 0 else 0)) - self.dense_ms
+        return total
+
+    def channel_costs(self, groups, names):
+        """What one root channel of each group costs in ms near its current width (for ranking 'cost')."""
+        costs = []
+        for g in groups:
+            name, now = names[id(g[0].dep.target.module)], len(g[0].idxs)
+            points = [p for p in self.groups.get(name, []) if p[0] < now]
+            costs.append(max(self.at(name, now) - points[-1][1], 0.0) / (now - points[-1][0]) if points else 0.0)
+        return costs
+
+    @classmethod
+    def read(cls, path):
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(data["dense_ms"], data["groups"], data["key"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"latency table {path} cannot be read ({e.__class__.__name__}); delete it to measure "
+                            "again") from None
+
+    def to_json(self):
+        return {"key": self.key, "dense_ms": self.dense_ms, "groups": self.groups}
+
+
+def _removals(planner, i):
+    """Channels per block to remove from entry i at each of POINTS, multiples of its quantum, without repeats."""
+    _, _, _, blocks, _, most = planner.entries[i]
+    q = planner._quantum(blocks, planner.units[i])
+    return sorted({int(f * most) // q * q for f in POINTS} - {0})
+
+
+def table_key(model, input_shape, timer):
+    return {"model": architecture(model), "input_shape": list(input_shape), **timer.key()}
+
+
+def load_or_measure(path, planner, model, example, timer, input_shape, log=print):
+    """The table at `path` when its key matches this model and timer, else a new measurement written there."""
+    key = table_key(model, input_shape, timer)
+    path = Path(path) if path else CACHE / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+                                            + ".json")
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if data.get("key") == key:
+            log(f"latency table: {path} (measured before for this model, input shape, backend and device)")
+            return LatencyTable(data["dense_ms"], data["groups"], key), path
+        log(f"latency table: {path} was measured for another model, shape, backend or device; measuring again")
+    table = LatencyTable.measure(planner, model, example, timer, key, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table.to_json(), indent=1)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return table, path

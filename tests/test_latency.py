@@ -1,0 +1,156 @@
+"""Latency targets: the per-group table, its cache, its prediction, and the planner meeting it, with a fake
+(deterministic) timer whose latency is a step function of every conv's output channels, as on hardware with
+tiles of 8 channels."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from singe_deploy import latency
+from singe_deploy.errors import UserError
+from singe_deploy.groups import all_groups, default_ignored
+from singe_deploy.importance import make_criterion
+from singe_deploy.plan import Planner
+from singe_deploy.prune import Schedule, prune
+
+from .conftest import TinyNet
+
+SHAPE = (1, 1, 12, 12)
+
+
+class TileTimer:
+    """ms = 1 + per conv, its weight (ms per tile) x tiles of 8 output channels; counts its calls."""
+
+    def __init__(self, weights=None, batch=1):
+        self.weights, self.batch, self.calls = weights or {}, batch, 0
+
+    def __call__(self, model):
+        self.calls += 1
+        return 1.0 + sum(self.weights.get(n, 0.1) * math.ceil(m.out_channels / 8)
+                         for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+    def key(self):
+        return {"backend": "fake", "version": "1", "device": "test", "threads": 1, "batch": self.batch}
+
+
+def _planner(model, ranking="global", costs=None, scores=None):
+    example = torch.zeros(SHAPE)
+    _, groups = all_groups(model, example, default_ignored(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    scores = scores or [torch.ones(len(g[0].idxs)) for g in groups]
+    return Planner(model, groups, scores, {}, Schedule(ranking=ranking, round_to=8), names,
+                   costs if costs is not None else [1.0] * len(groups)), groups, names
+
+
+def test_the_table_predicts_the_fake_timer_exactly_at_multiples_of_its_tiles(tmp_path):
+    torch.manual_seed(0)
+    model, timer = TinyNet(), TileTimer()
+    planner, _, _ = _planner(model)
+    table, path = latency.load_or_measure(tmp_path / "t.json", planner, model, torch.zeros(SHAPE), timer, SHAPE,
+                                          log=lambda *a: None)
+    assert table.dense_ms == pytest.approx(timer(model)) and path.is_file()
+    from singe_deploy.plan import apply_plan
+    for level in (0, planner.levels // 3, planner.levels // 2, planner.levels):
+        counts = planner.counts(level)
+        pruned = apply_plan(__import__("copy").deepcopy(model), planner.removals(counts), torch.zeros(SHAPE))
+        assert table.predict(planner, counts) == pytest.approx(timer(pruned))
+
+
+def test_the_cache_is_reused_only_for_the_same_key(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    planner, _, _ = _planner(model)
+    path, quiet = tmp_path / "t.json", (lambda *a: None)
+    first = TileTimer()
+    latency.load_or_measure(path, planner, model, torch.zeros(SHAPE), first, SHAPE, quiet)
+    assert first.calls > 1
+    again = TileTimer()
+    table, _ = latency.load_or_measure(path, planner, model, torch.zeros(SHAPE), again, SHAPE, quiet)
+    assert again.calls == 0 and table.dense_ms == pytest.approx(first(model))
+    for changed, shape, timer in ((model, SHAPE, TileTimer(batch=8)),  # another batch size
+                                  (model, (1, 1, 16, 16), TileTimer()),  # another input shape
+                                  (TinyNet(num_classes=5), SHAPE, TileTimer())):  # another architecture
+        table, _ = latency.load_or_measure(path, planner, changed, torch.zeros(shape), timer, shape, quiet)
+        assert timer.calls > 1 and json.loads(path.read_text())["key"] == table.key
+    path.write_text("{not json")
+    timer = TileTimer()
+    latency.load_or_measure(path, planner, model, torch.zeros(SHAPE), timer, SHAPE, quiet)
+    assert timer.calls > 1  # a corrupt cache is measured again, not a crash
+
+
+def test_a_synthetic_table_is_met_exactly_and_cost_ranking_follows_it():
+    torch.manual_seed(0)
+    model = TinyNet()
+    planner, groups, names = _planner(model)
+    entries = [e[0] for e in planner.entries]
+    slow = entries[0]  # only this group costs time: 1 ms per removed channel
+    n = len(planner.groups[0][0].idxs)
+    table = latency.LatencyTable(10.0, {slow: [[0, 10.0 - n], [n, 10.0]]}, {})
+    assert table.at(slow, n - 8) == pytest.approx(10.0 - 8) and table.at(slow, n) == 10.0
+    costs = table.channel_costs(groups, names)
+    assert costs[[names[id(g[0].dep.target.module)] for g in groups].index(slow)] == pytest.approx(1.0)
+    cost_planner, _, _ = _planner(model, "cost", costs)
+    from singe_deploy.plan import search
+    plan, cost, reached, _ = search(cost_planner, model, None, SHAPE, "latency", 10.0 - 8, None,
+                                    predict=lambda c: table.predict(cost_planner, c))
+    assert reached and cost == pytest.approx(10.0 - 8)  # 8 channels of the slow group, exactly the target
+    assert [name for name, _, _ in plan] == [slow]  # groups that cost no time are left alone
+
+
+def _data():
+    from singe_deploy.data import Data
+
+    from .conftest import batches
+    return Data("test", batches(n=2), batches(n=1, seed=1), 4, (1, 12, 12), True)
+
+
+def test_prune_meets_a_latency_target_measured_by_the_timer(tmp_path):
+    torch.manual_seed(0)
+    model, timer = TinyNet(), TileTimer()
+    dense = timer(model)
+    result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": 1.3},
+                   Schedule(steps=2, finetune_iters=0, epochs=0, round_to=8), None, timer=timer,
+                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    lat = result.latency
+    assert result.target_met and lat["hit"] and lat["measured_ms"] == pytest.approx(timer(model))
+    assert lat["measured_ms"] <= dense / 1.3 * 1.03 and lat["dense_ms"] == pytest.approx(dense)
+    assert lat["predicted_ms"] == pytest.approx(lat["measured_ms"])  # additive and exact for this timer
+    assert result.steps[0]["latency_table"] == str(tmp_path / "t.json")
+
+
+def test_budgets_that_cannot_be_met_are_bad_input(tmp_path):
+    torch.manual_seed(0)
+    model, timer = TinyNet(), TileTimer()
+    dense = timer(model)
+    run = dict(schedule=Schedule(steps=1, finetune_iters=0, epochs=0), timer=timer, log=lambda *a: None,
+               latency_table=tmp_path / "t.json")
+    with pytest.raises(UserError, match="above the dense model's"):
+        prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_budget_ms": dense * 2}, **run)
+    with pytest.raises(UserError, match="the smallest latency .* allow is [0-9.]+ ms"):
+        prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_budget_ms": 0.5}, **run)
+    with pytest.raises(UserError, match="needs a timer"):
+        prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_reduction": 2}, Schedule())
+
+
+def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figures(tmp_path, capsys):
+    import jsonschema
+
+    from singe_deploy.cli import main
+    from singe_deploy.schemas import load
+
+    out, table = tmp_path / "run", tmp_path / "table.json"
+    argv = ["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--model",
+            "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--steps", "1", "--finetune-iters", "0",
+            "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table)]
+    code = main(argv)
+    assert code in (0, 1)  # 1: the timed model missed the target, which a busy machine can cause
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, load("report"))
+    target = report["target"]
+    lat = target["latency"]
+    assert target["metric"] == "latency" and target["hit"] == (code == 0) and lat["timer"]["backend"] == "onnxruntime"
+    assert lat["measured_ms"] > 0 and lat["predicted_ms"] > 0 and target["achieved"] == lat["dense_ms"] / lat["measured_ms"]
+    assert json.loads(table.read_text())["key"] == lat["timer"] and lat["table"] == str(table)
+    assert report["pruned"]["macs"] < report["dense"]["macs"] and "latency table: timing" in capsys.readouterr().out

@@ -23,7 +23,8 @@ from .errors import CheckFailed, UserError
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
 # flags override them)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
-PER_RUN = ("criterion", "macs_reduction", "params_reduction", "seed") + WHERE_TO_WRITE
+PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms",
+           "seed") + WHERE_TO_WRITE
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 
@@ -38,6 +39,9 @@ def add_compare_arguments(p):
                    help="run every criterion with and without distillation from the dense model (--distill), to "
                    "separate its effect from the criterion's")
     p.add_argument("--macs-reduction", default="2,3", metavar="X[,X]", help="MACs reductions (default: 2,3)")
+    p.add_argument("--latency-reduction", metavar="X[,X]",
+                   help="measured latency reductions instead of MACs ones (timed as compress --latency-reduction does, "
+                   "one latency table for every run): criteria and rankings compared at equal measured latency")
     p.add_argument("--seeds", default="0,1,2", metavar="N[,N]", help="seeds (default: 0,1,2)")
     p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: singe-deploy-out/compare-<time>)")
@@ -76,10 +80,11 @@ def entry(text):
     return text, opts
 
 
-def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None):
+def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None, metric="macs"):
     """(run name, flowchart, per-run options) for every run, in a fixed order. Each criterion is a name or an
     entry with options (see entry); with `rankings`, every criterion runs with each of them, and with `distill`
-    (a list of False/True) with and without distillation from the dense model."""
+    (a list of False/True) with and without distillation from the dense model. `metric`: what the reductions
+    reduce, macs or latency."""
     flowcharts = ["entwined"] + (["one-shot"] if one_shot else [])
     entries = [entry(c) for c in criteria]
     for key, values in (("ranking", rankings), ("distill", distill)):
@@ -92,11 +97,12 @@ def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None):
         for x in reductions:
             for label, copts in entries:
                 for seed in seeds:
-                    opts = dict(copts, macs_reduction=x, seed=seed, label=label)
+                    opts = dict(copts, seed=seed, label=label, **{f"{metric}_reduction": x})
                     if flowchart == "one-shot":
                         opts.update(steps=1, finetune_iters=0)
                     folder = label.replace(":", "+").replace("=", "-")
-                    runs.append((f"{folder}-x{x:g}-s{seed}-{flowchart}", flowchart, opts))
+                    tag = "x" if metric == "macs" else "lat"
+                    runs.append((f"{folder}-{tag}{x:g}-s{seed}-{flowchart}", flowchart, opts))
     return runs
 
 
@@ -106,7 +112,7 @@ def _options(opts):
 
 def run(args, log=print):
     from .compress import run as compress
-    from .config import resolve, validate
+    from .config import TARGETS, resolve, validate
     from .launch import launched
 
     if launched():
@@ -117,9 +123,11 @@ def run(args, log=print):
 
     if rankings and any(r not in RANKINGS for r in rankings):
         raise UserError(f"--rankings must be among {', '.join(RANKINGS)}, got {args.rankings}")
-    reductions = _list(args.macs_reduction, float, "--macs-reduction")
+    metric = "latency" if getattr(args, "latency_reduction", None) else "macs"
+    flag = f"--{metric}-reduction"
+    reductions = _list(getattr(args, f"{metric}_reduction"), float, flag)
     if any(not x > 1 for x in reductions):
-        raise UserError(f"--macs-reduction values must be > 1, got {args.macs_reduction}")
+        raise UserError(f"{flag} values must be > 1, got {getattr(args, f'{metric}_reduction')}")
     seeds = _list(args.seeds, int, "--seeds")
     shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in PER_RUN})
     base = resolve(shared, DEFAULTS)
@@ -130,7 +138,8 @@ def run(args, log=print):
     if work.exists() and not args.resume:
         shutil.rmtree(work)
     distill = [False, True] if getattr(args, "distill_both", False) else None
-    runs = plan(criteria, reductions, seeds, args.one_shot, rankings, distill)
+    runs = plan(criteria, reductions, seeds, args.one_shot, rankings, distill, metric)
+    base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -151,7 +160,7 @@ def run(args, log=print):
             log(f"[{i}/{len(runs)}] {name}: done earlier")
         rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))
         dense = rows[-1]["dense_accuracy"]
-    result = {"runs": rows, "criteria": criteria, "macs_reductions": reductions, "seeds": seeds,
+    result = {"runs": rows, "criteria": criteria, f"{metric}_reductions": reductions, "seeds": seeds,
               "options": {k: base[k] for k in base if k not in PER_RUN}}
     (work / "compare.json").write_text(json.dumps(result, indent=1))
     (work / "compare.md").write_text(markdown(rows, base))
@@ -165,8 +174,10 @@ def run(args, log=print):
 
 def row(rep, name, flowchart, opts):
     steps = rep.get("steps", [])
-    return {"name": name, "criterion": opts.get("label", opts["criterion"]), "macs_reduction": opts["macs_reduction"],
-            "seed": opts["seed"], "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
+    lat = rep["target"].get("latency") or {}
+    return {"name": name, "criterion": opts.get("label", opts["criterion"]), "macs_reduction": opts.get("macs_reduction"),
+            "latency_reduction": opts.get("latency_reduction"), "latency_ms": lat.get("measured_ms"),
+            "dense_latency_ms": lat.get("dense_ms"), "seed": opts["seed"], "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
             "accuracy_before_finetune": rep["pruned"].get("accuracy_before_finetune"),
             "dense_accuracy": rep["dense"]["accuracy"], "macs": rep["pruned"]["macs"],
             "params": rep["pruned"]["params"], "achieved_reduction": rep["target"]["achieved"],
@@ -181,17 +192,23 @@ def _stats(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def reduction(r):
+    """A run's target reduction: of latency when it had a latency target, else of MACs."""
+    return r.get("latency_reduction") or r["macs_reduction"]
+
+
 def summary(rows):
-    """(flowchart, reduction, criterion) -> mean/std of accuracy, MACs, params and score time."""
+    """(flowchart, reduction, criterion) -> mean/std of accuracy, MACs, params, latency and score time."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["flowchart"], r["macs_reduction"], r["criterion"]), []).append(r)
+        groups.setdefault((r["flowchart"], reduction(r), r["criterion"]), []).append(r)
     out = {}
     for key, rs in groups.items():
         acc, acc_std = _stats([r["accuracy"] for r in rs])
         out[key] = {"accuracy": acc, "accuracy_std": acc_std, "n": len(rs),
                     "macs": statistics.fmean(r["macs"] for r in rs), "params": statistics.fmean(r["params"] for r in rs),
                     "score_seconds": statistics.fmean(r["score_seconds"] for r in rs),
+                    "latency_ms": _stats([r.get("latency_ms") for r in rs])[0],
                     "targets_hit": sum(r["target_hit"] for r in rs)}
     return out
 
@@ -209,21 +226,24 @@ def markdown(rows, cfg):
     dense = _stats([r["dense_accuracy"] for r in rows])[0]
     if dense is not None:
         lines += [f"Dense accuracy: {dense:.4f}.", ""]
+    latency = any(r.get("latency_reduction") for r in rows)
+    what, extra = ("lower measured latency", " latency ms |") if latency else ("fewer MACs", "")
     for flowchart in dict.fromkeys(r["flowchart"] for r in rows):
-        for x in dict.fromkeys(r["macs_reduction"] for r in rows):
+        for x in dict.fromkeys(reduction(r) for r in rows):
             keys = [k for k in s if k[0] == flowchart and k[1] == x]
             if not keys:
                 continue
             best = max((s[k]["accuracy"] for k in keys if s[k]["accuracy"] is not None), default=None)
-            lines += [f"## {flowchart}, {x:g}x fewer MACs", "",
-                      "| criterion | accuracy | runs | MACs | params | targets hit | score s |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"## {flowchart}, {x:g}x {what}", "",
+                      f"| criterion | accuracy | runs | MACs | params |{extra} targets hit | score s |",
+                      "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if latency else "")]
             for k in sorted(keys, key=lambda k: -(s[k]["accuracy"] or 0)):
                 v = s[k]
                 acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.4f} +- {v['accuracy_std']:.4f}"
                 if v["accuracy"] is not None and v["accuracy"] == best:
                     acc = f"**{acc}**"
-                lines.append(f"| {k[2]} | {acc} | {v['n']} | {v['macs']:,.0f} | {v['params']:,.0f} | "
+                ms = f" {v['latency_ms']:.3f} |" if latency and v["latency_ms"] is not None else " n/a |" * latency
+                lines.append(f"| {k[2]} | {acc} | {v['n']} | {v['macs']:,.0f} | {v['params']:,.0f} |{ms} "
                              f"{v['targets_hit']}/{v['n']} | {v['score_seconds']:.2f} |")
             lines.append("")
     return "\n".join(lines)
@@ -246,10 +266,12 @@ def plot(rows, path):
                 ax.errorbar([k[1] for k in keys], [s[k]["accuracy"] for k in keys],
                             yerr=[s[k]["accuracy_std"] for k in keys], fmt=style, capsize=3, color=colors[criterion],
                             label=f"{criterion} ({flowchart})")
-    ax.set_xlabel("MACs reduction (dense / pruned)")
+    latency = any(r.get("latency_reduction") for r in rows)
+    ax.set_xlabel(f"{'measured latency' if latency else 'MACs'} reduction (dense / pruned)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -95,7 +95,9 @@ def _timer(cfg, input_shape):
         return None
     from .latency import timer_for
 
-    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"])
+    limits = dict(min_iters=min(cfg["latency_iters"], 30), min_seconds=min(cfg["latency_seconds"], 0.5))
+    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"],
+                     **limits)
 
 
 def default_out(cfg):

@@ -103,8 +103,8 @@ OPTIONS = [
     Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
            "the TensorRT profile spans them"),
     Option("threads", "int", None, "onnxruntime/torch threads for latency (default: physical cores)"),
-    Option("latency_iters", "int", 50, "at least this many timed iterations"),
-    Option("latency_seconds", "float", 2.0, "and at least this many seconds"),
+    Option("latency_iters", "int", 50, "at least this many timed iterations (latency tables: at most 30 of them)"),
+    Option("latency_seconds", "float", 2.0, "and at least this many seconds (latency tables: at most 0.5)"),
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
     Option("parity_rtol", "float", 1e-5, "relative tolerance on top of it: an output passes where |diff| <= "
            "parity_atol + parity_rtol x the sample's largest |output|, for models with large outputs"),

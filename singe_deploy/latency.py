@@ -28,7 +28,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "singe-
 
 
 class OnnxTimer:
-    """Median latency (ms) of a model exported to ONNX and run by onnxruntime on this CPU."""
+    """Median latency (ms) of a model exported to ONNX and run by onnxruntime on this CPU.
+
+    Tables time dozens of variants, so each is exported with torch's TorchScript exporter, 10x faster than the
+    dynamo exporter that writes compress's files (docs/latency.md); where it fails, with the dynamo one."""
 
     def __init__(self, input_shape, batch=1, threads=None, min_iters=30, min_seconds=0.5, opset=18):
         self.shape, self.batch, self.opset = list(input_shape), batch, opset
@@ -36,11 +39,9 @@ class OnnxTimer:
         self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
 
     def __call__(self, model):
-        from .export import export_onnx
-
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
-            export_onnx(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
+            _export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
             backend = bench.OnnxRuntime(path, self.threads)
             return bench.measure(backend, self.shape, self.batch, **self.limits)["median_ms"]
 
@@ -68,12 +69,29 @@ class TorchTimer:
                 "threads": self.threads or torch.get_num_threads(), "batch": self.batch}
 
 
-def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18):
-    """The timer of a deployment target: onnxruntime on this CPU for onnx, PyTorch on `device` for torch."""
+def _export_fast(model, shape, path, opset):
+    import contextlib
+    import io
+    import warnings
+
+    from .export import export_onnx
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(shape),), str(path), dynamo=False, opset_version=opset)
+    except Exception:  # the TorchScript exporter is not there or cannot trace this model
+        export_onnx(model, shape, path, opset)
+
+
+def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18, **limits):
+    """The timer of a deployment target: onnxruntime on this CPU for onnx, PyTorch on `device` for torch.
+    limits: min_iters, min_seconds of each timing."""
     if target == "onnx":
-        return OnnxTimer(input_shape, batch, threads, opset=opset)
+        return OnnxTimer(input_shape, batch, threads, opset=opset, **limits)
     if target == "torch":
-        return TorchTimer(input_shape, batch, device, threads)
+        return TorchTimer(input_shape, batch, device, threads, **limits)
     raise UserError(f"latency targets time the model on --target onnx or --target torch; --target {target} is not "
                     "supported for them yet: prune for --target onnx --latency-reduction X, or use --macs-reduction")
 

@@ -20,6 +20,25 @@ def test_plan_covers_every_combination_in_a_fixed_order():
                        {"criterion": "singe", "macs_reduction": 2.0, "seed": 0, "label": "singe"})
 
 
+def test_compare_at_equal_measured_latency_runs_every_planner_on_one_table(tmp_path):
+    out, table = tmp_path / "cmp", tmp_path / "table.json"
+    code = main(["compare", "--criteria", "l1", "--rankings", "global,cost", "--latency-reduction", "1.2", "--seeds",
+                 "0", "--data", "synthetic", "--model", "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24",
+                 "--latency-table", str(table), "--latency-iters", "10", "--latency-seconds", "0", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["latency_reductions"] == [1.2] and len(result["runs"]) == 2
+    names = [r["name"] for r in result["runs"]]
+    assert names == ["l1+ranking-global-lat1.2-s0-entwined", "l1+ranking-cost-lat1.2-s0-entwined"]
+    for r in result["runs"]:
+        report = json.loads((out / "runs" / r["name"] / "report.json").read_text())
+        assert report["target"]["metric"] == "latency" and r["latency_ms"] == report["target"]["latency"]["measured_ms"]
+        assert report["target"]["latency"]["table"] == str(table) and report["criterion"]["options"]["ranking"] in names[
+            result["runs"].index(r)]
+    md = (out / "compare.md").read_text()
+    assert "## entwined, 1.2x lower measured latency" in md and "| latency ms |" in md
+
+
 @needs_fashion
 def test_compare_writes_json_markdown_and_plot(tmp_path, capsys):
     out = tmp_path / "cmp"

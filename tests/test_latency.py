@@ -143,7 +143,8 @@ def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figur
     out, table = tmp_path / "run", tmp_path / "table.json"
     argv = ["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--model",
             "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--steps", "1", "--finetune-iters", "0",
-            "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table)]
+            "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table),
+            "--latency-iters", "10", "--latency-seconds", "0"]
     code = main(argv)
     assert code in (0, 1)  # 1: the timed model missed the target, which a busy machine can cause
     report = json.loads((out / "report.json").read_text())
@@ -154,3 +155,17 @@ def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figur
     assert lat["measured_ms"] > 0 and lat["predicted_ms"] > 0 and target["achieved"] == lat["dense_ms"] / lat["measured_ms"]
     assert json.loads(table.read_text())["key"] == lat["timer"] and lat["table"] == str(table)
     assert report["pruned"]["macs"] < report["dense"]["macs"] and "latency table: timing" in capsys.readouterr().out
+
+
+def test_the_onnx_timer_falls_back_to_the_dynamo_exporter(monkeypatch):
+    real, used = torch.onnx.export, []
+
+    def export(*args, dynamo=True, **kwargs):
+        used.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("no TorchScript exporter here")
+        return real(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    ms = latency.OnnxTimer(SHAPE, min_iters=3, min_seconds=0)(TinyNet())
+    assert ms > 0 and used == [False, True]

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -24,26 +25,42 @@ from .files import write_atomic
 from .progress import progress
 
 POINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of a group's removable channels timed (1.0: the most allowed)
+DENSE_TIMINGS = 5  # unpaired timers: the dense model's time is the median of this many, spread over the table
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "singe-deploy" / "latency"
 
 
-class OnnxTimer:
-    """Median latency (ms) of a model exported to ONNX and run by onnxruntime on this CPU.
+class _Timer:
+    """Times models on one backend: runner(model) makes its runner, timer(model) is a median in ms, and
+    pair(a, b) times two runners interleaved (one call of each in turn), so that the machine's drift slows both
+    alike and their ratio holds."""
+
+    def __init__(self, input_shape, batch, threads, min_iters, min_seconds):
+        self.shape, self.batch, self.threads = list(input_shape), batch, threads
+        self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
+
+    def __call__(self, model):
+        return bench.measure(self.runner(model), self.shape, self.batch, **self.limits)["median_ms"]
+
+    def pair(self, a, b):
+        stats = bench.measure_interleaved([a, b], self.shape, self.batch, **self.limits)
+        return stats[0]["median_ms"], stats[1]["median_ms"]
+
+
+class OnnxTimer(_Timer):
+    """Models exported to ONNX and run by onnxruntime on this CPU.
 
     Tables time dozens of variants, so each is exported with torch's TorchScript exporter, 10x faster than the
     dynamo exporter that writes compress's files (docs/latency.md); where it fails, with the dynamo one."""
 
     def __init__(self, input_shape, batch=1, threads=None, min_iters=30, min_seconds=0.5, opset=18):
-        self.shape, self.batch, self.opset = list(input_shape), batch, opset
-        self.threads = threads or bench.default_threads()
-        self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
+        super().__init__(input_shape, batch, threads or bench.default_threads(), min_iters, min_seconds)
+        self.opset = opset
 
-    def __call__(self, model):
-        with tempfile.TemporaryDirectory() as tmp:
+    def runner(self, model):
+        with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
             path = Path(tmp) / "m.onnx"
             _export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
-            backend = bench.OnnxRuntime(path, self.threads)
-            return bench.measure(backend, self.shape, self.batch, **self.limits)["median_ms"]
+            return bench.OnnxRuntime(path, self.threads)
 
     def key(self):
         import onnxruntime
@@ -52,16 +69,15 @@ class OnnxTimer:
                 "threads": self.threads, "batch": self.batch}
 
 
-class TorchTimer:
-    """Median latency (ms) of the model in PyTorch on a CPU or a CUDA GPU (CUDA events there)."""
+class TorchTimer(_Timer):
+    """The model in PyTorch on a CPU or a CUDA GPU."""
 
     def __init__(self, input_shape, batch=1, device="cpu", threads=None, min_iters=30, min_seconds=0.5):
-        self.shape, self.batch, self.device, self.threads = list(input_shape), batch, device, threads
-        self.limits = dict(min_iters=min_iters, min_seconds=min_seconds)
+        super().__init__(input_shape, batch, threads, min_iters, min_seconds)
+        self.device = device
 
-    def __call__(self, model):
-        backend = bench.Torch(copy.deepcopy(model), self.device, self.threads)
-        return bench.measure(backend, self.shape, self.batch, **self.limits)["median_ms"]
+    def runner(self, model):
+        return bench.Torch(copy.deepcopy(model), self.device, self.threads)
 
     def key(self):
         name = torch.cuda.get_device_name() if self.device == "cuda" else cpu_model()
@@ -110,20 +126,38 @@ class LatencyTable:
 
     @classmethod
     def measure(cls, planner, model, example, timer, key, log=print):
-        """Time the dense model, then each entry of `planner` narrowed to POINTS of its removable channels."""
+        """Time the dense model, then each entry of `planner` narrowed to POINTS of its removable channels. With a
+        timer that pairs (see _Timer), each narrowed model is timed interleaved with the dense one and its point is
+        the dense median x their ratio; otherwise each is timed alone, the dense model DENSE_TIMINGS times."""
         from .plan import apply_plan
 
         trials = [(i, r) for i, entry in enumerate(planner.entries) for r in _removals(planner, i)]
-        log(f"latency table: timing the model {len(trials) + 1} times ({len(planner.entries)} groups)")
-        dense = timer(model)
-        groups = {}
-        for i, r in progress(trials, desc="latency table", unit="model"):
-            name = planner.entries[i][0]
+        paired = hasattr(timer, "pair")
+        log(f"latency table: timing {len(trials)} narrowed models ({len(planner.entries)} groups)"
+            + (", each interleaved with the dense one" if paired else ""))
+        base = timer.runner(model) if paired else None
+        if paired:
+            timer.pair(base, base)  # warm-up: a process's first timings run slow
+        dense, raw, widths = [] if paired else [timer(model)], [], {}
+        every = max(1, len(trials) // (DENSE_TIMINGS - 1))
+        for k, (i, r) in enumerate(progress(trials, desc="latency table", unit="model")):
             counts = [0] * len(planner.entries)
             counts[i] = r
             narrowed = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
-            total = len(planner.groups[i][0].idxs)
-            groups.setdefault(name, [[total, dense]]).append([total - len(planner.removed(i, r)), timer(narrowed)])
+            name = planner.entries[i][0]
+            widths[name] = len(planner.groups[i][0].idxs)
+            if paired:
+                d, v = timer.pair(base, timer.runner(narrowed))
+                dense.append(d)
+                raw.append((name, widths[name] - len(planner.removed(i, r)), v / d))
+            else:
+                raw.append((name, widths[name] - len(planner.removed(i, r)), timer(narrowed)))
+                if (k + 1) % every == 0 and len(dense) < DENSE_TIMINGS:
+                    dense.append(timer(model))
+        dense = statistics.median(dense) if dense else timer(model)
+        groups = {n: [[w, dense]] for n, w in widths.items()}
+        for name, kept, value in raw:
+            groups[name].append([kept, dense * value if paired else value])
         return cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
 
     def at(self, name, kept):

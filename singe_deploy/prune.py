@@ -249,13 +249,20 @@ def _latency_setup(model, example, shape, ignored, schedule, target, timer, path
 
 
 def _latency_result(timer, dense_model, model, table, records, target, rounds=3):
-    """The pruned model timed against the dense one (alternately, medians of `rounds`), the prediction beside it;
-    the target is hit when measured <= dense / X x 1.03."""
+    """The pruned model timed against the dense one (interleaved where the timer pairs, else alternately; medians
+    of `rounds`), the prediction beside it; the target is hit when measured <= dense / X x 1.03."""
     dense, pruned = [], []
-    for _ in range(rounds):
-        if dense_model is not None:  # None after a resume: the table's dense time stands in
-            dense.append(timer(dense_model))
-        pruned.append(timer(model))
+    if dense_model is not None and hasattr(timer, "pair"):
+        a, b = timer.runner(dense_model), timer.runner(model)
+        for _ in range(rounds):
+            d, p = timer.pair(a, b)
+            dense.append(d)
+            pruned.append(p)
+    else:
+        for _ in range(rounds):
+            if dense_model is not None:  # None after a resume: the table's dense time stands in
+                dense.append(timer(dense_model))
+            pruned.append(timer(model))
     dense_ms = statistics.median(dense) if dense else table.dense_ms
     measured = statistics.median(pruned)
     return {"dense_ms": dense_ms, "measured_ms": measured, "predicted_ms": records[-1].get("latency_predicted_ms"),

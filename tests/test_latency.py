@@ -169,3 +169,26 @@ def test_the_onnx_timer_falls_back_to_the_dynamo_exporter(monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", export)
     ms = latency.OnnxTimer(SHAPE, min_iters=3, min_seconds=0)(TinyNet())
     assert ms > 0 and used == [False, True]
+
+
+class ConvexTimer(TileTimer):
+    """ms = 1 + 1e-4 x (all conv output channels)^2: narrowing two groups saves less than the two savings added, so
+    the table's additive prediction is too optimistic and only the measurement can tell."""
+
+    def __call__(self, model):
+        self.calls += 1
+        return 1.0 + 1e-4 * sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) ** 2
+
+
+def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path):
+    torch.manual_seed(0)
+    model, timer = TinyNet(), ConvexTimer()
+    dense = timer(model)
+    result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": 1.4},
+                   Schedule(steps=1, finetune_iters=0, epochs=0, round_to=1), None, timer=timer,
+                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    lat = result.latency
+    assert lat["corrections"] >= 1 and result.steps[-1]["correction"] and len(result.steps) == 1 + lat["corrections"]
+    assert result.steps[0]["latency_predicted_ms"] <= dense / 1.4  # the first plan met the prediction, not the timer
+    assert lat["hit"] and lat["measured_ms"] == pytest.approx(timer(model)) and lat["measured_ms"] <= dense / 1.4 * 1.03
+    assert lat["predicted_ms"] < lat["measured_ms"]  # the table is still optimistic; the measurement decided

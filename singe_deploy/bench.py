@@ -164,7 +164,7 @@ def _stats(backend, batch_size, times, warm, wall, extra):
     mean = float(ms.mean())
     return {
         "backend": backend.name, "device": backend.device, "batch_size": batch_size, "warmup": warm,
-        "iterations": len(times), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+        "iterations": len(times), "median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "p90_ms": float(np.percentile(ms, 90)),
         "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": mean,
         "std_ms": float(ms.std()), "cv": float(ms.std() / mean) if mean else 0.0,
         "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None),

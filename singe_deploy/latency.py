@@ -41,6 +41,10 @@ class _Timer:
     def __call__(self, model):
         return bench.measure(self.runner(model), self.shape, self.batch, **self.limits)["median_ms"]
 
+    def factory(self, model):
+        """A function that makes a fresh runner of `model` each call, so that both sides of a pair are alike."""
+        return lambda: self.runner(model)
+
     def pair(self, a, b):
         stats = bench.measure_interleaved([a, b], self.shape, self.batch, **self.limits)
         return stats[0]["median_ms"], stats[1]["median_ms"]
@@ -57,10 +61,21 @@ class OnnxTimer(_Timer):
         self.opset = opset
 
     def runner(self, model):
-        with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
+        return self.factory(model)()
+
+    def factory(self, model):
+        """Exported once; every call opens a new onnxruntime session of that graph."""
+        with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
             _export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
-            return bench.OnnxRuntime(path, self.threads)
+            graph = path.read_bytes()
+
+        def make():
+            with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
+                path = Path(tmp) / "m.onnx"
+                path.write_bytes(graph)
+                return bench.OnnxRuntime(path, self.threads)
+        return make
 
     def key(self):
         import onnxruntime
@@ -135,9 +150,9 @@ class LatencyTable:
         paired = hasattr(timer, "pair")
         log(f"latency table: timing {len(trials)} narrowed models ({len(planner.entries)} groups)"
             + (", each interleaved with the dense one" if paired else ""))
-        base = timer.runner(model) if paired else None
+        base = timer.factory(model) if paired else None  # a fresh dense runner for every pair
         if paired:
-            timer.pair(base, base)  # warm-up: a process's first timings run slow
+            timer.pair(base(), base())  # warm-up: a process's first timings run slow
         dense, raw, widths = [] if paired else [timer(model)], [], {}
         every = max(1, len(trials) // (DENSE_TIMINGS - 1))
         for k, (i, r) in enumerate(progress(trials, desc="latency table", unit="model")):
@@ -147,7 +162,7 @@ class LatencyTable:
             name = planner.entries[i][0]
             widths[name] = len(planner.groups[i][0].idxs)
             if paired:
-                d, v = timer.pair(base, timer.runner(narrowed))
+                d, v = timer.pair(base(), timer.runner(narrowed))
                 dense.append(d)
                 raw.append((name, widths[name] - len(planner.removed(i, r)), v / d))
             else:

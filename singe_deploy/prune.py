@@ -210,7 +210,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     for s in range(start_step, schedule.steps):
         one_step(s, dense_cost / target.reduction ** ((s + 1) / schedule.steps), f"{s + 1}/{schedule.steps}")
     for k in range(CORRECTIONS if table is not None and not finetuned else 0):
-        dense_ms, measured = _latency_pair(timer, dense_model, model, table)
+        dense_ms, measured = _latency_pair(timer, dense_model, model, table, rounds=3)
         goal = dense_ms / target.reduction
         if measured <= goal * 1.03:
             break

@@ -99,20 +99,20 @@ def test_a_synthetic_table_is_met_exactly_and_cost_ranking_follows_it():
     assert [name for name, _, _ in plan] == [slow]  # groups that cost no time are left alone
 
 
-def _data():
-    from singe_deploy.data import Data
-
-    from .conftest import batches
-    return Data("test", batches(n=2), batches(n=1, seed=1), 4, (1, 12, 12), True)
+def _pruned(timer, reduction, tmp_path, **schedule):
+    """(model, dense ms, PruneResult) of TinyNet pruned to a latency reduction with `timer`."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    dense = timer(model)
+    result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": reduction},
+                   Schedule(finetune_iters=0, epochs=0, **schedule), None, timer=timer,
+                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    return model, dense, result
 
 
 def test_prune_meets_a_latency_target_measured_by_the_timer(tmp_path):
-    torch.manual_seed(0)
-    model, timer = TinyNet(), TileTimer()
-    dense = timer(model)
-    result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": 1.3},
-                   Schedule(steps=2, finetune_iters=0, epochs=0, round_to=8), None, timer=timer,
-                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    timer = TileTimer()
+    model, dense, result = _pruned(timer, 1.3, tmp_path, steps=2, round_to=8)
     lat = result.latency
     assert result.target_met and lat["hit"] and lat["measured_ms"] == pytest.approx(timer(model))
     assert lat["measured_ms"] <= dense / 1.3 * 1.03 and lat["dense_ms"] == pytest.approx(dense)
@@ -181,12 +181,8 @@ class ConvexTimer(TileTimer):
 
 
 def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path):
-    torch.manual_seed(0)
-    model, timer = TinyNet(), ConvexTimer()
-    dense = timer(model)
-    result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": 1.4},
-                   Schedule(steps=1, finetune_iters=0, epochs=0, round_to=1), None, timer=timer,
-                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    timer = ConvexTimer()
+    model, dense, result = _pruned(timer, 1.4, tmp_path, steps=1, round_to=1)
     lat = result.latency
     assert lat["corrections"] >= 1 and result.steps[-1]["correction"] and len(result.steps) == 1 + lat["corrections"]
     assert result.steps[0]["latency_predicted_ms"] <= dense / 1.4  # the first plan met the prediction, not the timer

@@ -340,7 +340,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
                    checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
-                   timer=_timer(cfg, input_shape), latency_table=cfg["latency_table"])
+                   timer=_timer(cfg, input_shape), latency_table=cfg["latency_table"],
+                   latency_unit=cfg["latency_unit"])
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds

@@ -58,6 +58,8 @@ OPTIONS = [
            "backend (onnx: onnxruntime on this CPU; torch: PyTorch on --device) at --latency-batch"),
     Option("latency_budget_ms", "float", None, "prune until the measured latency <= T ms (as --latency-reduction)"),
     Option("latency_batch", "int", 1, "batch size latency targets are timed at"),
+    Option("latency_unit", "str", "layer", "what a latency table times: layer = each conv/linear layer a "
+           "narrowing changes, alone; model = the whole model, interleaved with the dense one", ("layer", "model")),
     Option("latency_table", "str", None, "latency table file for latency targets: read when it was measured for "
            "this model, input shape, backend, device, batch and threads, else measured and written there "
            "(default: a file in ~/.cache/singe-deploy/latency)"),

@@ -127,7 +127,7 @@ def in_window(pruned, dense, reduction):
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
           history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None, timer=None,
-          latency_table=None):
+          latency_table=None, latency_unit="layer"):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
@@ -138,8 +138,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     dense_channels (the dict this run fills) resume from such a checkpoint. teacher: the dense model, which
     fine-tuning distils from when schedule.distill (prune() copies `model` when it is not given).
     A latency target needs `timer` (latency.timer_for) and measures a latency table first, or reads it from
-    `latency_table` (a path) when that holds one for this model and timer; the levels are then chosen by the
-    table's prediction and the pruned model is timed against the dense one at the end.
+    `latency_table` (a path) when that holds one for this model and timer (`latency_unit`: latency.UNITS); the
+    levels are then chosen by the table's prediction, and the pruned model is timed against the dense one, with
+    correction steps while it misses.
     """
     target, schedule = as_target(target), as_schedule(schedule)
     if schedule.distill and teacher is None:
@@ -154,7 +155,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     table, dense_model = None, None
     if target.metric == "latency":
         table, table_path, target = _latency_setup(model, example, shape, ignored, schedule, target, timer,
-                                                   latency_table, records, log)
+                                                   latency_table, records, log, latency_unit)
         dense_model = copy.deepcopy(model).eval() if not records else None
     dense_cost = records[0]["dense"] if records else (table.dense_ms if table else measure(model, shape, target.metric))
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
@@ -233,7 +234,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds)
 
 
-def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log):
+def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log, unit):
     """(table, its path, the target as a reduction) for a latency target: the table is measured on the dense model
     (or read: see latency.load_or_measure), and on resume read from where the first step recorded it."""
     from . import latency
@@ -249,7 +250,7 @@ def _latency_setup(model, example, shape, ignored, schedule, target, timer, path
         names = {id(m): n for n, m in model.named_modules()}
         planner = Planner(model, groups, [torch.ones(len(g[0].idxs)) for g in groups], {}, schedule, names,
                           [1.0] * len(groups))
-        table, path = latency.load_or_measure(path, planner, model, example, timer, shape, log)
+        table, path = latency.load_or_measure(path, planner, model, example, timer, shape, log, unit)
     if target.budget_ms is not None:
         if target.budget_ms >= table.dense_ms:
             raise UserError(f"--latency-budget-ms {target.budget_ms:g} is above the dense model's "

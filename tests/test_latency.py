@@ -34,6 +34,9 @@ class TileTimer:
     def key(self):
         return {"backend": "fake", "version": "1", "device": "test", "threads": 1, "batch": self.batch}
 
+    def with_shape(self, shape):
+        return self
+
 
 def _planner(model, ranking="global", costs=None, scores=None):
     example = torch.zeros(SHAPE)
@@ -44,12 +47,14 @@ def _planner(model, ranking="global", costs=None, scores=None):
                    costs if costs is not None else [1.0] * len(groups)), groups, names
 
 
-def test_the_table_predicts_the_fake_timer_exactly_at_multiples_of_its_tiles(tmp_path):
+@pytest.mark.parametrize("unit", latency.UNITS)
+def test_the_table_predicts_the_fake_timer_exactly_at_multiples_of_its_tiles(tmp_path, unit):
     torch.manual_seed(0)
     model, timer = TinyNet(), TileTimer()
     planner, _, _ = _planner(model)
     table, path = latency.load_or_measure(tmp_path / "t.json", planner, model, torch.zeros(SHAPE), timer, SHAPE,
-                                          log=lambda *a: None)
+                                          log=lambda *a: None, unit=unit)
+    assert table.key["unit"] == unit
     assert table.dense_ms == pytest.approx(timer(model)) and path.is_file()
     from singe_deploy.plan import apply_plan
     for level in (0, planner.levels // 3, planner.levels // 2, planner.levels):
@@ -69,6 +74,9 @@ def test_the_cache_is_reused_only_for_the_same_key(tmp_path):
     again = TileTimer()
     table, _ = latency.load_or_measure(path, planner, model, torch.zeros(SHAPE), again, SHAPE, quiet)
     assert again.calls == 0 and table.dense_ms == pytest.approx(first(model))
+    timer = TileTimer()
+    latency.load_or_measure(path, planner, model, torch.zeros(SHAPE), timer, SHAPE, quiet, unit="model")
+    assert timer.calls > 1  # another unit of timing
     for changed, shape, timer in ((model, SHAPE, TileTimer(batch=8)),  # another batch size
                                   (model, (1, 1, 16, 16), TileTimer()),  # another input shape
                                   (TinyNet(num_classes=5), SHAPE, TileTimer())):  # another architecture
@@ -99,14 +107,14 @@ def test_a_synthetic_table_is_met_exactly_and_cost_ranking_follows_it():
     assert [name for name, _, _ in plan] == [slow]  # groups that cost no time are left alone
 
 
-def _pruned(timer, reduction, tmp_path, **schedule):
+def _pruned(timer, reduction, tmp_path, unit="layer", **schedule):
     """(model, dense ms, PruneResult) of TinyNet pruned to a latency reduction with `timer`."""
     torch.manual_seed(0)
     model = TinyNet()
     dense = timer(model)
     result = prune(model, SHAPE, make_criterion("l2"), {"latency_reduction": reduction},
                    Schedule(finetune_iters=0, epochs=0, **schedule), None, timer=timer,
-                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+                   latency_table=tmp_path / "t.json", log=lambda *a: None, latency_unit=unit)
     return model, dense, result
 
 
@@ -173,7 +181,7 @@ def test_the_onnx_timer_falls_back_to_the_dynamo_exporter(monkeypatch):
 
 class ConvexTimer(TileTimer):
     """ms = 1 + 1e-4 x (all conv output channels)^2: narrowing two groups saves less than the two savings added, so
-    the table's additive prediction is too optimistic and only the measurement can tell."""
+    a whole-model table's additive prediction is too optimistic and only the measurement can tell."""
 
     def __call__(self, model):
         self.calls += 1
@@ -182,7 +190,7 @@ class ConvexTimer(TileTimer):
 
 def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path):
     timer = ConvexTimer()
-    model, dense, result = _pruned(timer, 1.4, tmp_path, steps=1, round_to=1)
+    model, dense, result = _pruned(timer, 1.4, tmp_path, "model", steps=1, round_to=1)
     lat = result.latency
     assert lat["corrections"] >= 1 and result.steps[-1]["correction"] and len(result.steps) == 1 + lat["corrections"]
     assert result.steps[0]["latency_predicted_ms"] <= dense / 1.4  # the first plan met the prediction, not the timer

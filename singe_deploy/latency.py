@@ -142,8 +142,9 @@ def architecture(model):
 class LatencyTable:
     """Measured latency of the model with each group narrowed: {root layer: [(kept root channels, ms), ...]}."""
 
-    def __init__(self, dense_ms, groups, key):
+    def __init__(self, dense_ms, groups, key, scale=1.0):
         self.dense_ms, self.groups, self.key = float(dense_ms), groups, key
+        self.scale = scale  # what calibrated() multiplied every saving by
 
     @classmethod
     def measure(cls, planner, model, example, timer, key, log=print):
@@ -213,7 +214,30 @@ class LatencyTable:
                         for n, m in layers.items() if tuple(m.weight.shape) != tuple(dense_layers[n].weight.shape))
             name, width = planner.entries[i][0], len(planner.groups[i][0].idxs)
             groups.setdefault(name, [[width, dense]]).append([width - len(planner.removed(i, r)), dense + delta])
-        return cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
+        table = cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
+        return table.calibrated(planner, model, example, timer, log)
+
+    def calibrated(self, planner, model, example, timer, log=print):
+        """The table with every saving scaled so that its prediction for the model pruned as far as the planner
+        allows equals that model's measured latency (timed against the dense one: interleaved where the timer
+        pairs): layers alone miss what shrinks between them (activations, adds, copies)."""
+        from .plan import apply_plan
+
+        most = planner.counts(planner.levels)
+        predicted = self.predict(planner, most)
+        smallest = apply_plan(copy.deepcopy(model), planner.removals(most), example)
+        if hasattr(timer, "pair"):
+            ratios = [b / a for a, b in (timer.pair(timer.runner(model), timer.runner(smallest)) for _ in range(3))]
+            measured = self.dense_ms * statistics.median(ratios)
+        else:
+            measured = timer(smallest) * self.dense_ms / timer(model)
+        if not predicted < self.dense_ms or not measured < self.dense_ms:
+            return self
+        scale = (self.dense_ms - measured) / (self.dense_ms - predicted)
+        log(f"latency table: the most pruned model measured {measured / self.dense_ms:.3f} of dense, the layers "
+            f"predicted {predicted / self.dense_ms:.3f}; savings scaled by {scale:.2f}")
+        groups = {n: [[k, self.dense_ms + scale * (ms - self.dense_ms)] for k, ms in p] for n, p in self.groups.items()}
+        return LatencyTable(self.dense_ms, groups, self.key, scale)
 
     def at(self, name, kept):
         """Latency with only `name`'s group at `kept` root channels (linear between measured points, clamped)."""
@@ -249,13 +273,13 @@ class LatencyTable:
     def read(cls, path):
         try:
             data = json.loads(Path(path).read_text())
-            return cls(data["dense_ms"], data["groups"], data["key"])
+            return cls(data["dense_ms"], data["groups"], data["key"], data.get("scale", 1.0))
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"latency table {path} cannot be read ({e.__class__.__name__}); delete it to measure "
                             "again") from None
 
     def to_json(self):
-        return {"key": self.key, "dense_ms": self.dense_ms, "groups": self.groups}
+        return {"key": self.key, "dense_ms": self.dense_ms, "scale": self.scale, "groups": self.groups}
 
 
 def _layers(model, example):
@@ -304,7 +328,7 @@ def load_or_measure(path, planner, model, example, timer, input_shape, log=print
             data = {}
         if data.get("key") == key:
             log(f"latency table: {path} (measured before for this model, input shape, backend and device)")
-            return LatencyTable(data["dense_ms"], data["groups"], key), path
+            return LatencyTable(data["dense_ms"], data["groups"], key, data.get("scale", 1.0)), path
         log(f"latency table: {path} was measured for another model, shape, backend or device; measuring again")
     table = (LatencyTable.measure_layers if unit == "layer" else LatencyTable.measure)(planner, model, example, timer,
                                                                                        key, log)

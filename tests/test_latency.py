@@ -196,3 +196,32 @@ def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path):
     assert result.steps[0]["latency_predicted_ms"] <= dense / 1.4  # the first plan met the prediction, not the timer
     assert lat["hit"] and lat["measured_ms"] == pytest.approx(timer(model)) and lat["measured_ms"] <= dense / 1.4 * 1.03
     assert lat["predicted_ms"] < lat["measured_ms"]  # the table is still optimistic; the measurement decided
+
+
+class SharedCostTimer(TileTimer):
+    """Whole models cost 0.2 ms per tile, a layer timed alone 0.1: what shrinks between layers is half the saving."""
+
+    def __call__(self, model):
+        self.calls += 1
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        return 1.0 + (0.1 if len(convs) == 1 else 0.2) * sum(math.ceil(m.out_channels / 8) for m in convs)
+
+
+def test_a_layer_table_is_calibrated_on_the_most_pruned_model(tmp_path):
+    from copy import deepcopy
+
+    from singe_deploy.plan import apply_plan
+
+    torch.manual_seed(0)
+    model, timer = TinyNet(), SharedCostTimer()
+    planner, _, _ = _planner(model)
+    table, _ = latency.load_or_measure(tmp_path / "t.json", planner, model, torch.zeros(SHAPE), timer, SHAPE,
+                                       log=lambda *a: None)
+    assert table.scale == pytest.approx(2.0)
+    for level in (planner.levels // 2, planner.levels):
+        counts = planner.counts(level)
+        pruned = apply_plan(deepcopy(model), planner.removals(counts), torch.zeros(SHAPE))
+        assert table.predict(planner, counts) == pytest.approx(timer(pruned))
+    again, _ = latency.load_or_measure(tmp_path / "t.json", planner, model, torch.zeros(SHAPE), timer, SHAPE,
+                                       log=lambda *a: None)
+    assert again.scale == table.scale and again.groups == table.groups  # the cache keeps the calibration

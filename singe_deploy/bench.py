@@ -29,7 +29,7 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 class OnnxRuntime:
     name = "onnxruntime"
 
-    def __init__(self, path, threads=None, provider="cpu"):
+    def __init__(self, path, threads=None, provider="cpu", spinning=True):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -41,6 +41,10 @@ class OnnxRuntime:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle worker threads spin by default; with another session's calls in between (interleaved timing) the
+        # spinning takes the cores from them: on 2 cores mobilenet_v2 ran 2.2x slower that way (docs/latency.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
         providers = PROVIDERS[provider]
         if providers[0] not in ort.get_available_providers():  # else onnxruntime falls back to the CPU
             raise UserError(f"onnxruntime here has no {providers[0]} (it has {', '.join(ort.get_available_providers())}); "
@@ -59,7 +63,7 @@ class OnnxRuntime:
 
     def info(self):
         return {"backend": self.name, "version": self.version, "threads": self.threads, "provider": self.provider,
-                "providers": self.session.get_providers()}
+                "providers": self.session.get_providers(), "spinning": self.spinning}
 
 
 class Torch:
@@ -164,7 +168,8 @@ def _stats(backend, batch_size, times, warm, wall, extra):
     mean = float(ms.mean())
     return {
         "backend": backend.name, "device": backend.device, "batch_size": batch_size, "warmup": warm,
-        "iterations": len(times), "median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "p90_ms": float(np.percentile(ms, 90)),
+        "iterations": len(times), "median_ms": float(np.median(ms)), "min_ms": float(ms.min()),
+        "p90_ms": float(np.percentile(ms, 90)),
         "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": mean,
         "std_ms": float(ms.std()), "cv": float(ms.std() / mean) if mean else 0.0,
         "throughput_per_s": len(times) * batch_size / wall, "threads": getattr(backend, "threads", None),
@@ -175,7 +180,8 @@ def _stats(backend, batch_size, times, warm, wall, extra):
 def measure_interleaved(backends, input_shape, batch_size=1, warmup_iters=10, min_iters=50, min_seconds=2.0, seed=0):
     """measure() for several host backends at once, their calls interleaved (one call of each per round, the order
     rotating), so that a machine whose speed drifts slows them all alike and their ratios hold. Returns one stats
-    dict per backend, in order."""
+    dict per backend, in order. onnxruntime sessions should not spin (OnnxRuntime(..., spinning=False)): an idle
+    session's spinning threads slow the others' calls."""
     dtype = [getattr(b, "dtype", np.float32) for b in backends]
     shape = [batch_size] + list(input_shape[1:])
     x = [np.random.default_rng(seed).standard_normal(shape).astype(d) for d in dtype]

@@ -141,7 +141,7 @@ def runner_for(path, backend, args):
 
     if backend == "onnxruntime":
         try:
-            r = bench.OnnxRuntime(path, args.threads, args.provider)
+            r = bench.OnnxRuntime(path, args.threads, args.provider, spinning=not getattr(args, "interleave", False))
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -80,14 +80,14 @@ class OnnxTimer(_Timer):
             with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
                 path = Path(tmp) / "m.onnx"
                 path.write_bytes(graph)
-                return bench.OnnxRuntime(path, self.threads)
+                return bench.OnnxRuntime(path, self.threads, spinning=False)  # see bench.measure_interleaved
         return make
 
     def key(self):
         import onnxruntime
 
         return {"backend": "onnxruntime", "version": onnxruntime.__version__, "device": cpu_model(),
-                "threads": self.threads, "batch": self.batch}
+                "threads": self.threads, "batch": self.batch, "spinning": False}
 
 
 class TorchTimer(_Timer):

@@ -225,3 +225,10 @@ def test_a_layer_table_is_calibrated_on_the_most_pruned_model(tmp_path):
     again, _ = latency.load_or_measure(tmp_path / "t.json", planner, model, torch.zeros(SHAPE), timer, SHAPE,
                                        log=lambda *a: None)
     assert again.scale == table.scale and again.groups == table.groups  # the cache keeps the calibration
+
+
+def test_paired_onnxruntime_sessions_do_not_spin():
+    runner = latency.OnnxTimer(SHAPE, min_iters=3, min_seconds=0).runner(TinyNet())
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert runner.info()["spinning"] is False

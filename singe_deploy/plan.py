@@ -280,15 +280,23 @@ class Predictor(_Costs):
                 + sum(w * shapes[n][0] // 3 for n, w in self.rows.items()))
 
 
-def search(planner, model, example, input_shape, metric, target, desc, predict=None):
+def search(planner, model, example, input_shape, metric, target, desc, predict=None, timed=None):
     """Lowest level whose pruned copy meets `target` (bisection on levels); returns (plan, cost, reached,
     measured): levels are costed by the Predictor where it is exact and the chosen one is measured on a pruned
     copy; where it is not (or the measurement disagrees), every level tried is measured (`measured` True).
-    `predict` (counts -> cost) replaces both, for latency: a prediction, measured once the pruning is done."""
+    `predict` (counts -> cost) replaces both, for latency: a prediction; with `timed` (a pruned copy -> measured
+    cost) too, the levels are bisected again by measurement (`measured` True), the prediction deciding only what
+    is unreachable."""
     if predict is not None:
         cost = _Predicted(predict)
         counts, reached = _bisect(planner, cost, target, None)
-        return planner.removals(counts), cost(counts), reached, False
+        planner.predicted = cost(counts)
+        if timed is None or not reached:
+            return planner.removals(counts), cost(counts), reached, False
+        real = _Predicted(lambda c: timed(apply_plan(copy.deepcopy(model), planner.removals(c), example)))
+        counts, reached = _bisect(planner, real, target, desc)
+        planner.predicted = cost(counts)
+        return planner.removals(counts), real(counts), reached, True
     predictor = Predictor.build(planner, model, input_shape, metric)
     real = _Measured(planner, model, example, input_shape, metric)
     if predictor is not None:

@@ -175,12 +175,14 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         if schedule.ranking == "cost":
             costs = table.channel_costs(groups, names) if table else channel_costs(model, groups, shape, target.metric)
         planner = Planner(model, groups, scores, dense_channels, schedule, names, costs)
-        plan, cost, reached, _ = search(planner, model, example, shape, target.metric, step_target,
+        plan, cost, reached, timed = search(planner, model, example, shape, target.metric, step_target,
                                         desc=f"plan step {label}",
-                                        predict=(lambda c, p=planner: table.predict(p, c)) if table else None)
+                                        predict=(lambda c, p=planner: table.predict(p, c)) if table else None,
+                                        timed=_timed(timer, dense_model, table) if table else None)
         if s == 0 and not reached and schedule.steps == 1:
             _unreachable(target, dense_cost, cost)
         apply_plan(model, plan, example, graph)
+        predicted = getattr(planner, "predicted", None)
         del graph, groups, planner
         t2 = time.time()
         if real and schedule.finetune_iters > 0:
@@ -194,7 +196,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                          round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), n_calib).__dict__
         rec["dense"] = dense_cost
         if table is not None:
-            rec["latency_predicted_ms"] = cost
+            rec["latency_predicted_ms"] = predicted
+            if timed:
+                rec["latency_measured_ms"] = cost
             if not records:
                 rec["latency_table"] = str(table_path)
             if correction:
@@ -215,10 +219,11 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         goal = dense_ms / target.reduction
         if measured <= goal * 1.03:
             break
-        log(f"measured {measured:.3f} ms against {goal:.3f} ms (dense {dense_ms:.3f} ms / {target.reduction:g}): "
-            f"the table predicted {records[-1]['latency_predicted_ms']:.3f} ms; pruning again to a corrected target")
-        if not one_step(len(records), records[-1]["latency_predicted_ms"] * goal / measured, f"correction {k + 1}",
-                        correction=True):
+        last = records[-1]
+        basis = last.get("latency_measured_ms") or last["latency_predicted_ms"]  # what the last plan went by
+        log(f"measured {measured:.3f} ms against {goal:.3f} ms (dense {dense_ms:.3f} ms / {target.reduction:g}); "
+            f"the last plan went by {basis:.3f} ms; pruning again to a corrected target")
+        if not one_step(len(records), basis * goal / measured, f"correction {k + 1}", correction=True):
             break
     finetune_seconds = 0.0
     if real and schedule.epochs > 0 and not finetuned:
@@ -264,6 +269,14 @@ def _latency_setup(model, example, shape, ignored, schedule, target, timer, path
                             f"--max-layer-ratio and --round-to allow is {smallest:.3f} ms (predicted); lower the "
                             "reduction or raise the budget")
     return table, path, target
+
+
+def _timed(timer, dense_model, table):
+    """pruned copy -> its latency in the table's ms (the table's dense time x pruned/dense, timed as a pair), for the
+    planner to bisect by measurement; None after a resume (no dense model to time against)."""
+    if dense_model is None:
+        return None
+    return lambda pruned: table.dense_ms * (lambda d, p: p / d)(*_latency_pair(timer, dense_model, pruned, table))
 
 
 def _latency_result(timer, dense_model, model, table, records, target, rounds=3):

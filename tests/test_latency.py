@@ -188,7 +188,19 @@ class ConvexTimer(TileTimer):
         return 1.0 + 1e-4 * sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) ** 2
 
 
-def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path):
+def test_levels_are_bisected_by_measurement_where_the_table_is_optimistic(tmp_path):
+    timer = ConvexTimer()
+    model, dense, result = _pruned(timer, 1.4, tmp_path, "model", steps=1, round_to=1)
+    step, lat = result.steps[0], result.latency
+    assert lat["corrections"] == 0 and lat["hit"] and step["latency_measured_ms"] <= dense / 1.4
+    assert step["latency_predicted_ms"] < step["latency_measured_ms"]  # the table alone would have missed
+    assert lat["measured_ms"] == pytest.approx(step["latency_measured_ms"])
+
+
+def test_a_missed_measured_target_is_corrected_by_further_steps(tmp_path, monkeypatch):
+    import singe_deploy.prune as P
+
+    monkeypatch.setattr(P, "_timed", lambda *a: None)  # levels by the table alone, as after a resume
     timer = ConvexTimer()
     model, dense, result = _pruned(timer, 1.4, tmp_path, "model", steps=1, round_to=1)
     lat = result.latency

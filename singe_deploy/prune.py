@@ -168,7 +168,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         t0 = time.time()
         graph, groups = all_groups(model, example, ignored)
         batches = data.calibration(schedule.calib_batches) if data is not None else []
-        batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape, log if s == start_step else None)
+        batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape,
+                                       log if s == start_step else None)
         scores = criterion.score(model, groups, batches, sharded)
         t1 = time.time()
         costs = None
@@ -206,8 +207,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         records.append(rec)
         if on_step:
             on_step(s + 1, model, records)
-        log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense "
-            f"(target {step_target / dense_cost:.3f}{', predicted' if table else ''}), removed "
+        how = (", measured" if timed else ", predicted") if table else ""
+        log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense (target {step_target / dense_cost:.3f}{how}), "
+            "removed "
             f"{rec['removed_channels']} channels, accuracy {_fmt(acc)}; score {t1 - t0:.1f} s, plan {t2 - t1:.1f} s, "
             f"fine-tune {t3 - t2:.1f} s")
         return reached and rec["removed_channels"] > 0

@@ -208,10 +208,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         if on_step:
             on_step(s + 1, model, records)
         how = (", measured" if timed else ", predicted") if table else ""
-        log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense (target {step_target / dense_cost:.3f}{how}), "
-            "removed "
-            f"{rec['removed_channels']} channels, accuracy {_fmt(acc)}; score {t1 - t0:.1f} s, plan {t2 - t1:.1f} s, "
-            f"fine-tune {t3 - t2:.1f} s")
+        log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense "
+            f"(target {step_target / dense_cost:.3f}{how}), removed {rec['removed_channels']} channels, "
+            f"accuracy {_fmt(acc)}; score {t1 - t0:.1f} s, plan {t2 - t1:.1f} s, fine-tune {t3 - t2:.1f} s")
         return reached and rec["removed_channels"] > 0
 
     for s in range(start_step, schedule.steps):

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from singe_deploy import distributed
 from singe_deploy.groups import all_groups, default_ignored
 from singe_deploy.importance import make_criterion
-from singe_deploy.train import evaluate, train_iters
+from singe_deploy.train import Recipe, evaluate, train_iters
 
 from .conftest import TinyNet, batches
 
@@ -20,33 +20,39 @@ def _data(n=4, size=8):
     return batches(n, size=size)
 
 
-def _work(model, data):
-    """Scores with SInGE and Taylor, then 4 fine-tuning iterations on the data, then accuracy."""
+def _work(model, data, distill=False):
+    """Scores with SInGE and Taylor, then 4 fine-tuning iterations on the data (distilling from another TinyNet when
+    asked), then accuracy."""
     groups = all_groups(model, torch.zeros(1, 1, 12, 12), default_ignored(model))[1]
     scores = [make_criterion(c, steps=2).score(model, groups, data) if c == "singe" else
               make_criterion(c).score(model, groups, data) for c in ("singe", "taylor")]
     it = iter(data * 2)
-    train_iters(model, None, 4, 0.05, batches=it)
+    recipe = None
+    if distill:
+        torch.manual_seed(1)
+        recipe = Recipe(teacher=TinyNet().eval(), distill_alpha=0.7, distill_t=2.0)
+    train_iters(model, None, 4, 0.05, batches=it, recipe=recipe)
     acc = evaluate(model, data)
     return scores, {k: v.clone() for k, v in model.state_dict().items()}, acc
 
 
-def _rank(rank, world, path, out, sync_bn=True):
+def _rank(rank, world, path, out, sync_bn=True, distill=False):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     distributed.init("cpu", "gloo", 60, sync_bn)
     torch.manual_seed(0)
-    result = _work(TinyNet().eval(), _data())
+    result = _work(TinyNet().eval(), _data(), distill)
     if rank == 0:
         torch.save(result, out)
     distributed.shutdown()
 
 
-def test_two_gloo_ranks_compute_what_one_process_computes(tmp_path):
+@pytest.mark.parametrize("distill", [False, True], ids=["plain", "distilling"])
+def test_two_gloo_ranks_compute_what_one_process_computes(tmp_path, distill):
     torch.manual_seed(0)
-    single = _work(TinyNet().eval(), _data())
+    single = _work(TinyNet().eval(), _data(), distill)
     out = tmp_path / "rank0.pt"
-    mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out), True, distill), nprocs=2, join=True)
     scores, state, acc = torch.load(out, weights_only=False)
     for crit_a, crit_b in zip(single[0], scores):
         for a, b in zip(crit_a, crit_b):

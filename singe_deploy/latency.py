@@ -2,9 +2,10 @@
 searches with.
 
 The model is additive: latency(kept channels) = dense + the sum over groups of (table_g(kept_g) - dense), where
-table_g is measured by timing the whole model with only group g narrowed, at a few kept counts (linear in
-between). Tables are cached on disk under a key (model architecture, input shape, backend, runtime version,
-device, batch, threads) and measured again when the key changes.
+table_g comes from the model with only group g narrowed, at a few kept counts (linear in between): its changed
+layers timed alone, then calibrated on the most pruned model (unit "layer"), or the whole model timed against the
+dense one (unit "model"). Tables are cached on disk under a key (model architecture, input shape, unit, backend,
+runtime version, device, batch, threads) and measured again when the key changes.
 """
 from __future__ import annotations
 
@@ -151,9 +152,7 @@ class LatencyTable:
         """Time the dense model, then each entry of `planner` narrowed to POINTS of its removable channels. With a
         timer that pairs (see _Timer), each narrowed model is timed interleaved with the dense one and its point is
         the dense median x their ratio; otherwise each is timed alone, the dense model DENSE_TIMINGS times."""
-        from .plan import apply_plan
-
-        trials = [(i, r) for i, entry in enumerate(planner.entries) for r in _removals(planner, i)]
+        trials = _trials(planner)
         paired = hasattr(timer, "pair")
         log(f"latency table: timing {len(trials)} narrowed models ({len(planner.entries)} groups)"
             + (", each interleaved with the dense one" if paired else ""))
@@ -162,18 +161,14 @@ class LatencyTable:
             timer.pair(base(), base())  # warm-up: a process's first timings run slow
         dense, raw, widths = [] if paired else [timer(model)], [], {}
         every = max(1, len(trials) // (DENSE_TIMINGS - 1))
-        for k, (i, r) in enumerate(progress(trials, desc="latency table", unit="model")):
-            counts = [0] * len(planner.entries)
-            counts[i] = r
-            narrowed = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
-            name = planner.entries[i][0]
-            widths[name] = len(planner.groups[i][0].idxs)
+        for k, (name, width, kept, narrowed) in enumerate(_narrowed(planner, model, example, trials)):
+            widths[name] = width
             if paired:
                 d, v = timer.pair(base(), timer.runner(narrowed))
                 dense.append(d)
-                raw.append((name, widths[name] - len(planner.removed(i, r)), v / d))
+                raw.append((name, kept, v / d))
             else:
-                raw.append((name, widths[name] - len(planner.removed(i, r)), timer(narrowed)))
+                raw.append((name, kept, timer(narrowed)))
                 if (k + 1) % every == 0 and len(dense) < DENSE_TIMINGS:
                     dense.append(timer(model))
         dense = statistics.median(dense) if dense else timer(model)
@@ -188,9 +183,7 @@ class LatencyTable:
         layer whose weight the narrowing changed, that layer timed alone at its new shape minus the same layer
         timed alone at its dense shape (inputs as the layer gets them). A layer's own time changes by the share of
         channels it loses, far above the timing noise, where the whole model's changes by a few percent."""
-        from .plan import apply_plan
-
-        trials = [(i, r) for i, entry in enumerate(planner.entries) for r in _removals(planner, i)]
+        trials = _trials(planner)
         log(f"latency table: timing the layers of {len(trials)} narrowed models ({len(planner.entries)} groups), "
             "each layer alone")
         timer(model)  # warm-up
@@ -205,15 +198,11 @@ class LatencyTable:
             return alone[k]
 
         groups = {}
-        for i, r in progress(trials, desc="latency table", unit="model"):
-            counts = [0] * len(planner.entries)
-            counts[i] = r
-            narrowed = apply_plan(copy.deepcopy(model), planner.removals(counts), example)
+        for name, width, kept, narrowed in _narrowed(planner, model, example, trials):
             layers, shapes = _layers(narrowed, example)
             delta = sum(time_layer(n, m, shapes[n]) - time_layer(n, dense_layers[n], inputs[n])
                         for n, m in layers.items() if tuple(m.weight.shape) != tuple(dense_layers[n].weight.shape))
-            name, width = planner.entries[i][0], len(planner.groups[i][0].idxs)
-            groups.setdefault(name, [[width, dense]]).append([width - len(planner.removed(i, r)), dense + delta])
+            groups.setdefault(name, [[width, dense]]).append([kept, dense + delta])
         table = cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
         return table.calibrated(planner, model, example, timer, log)
 
@@ -226,11 +215,8 @@ class LatencyTable:
         most = planner.counts(planner.levels)
         predicted = self.predict(planner, most)
         smallest = apply_plan(copy.deepcopy(model), planner.removals(most), example)
-        if hasattr(timer, "pair"):
-            ratios = [b / a for a, b in (timer.pair(timer.runner(model), timer.runner(smallest)) for _ in range(3))]
-            measured = self.dense_ms * statistics.median(ratios)
-        else:
-            measured = timer(smallest) * self.dense_ms / timer(model)
+        dense, small = time_against(timer, model, smallest, rounds=3)
+        measured = self.dense_ms * small / dense
         if not predicted < self.dense_ms or not measured < self.dense_ms:
             return self
         scale = (self.dense_ms - measured) / (self.dense_ms - predicted)
@@ -270,16 +256,48 @@ class LatencyTable:
         return costs
 
     @classmethod
+    def from_json(cls, data):
+        return cls(data["dense_ms"], data["groups"], data["key"], data.get("scale", 1.0))
+
+    @classmethod
     def read(cls, path):
         try:
-            data = json.loads(Path(path).read_text())
-            return cls(data["dense_ms"], data["groups"], data["key"], data.get("scale", 1.0))
+            return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"latency table {path} cannot be read ({e.__class__.__name__}); delete it to measure "
                             "again") from None
 
     def to_json(self):
         return {"key": self.key, "dense_ms": self.dense_ms, "scale": self.scale, "groups": self.groups}
+
+
+def time_against(timer, dense_model, model, rounds=1):
+    """(dense ms, model ms): medians of `rounds` timings, interleaved where the timer pairs (one runner of each,
+    made once), else one after the other."""
+    runners = (timer.runner(dense_model), timer.runner(model)) if hasattr(timer, "pair") else None
+    dense, other = [], []
+    for _ in range(rounds):
+        d, m = timer.pair(*runners) if runners else (timer(dense_model), timer(model))
+        dense.append(d)
+        other.append(m)
+    return statistics.median(dense), statistics.median(other)
+
+
+def _trials(planner):
+    """(entry, channels per block removed) for every point of every group's table."""
+    return [(i, r) for i in range(len(planner.entries)) for r in _removals(planner, i)]
+
+
+def _narrowed(planner, model, example, trials):
+    """(group name, its width now, width kept, a copy of `model` with only that group narrowed) per trial."""
+    from .plan import apply_plan
+
+    for i, r in progress(trials, desc="latency table", unit="model"):
+        counts = [0] * len(planner.entries)
+        counts[i] = r
+        width = len(planner.groups[i][0].idxs)
+        yield (planner.entries[i][0], width, width - len(planner.removed(i, r)),
+               apply_plan(copy.deepcopy(model), planner.removals(counts), example))
 
 
 def _layers(model, example):
@@ -328,7 +346,7 @@ def load_or_measure(path, planner, model, example, timer, input_shape, log=print
             data = {}
         if data.get("key") == key:
             log(f"latency table: {path} (measured before for this model, input shape, backend and device)")
-            return LatencyTable(data["dense_ms"], data["groups"], key, data.get("scale", 1.0)), path
+            return LatencyTable.from_json(data), path
         log(f"latency table: {path} was measured for another model, shape, backend or device; measuring again")
     table = (LatencyTable.measure_layers if unit == "layer" else LatencyTable.measure)(planner, model, example, timer,
                                                                                        key, log)

@@ -22,6 +22,7 @@ from .data import first_samples
 from .errors import UserError
 from .flops import count
 from .groups import all_groups, default_ignored
+from .latency import time_against
 from .plan import RANKINGS, Planner, apply_plan, channel_costs, measure, measure_pruned, search
 from .train import Recipe, cycle, evaluate, train_epochs, train_iters
 
@@ -277,7 +278,11 @@ def _timed(timer, dense_model, table):
     planner to bisect by measurement; None after a resume (no dense model to time against)."""
     if dense_model is None:
         return None
-    return lambda pruned: table.dense_ms * (lambda d, p: p / d)(*_latency_pair(timer, dense_model, pruned, table))
+
+    def timed(pruned):
+        dense, ms = time_against(timer, dense_model, pruned)
+        return table.dense_ms * ms / dense
+    return timed
 
 
 def _latency_result(timer, dense_model, model, table, records, target, rounds=3):
@@ -291,21 +296,11 @@ def _latency_result(timer, dense_model, model, table, records, target, rounds=3)
 
 
 def _latency_pair(timer, dense_model, model, table, rounds=1):
-    """(dense ms, pruned ms): medians of `rounds`, interleaved where the timer pairs, else alternately; after a
-    resume (no dense model) the table's dense time stands in."""
-    dense, pruned = [], []
-    if dense_model is not None and hasattr(timer, "pair"):
-        a, b = timer.runner(dense_model), timer.runner(model)
-        for _ in range(rounds):
-            d, p = timer.pair(a, b)
-            dense.append(d)
-            pruned.append(p)
-    else:
-        for _ in range(rounds):
-            if dense_model is not None:  # None after a resume: the table's dense time stands in
-                dense.append(timer(dense_model))
-            pruned.append(timer(model))
-    return (statistics.median(dense) if dense else table.dense_ms), statistics.median(pruned)
+    """(dense ms, pruned ms), see latency.time_against; after a resume (no dense model) the table's dense time
+    stands in."""
+    if dense_model is None:
+        return table.dense_ms, statistics.median(timer(model) for _ in range(rounds))
+    return time_against(timer, dense_model, model, rounds)
 
 
 MIN_CALIB_SAMPLES = 16

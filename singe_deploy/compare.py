@@ -175,9 +175,10 @@ def run(args, log=print):
 def row(rep, name, flowchart, opts):
     steps = rep.get("steps", [])
     lat = rep["target"].get("latency") or {}
-    return {"name": name, "criterion": opts.get("label", opts["criterion"]), "macs_reduction": opts.get("macs_reduction"),
-            "latency_reduction": opts.get("latency_reduction"), "latency_ms": lat.get("measured_ms"),
-            "dense_latency_ms": lat.get("dense_ms"), "seed": opts["seed"], "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
+    return {"name": name, "criterion": opts.get("label", opts["criterion"]),
+            "macs_reduction": opts.get("macs_reduction"), "latency_reduction": opts.get("latency_reduction"),
+            "latency_ms": lat.get("measured_ms"), "dense_latency_ms": lat.get("dense_ms"), "seed": opts["seed"],
+            "flowchart": flowchart, "accuracy": rep["pruned"]["accuracy"],
             "accuracy_before_finetune": rep["pruned"].get("accuracy_before_finetune"),
             "dense_accuracy": rep["dense"]["accuracy"], "macs": rep["pruned"]["macs"],
             "params": rep["pruned"]["params"], "achieved_reduction": rep["target"]["achieved"],
@@ -195,6 +196,11 @@ def _stats(values):
 def reduction(r):
     """A run's target reduction: of latency when it had a latency target, else of MACs."""
     return r.get("latency_reduction") or r["macs_reduction"]
+
+
+def by_latency(rows):
+    """Whether the runs had latency targets (a comparison has one kind)."""
+    return any(r.get("latency_reduction") for r in rows)
 
 
 def summary(rows):
@@ -226,7 +232,7 @@ def markdown(rows, cfg):
     dense = _stats([r["dense_accuracy"] for r in rows])[0]
     if dense is not None:
         lines += [f"Dense accuracy: {dense:.4f}.", ""]
-    latency = any(r.get("latency_reduction") for r in rows)
+    latency = by_latency(rows)
     what, extra = ("lower measured latency", " latency ms |") if latency else ("fewer MACs", "")
     for flowchart in dict.fromkeys(r["flowchart"] for r in rows):
         for x in dict.fromkeys(reduction(r) for r in rows):
@@ -266,7 +272,7 @@ def plot(rows, path):
                 ax.errorbar([k[1] for k in keys], [s[k]["accuracy"] for k in keys],
                             yerr=[s[k]["accuracy_std"] for k in keys], fmt=style, capsize=3, color=colors[criterion],
                             label=f"{criterion} ({flowchart})")
-    latency = any(r.get("latency_reduction") for r in rows)
+    latency = by_latency(rows)
     ax.set_xlabel(f"{'measured latency' if latency else 'MACs'} reduction (dense / pruned)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

@@ -256,7 +256,7 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         input_shape = [1] + list(shape)
         if p["target"].metric != "latency":  # a latency target is checked against its table, once measured
             check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
-        _timer(cfg, input_shape)
+        p["timer"] = _timer(cfg, input_shape)  # an unsupported target is bad input, before any work
         state = _resume_state(cfg, work) if ctx.main else None
     except UserError as e:
         error = e
@@ -340,7 +340,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
                    checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
-                   timer=_timer(cfg, input_shape), latency_table=cfg["latency_table"],
+                   timer=p["timer"], latency_table=cfg["latency_table"],
                    latency_unit=cfg["latency_unit"])
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)

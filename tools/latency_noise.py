@@ -1,16 +1,19 @@
 """How much noise a latency table's pairs carry on this machine: the same model timed against itself, interleaved
 (bench.measure_interleaved), as a fresh session against a fresh one and against one session kept for every pair
 (as a table's dense reference would be). A ratio far from 1 is noise or bias; per-group effects smaller than its
-spread cannot be measured by timing the whole model.
+spread cannot be measured by timing the whole model. First, the model alone and interleaved with a copy of itself,
+with onnxruntime's thread spinning on and off (why paired sessions do not spin).
 
     python tools/latency_noise.py --model torchvision:mobilenet_v2 --input-shape 1,3,224,224 --iters 30,100
 """
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from singe_deploy import bench
-from singe_deploy.latency import OnnxTimer
+from singe_deploy.latency import OnnxTimer, _export_fast
 from singe_deploy.models import build_model
 
 
@@ -27,6 +30,16 @@ def main():
     timer = OnnxTimer(shape)
     make = timer.factory(model)
     kept = make()
+    print("| spinning | alone ms | interleaved with a copy ms |")
+    print("|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        _export_fast(model, shape, path, timer.opset)
+        for spinning in (True, False):
+            a, b = (bench.OnnxRuntime(path, timer.threads, spinning=spinning) for _ in range(2))
+            alone = bench.measure(a, shape, 1, min_iters=50, min_seconds=1)["median_ms"]
+            both = bench.measure_interleaved([a, b], shape, 1, min_iters=50, min_seconds=1)[0]["median_ms"]
+            print(f"| {'on' if spinning else 'off'} | {alone:.2f} | {both:.2f} |")
     print(f"{args.model} {args.input_shape}, onnxruntime, {timer.threads} threads: ratio of medians, second / first")
     print("| iterations | pair | ratios | mean | sd |")
     print("|---:|---|---|---:|---:|")

@@ -96,8 +96,13 @@ def _timer(cfg, input_shape):
     from .latency import timer_for
 
     limits = dict(min_iters=min(cfg["latency_iters"], 30), min_seconds=min(cfg["latency_seconds"], 0.5))
+    engine = None
+    if cfg["target"] == "trt":
+        from .trt import EngineOptions
+
+        engine = EngineOptions.from_config(cfg)
     return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"],
-                     **limits)
+                     engine=engine, **limits)
 
 
 def default_out(cfg):
@@ -552,20 +557,15 @@ def _engines(cfg, variants, input_shape, batches, work, exports, log):
     """TensorRT engines for dense and pruned, each checked against PyTorch; returns their runners."""
     from . import trt
 
-    version = trt.major(trt.import_trt())
-    plan = trt.precision_plan(version, cfg["trt_precision"], cfg["trt_tf32"])
+    options = trt.EngineOptions.from_config(cfg)
     sizes = sorted(cfg["batch_sizes"])
     profile = trt.Profile(sizes[0], sizes[len(sizes) // 2], sizes[-1]).check()
-    atol = trt.tolerance(cfg["trt_precision"], cfg["parity_atol"])
+    atol = trt.tolerance(options.precision, cfg["parity_atol"])
     runners = {}
     for variant, m in variants.items():
-        onnx_path = work / f"{variant}.onnx"
-        if plan["fp16_graph"]:  # TensorRT 11 is strongly typed: fp16 comes from an fp16 graph
-            onnx_path = trt.export_for(m, input_shape, work / f"{variant}.fp16.onnx", plan, cfg["opset"])
         engine = work / f"{variant}.engine"
-        record = trt.build_engine(onnx_path, engine, input_shape, cfg["trt_precision"], cfg["trt_tf32"], profile,
-                                  cfg["trt_workspace_gb"], cfg["trt_timing_cache"], log)
-        runners[variant] = trt.TensorRT(engine, cfg["cuda_graph"])
+        record = trt.engine_from(m, work / f"{variant}.onnx", engine, input_shape, options, profile, cfg["opset"], log)
+        runners[variant] = trt.TensorRT(engine, options.cuda_graph)
         q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", atol, cfg["parity_rtol"])
         exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
                         "engine": record})

@@ -107,6 +107,47 @@ class TorchTimer(_Timer):
                 "threads": self.threads or torch.get_num_threads(), "batch": self.batch}
 
 
+class TrtTimer(_Timer):
+    """TensorRT engines on this GPU, built with the run's EngineOptions and a profile of the one batch size timed:
+    each variant exported to ONNX (as OnnxTimer does), built once, and every call deserializes a new runner of it."""
+
+    def __init__(self, input_shape, batch=1, options=None, min_iters=30, min_seconds=0.5, opset=18):
+        from .trt import EngineOptions
+
+        super().__init__(input_shape, batch, None, min_iters, min_seconds)
+        self.options, self.opset = options or EngineOptions(), opset
+
+    def runner(self, model):
+        return self.factory(model)()
+
+    def factory(self, model):
+        from . import trt
+
+        shape = [self.batch] + self.shape[1:]
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path, engine = Path(tmp) / "m.onnx", Path(tmp) / "m.engine"
+            if self.options.precision == "fp32":  # fp16 graphs (TensorRT 11) are exported by engine_from
+                _export_fast(model.eval(), shape, onnx_path, self.opset)
+            trt.engine_from(model.eval(), onnx_path, engine, shape, self.options,
+                            trt.Profile(self.batch, self.batch, self.batch), self.opset, log=lambda *_: None)
+            blob = engine.read_bytes()
+
+        def make():
+            with tempfile.TemporaryDirectory() as tmp:  # the runner holds the deserialized engine: the file can go
+                path = Path(tmp) / "m.engine"
+                path.write_bytes(blob)
+                return trt.TensorRT(path, self.options.cuda_graph)
+        return make
+
+    def key(self):
+        from . import trt
+
+        o = self.options
+        return {"backend": "tensorrt", "version": str(trt.import_trt().__version__),
+                "device": f"cuda: {torch.cuda.get_device_name()}", "batch": self.batch, "precision": o.precision,
+                "tf32": o.tf32, "cuda_graph": o.cuda_graph}
+
+
 def _export_fast(model, shape, path, opset):
     import contextlib
     import io
@@ -123,15 +164,16 @@ def _export_fast(model, shape, path, opset):
         export_onnx(model, shape, path, opset)
 
 
-def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18, **limits):
-    """The timer of a deployment target: onnxruntime on this CPU for onnx, PyTorch on `device` for torch.
-    limits: min_iters, min_seconds of each timing."""
+def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18, engine=None, **limits):
+    """The timer of a deployment target: onnxruntime on this CPU for onnx, PyTorch on `device` for torch, TensorRT
+    engines built with `engine` (trt.EngineOptions) for trt. limits: min_iters, min_seconds of each timing."""
     if target == "onnx":
         return OnnxTimer(input_shape, batch, threads, opset=opset, **limits)
     if target == "torch":
         return TorchTimer(input_shape, batch, device, threads, **limits)
-    raise UserError(f"latency targets time the model on --target onnx or --target torch; --target {target} is not "
-                    "supported for them yet: prune for --target onnx --latency-reduction X, or use --macs-reduction")
+    if target == "trt":
+        return TrtTimer(input_shape, batch, engine, opset=opset, **limits)
+    raise UserError(f"latency targets time the model on --target onnx, torch or trt, not '{target}'")
 
 
 def architecture(model):

@@ -65,6 +65,22 @@ class Profile:
         return self
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How engines are built and run: the run's TensorRT settings as one value (compress's engines and the latency
+    timer of --target trt share it)."""
+    precision: str = "fp32"
+    tf32: bool = True
+    workspace_gb: float = 4.0
+    timing_cache: str | None = None
+    cuda_graph: bool = False
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg["trt_precision"], cfg["trt_tf32"], cfg["trt_workspace_gb"], cfg["trt_timing_cache"],
+                   cfg["cuda_graph"])
+
+
 def precision_plan(version, precision, tf32=True):
     """How a precision is obtained on a TensorRT major version: a builder flag (10) or an fp16 ONNX
     graph (11, strongly typed); TF32 is a builder flag in both."""
@@ -89,6 +105,19 @@ def export_for(model, input_shape, path, plan, opset=18):
     if plan["fp16_graph"]:
         model = copy.deepcopy(model).half()
     return export_onnx(model, input_shape, path, opset, dtype="float16" if plan["fp16_graph"] else "float32")
+
+
+def engine_from(model, onnx_path, engine_path, input_shape, options, profile, opset=18, log=print):
+    """Build engine_path for `model` with `options`: from onnx_path (exported there first when it is missing), or on
+    TensorRT 11 fp16 from an fp16 graph written beside it. Returns build_engine's record."""
+    plan = precision_plan(major(import_trt()), options.precision, options.tf32)
+    onnx_path = Path(onnx_path)
+    if plan["fp16_graph"]:
+        onnx_path = export_for(model, input_shape, onnx_path.with_suffix(".fp16.onnx"), plan, opset)
+    elif not onnx_path.is_file():
+        export_for(model, input_shape, onnx_path, plan, opset)
+    return build_engine(onnx_path, engine_path, input_shape, options.precision, options.tf32, profile,
+                        options.workspace_gb, options.timing_cache, log)
 
 
 def build_engine(onnx_path, engine_path, input_shape, precision="fp32", tf32=True, profile=Profile(),

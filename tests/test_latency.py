@@ -244,3 +244,37 @@ def test_paired_onnxruntime_sessions_do_not_spin():
     options = runner.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert runner.info()["spinning"] is False
+
+
+def test_the_trt_timer_builds_one_engine_per_variant_with_the_run_options(monkeypatch):
+    """--target trt: each variant exported, built with the run's EngineOptions and a profile of the timed batch only,
+    and run by the TensorRT runner (here stand-ins that run the ONNX graph with onnxruntime: no GPU on CI)."""
+    from types import SimpleNamespace
+
+    from singe_deploy import bench, trt
+
+    builds = []
+
+    def build(onnx_path, engine_path, input_shape, precision, tf32, profile, workspace_gb, timing_cache, log):
+        builds.append((list(input_shape), precision, tf32, profile, workspace_gb))
+        engine_path.write_bytes(onnx_path.read_bytes())
+        return {}
+
+    class Engine(bench.OnnxRuntime):
+        def __init__(self, path, cuda_graph=False):
+            super().__init__(path, 1, spinning=False)
+            self.cuda_graph = cuda_graph
+
+    monkeypatch.setattr(trt, "import_trt", lambda: SimpleNamespace(__version__="10.16.1"))
+    monkeypatch.setattr(trt, "build_engine", build)
+    monkeypatch.setattr(trt, "TensorRT", Engine)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
+    options = trt.EngineOptions(tf32=False, workspace_gb=1.0, cuda_graph=True)
+    timer = latency.timer_for("trt", SHAPE, batch=2, engine=options, min_iters=3, min_seconds=0)
+    assert timer(TinyNet()) > 0
+    assert builds == [([2, 1, 12, 12], "fp32", False, trt.Profile(2, 2, 2), 1.0)]
+    a, b = timer.factory(TinyNet()), timer.factory(TinyNet())
+    assert all(ms > 0 for ms in timer.pair(a(), b())) and len(builds) == 3 and a().cuda_graph
+    key = timer.key()
+    assert key["backend"] == "tensorrt" and key["version"] == "10.16.1" and key["batch"] == 2
+    assert key["device"] == "cuda: Stand-in GPU" and key["tf32"] is False and key["precision"] == "fp32"

@@ -54,7 +54,7 @@ NOT_TENSORRT = {  # attributes this module reads on torch, pathlib, json and its
     "write_text", "dumps", "is_file", "split", "half", "deepcopy", "time", "check", "shapes", "min_batch",
     "max_batch", "opt_batch", "engine", "context", "inputs", "outputs", "dtypes", "stream", "buffers", "version",
     "prepare", "launch", "append", "join", "is_available", "cuda_graph", "graph", "CUDAGraph", "copy_", "logger", "runtime",
-    "synchronize", "replay", "stream", "_enqueue",
+    "synchronize", "replay", "stream", "_enqueue", "precision", "tf32", "workspace_gb", "timing_cache", "with_suffix",
 }
 
 

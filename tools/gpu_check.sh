@@ -4,7 +4,7 @@
 # (trt where TensorRT imports, else torch on cuda), then the dense/pruned latency table with the MACs ratio,
 # then SInGE scoring on the GPU with path steps batched (vmap) against one by one, then fine-tuning throughput
 # in fp32, bf16/fp16 autocast and channels-last (tools/train_throughput.py), then (2+ GPUs)
-# compress under torchrun with nccl against one GPU.
+# compress under torchrun with nccl against one GPU, then a --latency-reduction run timed on the GPU target.
 #   tools/gpu_check.sh [OUT_DIR]      about 4-7 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,3 +63,15 @@ print(f"nccl x2 vs one GPU: {same}/{len(a['layers'])} layers equal; accuracy {a[
       f"{b['pruned']['accuracy']}; fine-tuning {a['timings']['finetune_s']} s vs {b['timings']['finetune_s']} s")
 PY
 fi
+# last (the longest): a latency target on the GPU target, its table measured there; predicted vs measured
+singe-deploy compress --model torchvision:resnet50 --data synthetic --input-shape 1,3,224,224 --criterion l1 \
+  --latency-reduction 1.5 --latency-batch 8 --steps 1 --finetune-iters 0 --epochs 0 --no-export \
+  --latency-iters 20 --latency-seconds 0.2 "${target[@]}" --latency-table "$out-latency-table.json" --out "$out-latency"
+python - "$out-latency" <<'PY'
+import json, sys
+r = json.load(open(f"{sys.argv[1]}/report.json"))
+lat, t = r["target"]["latency"], r["target"]
+print(f"latency target {t['reduction']:g}x ({lat['timer']['backend']}, {lat['timer']['device']}, batch {lat['timer']['batch']}): dense {lat['dense_ms']:.3f} ms, "
+      f"predicted {lat['predicted_ms']:.3f}, measured {lat['measured_ms']:.3f} ({t['achieved']:.2f}x, hit {t['hit']}); "
+      f"MACs {r['reduction']['macs']:.2f}x fewer")
+PY

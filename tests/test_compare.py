@@ -149,3 +149,21 @@ def test_merging_ignores_export_options_of_runs_without_export_and_refuses_other
     c = write("c", {"lr": 0.1}, dict(run, name="l2-x2-s2-entwined", seed=2))
     with pytest.raises(SystemExit, match="other options \\(lr\\)"):
         merge([a, c])
+
+
+def test_merging_runs_with_and_without_distillation_keeps_them_apart(tmp_path):
+    import json
+
+    run = {"name": "singe-x2-s0-entwined", "criterion": "singe", "macs_reduction": 2.0, "seed": 0,
+           "flowchart": "entwined", "accuracy": 0.9, "macs": 1, "params": 1, "score_seconds": 0.0, "target_hit": True}
+    paths = []
+    for distill, acc in ((False, 0.91), (True, 0.93)):
+        path = tmp_path / f"{distill}.json"
+        path.write_text(json.dumps({"options": {"export": False, "distill": distill}, "runs": [dict(run, accuracy=acc)]}))
+        paths.append(str(path))
+    rows, _, _, repeated = _merge_tool().merge(paths)
+    assert repeated == 0 and {(r["name"], r["criterion"], r["accuracy"]) for r in rows} == {
+        ("singe+distill-false-x2-s0-entwined", "singe:distill=false", 0.91),
+        ("singe+distill-true-x2-s0-entwined", "singe:distill=true", 0.93)}
+    rows, _, _, repeated = _merge_tool().merge(paths[:1] * 2)  # one setting: names as they were
+    assert repeated == 1 and rows[0]["name"] == "singe-x2-s0-entwined"

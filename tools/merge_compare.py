@@ -2,9 +2,11 @@
 
     python tools/merge_compare.py docs/results/compare-r56-*.json --out docs/results/r56
 
-Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds; and, for
-runs without export, the export, parity and latency options, which cannot change their results); a run
-named twice (same criterion, target, seed and flowchart) is kept once, from the first file that has it.
+Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds,
+distillation; and, for runs without export, the export, parity and latency options, which cannot change their
+results); a run named twice (same criterion, target, seed and flowchart) is kept once, from the first file that
+has it. Files run with and without --distill are labelled as `compare --distill-both` labels its runs
+(singe:distill=true), so the table keeps them apart.
 Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's accuracy by seed).
 """
 from __future__ import annotations
@@ -16,17 +18,29 @@ from pathlib import Path
 
 from singe_deploy.compare import markdown
 
-SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "out", "force", "resume", "config")
+SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "distill", "out", "force", "resume",
+         "config")
 # export, parity and latency options: compare runs without export, so they cannot change a result
 EXPORT_ONLY = ("parity_atol", "parity_rtol", "parity_top1", "parity_batches", "parity_samples", "batch_sizes",
                "threads", "latency_iters", "latency_seconds", "opset", "trt_precision", "trt_tf32", "trt_workspace_gb",
                "trt_timing_cache", "cuda_graph")
 
 
+def _labelled(run, distill):
+    """The run as compare --distill-both names it (criterion singe:distill=true, folder singe+distill-true-...)."""
+    if "distill=" in run["criterion"]:
+        return run
+    value = str(bool(distill)).lower()
+    label = run["criterion"].replace(":", "+").replace("=", "-")
+    return dict(run, criterion=f"{run['criterion']}:distill={value}",
+                name=run["name"].replace(label, f"{label}+distill-{value}", 1))
+
+
 def merge(paths):
     runs, options, sources, repeated = {}, None, [], 0
-    for path in paths:
-        data = json.loads(Path(path).read_text())
+    files = [(path, json.loads(Path(path).read_text())) for path in paths]
+    both = len({bool(d["options"].get("distill")) for _, d in files}) > 1
+    for path, data in files:
         skip = SPLIT + (EXPORT_ONLY if not data["options"].get("export", True) else ())
         opts = {k: v for k, v in data["options"].items() if k not in skip}
         if options is None:
@@ -36,6 +50,8 @@ def merge(paths):
             if diff:
                 raise SystemExit(f"error: {path} was run with other options ({', '.join(diff)}); merge like with like")
         for run in data["runs"]:
+            if both:
+                run = _labelled(run, data["options"].get("distill"))
             if run["name"] in runs:
                 repeated += 1
                 continue

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from . import bench, distributed, export, onnx_flops, report
+from . import bench, distributed, report
 from .config import PER_RUN, to_yaml
-from .data import first_samples, make_data
+from .data import make_data
+from .deploy import Deployed, DeploySettings, deploy
 from .errors import CheckFailed, UserError, first_line
 from .quantize import QUANTIZED
-from .flops import CONVENTION, compare, count, disagreement
+from .flops import CONVENTION, count
 from .importance import make_criterion
 from .models import (default_input_shape, is_dense_output, load_model, load_pruned, parse_spec, read_checkpoint,
                      save_pruned, task_of)
 from .prune import Schedule, Target, check_reachable, in_window, prune
-from .progress import progress
 from .train import evaluate
 from .train import precision as train_precision
 
@@ -160,26 +160,6 @@ def prepare(cfg, log=print):
 # the default calibration budget when scoring runs on a CPU: criterion passes x MACs per sample; about a minute of
 # SInGE (m = 8) on torchvision:resnet50 at 224 on 2 cores (docs/criteria.md); the demo model stays far below it
 CPU_CALIB_MACS = 4e12
-
-
-CPU_PARITY_MACS = 2e12
-PARITY_PASSES = 6  # dense: torch and onnx; pruned: torch, reloaded torch, onnx (and the reference twice)
-MIN_PARITY_SAMPLES = 8
-
-
-def _parity_batches(cfg, data, dense_macs, log):
-    """The first --parity-batches batches, cut to --parity-samples, or on a CPU target to what CPU_PARITY_MACS of
-    the parity passes afford (a large model's 512 samples would take longer than the pruning)."""
-    batches = [x for x, _ in (data.val if data.real else data.train)][: cfg["parity_batches"]]
-    total = sum(len(x) for x in batches)
-    cap = cfg["parity_samples"]
-    on_cpu = cfg["target"] == "onnx" or (cfg["target"] == "torch" and cfg["device"] == "cpu")
-    if cap is None and on_cpu and dense_macs:
-        cap = max(MIN_PARITY_SAMPLES, int(CPU_PARITY_MACS // (PARITY_PASSES * dense_macs)))
-        if cap < total:
-            log(f"parity: {cap} of {total} samples, what {CPU_PARITY_MACS:.0e} MACs of parity passes afford on a CPU "
-                "(--parity-samples to choose)")
-    return batches if cap is None or cap >= total else first_samples(batches, cap)
 
 
 def _scores_on_cpu(cfg):
@@ -359,13 +339,11 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         return None, out
 
     t = time.time()
-    costs = {"dense": dense_costs, "pruned": pruned_costs}
-    if cfg["export"]:
-        exports, latency, failures, deployables = _export_and_time(cfg, dense_model, model, data, input_shape, work,
-                                                                   log, costs)
-    else:
-        save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
-        exports, latency, failures, deployables = [], [], [], []
+    save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
+    deployed = deploy(dense_model, model, work / "pruned.pt", data, input_shape, work,
+                      DeploySettings.from_config(cfg), {"dense": dense_costs, "pruned": pruned_costs}, cfg["model"],
+                      log) if cfg["export"] else Deployed()
+    exports, failures = deployed.exports, deployed.failures
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
 
@@ -396,7 +374,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
                      **schedule.__dict__, "training": _training(schedule, ctx.device)},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
-        "exports": exports, "latency": latency, "deployables": deployables,
+        "exports": exports, "latency": deployed.latency, "deployables": deployed.deployables,
         "checks": {"passed": not failures, "failures": failures},
         "timings": timings, "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
@@ -419,159 +397,6 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     if failures:
         raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
     return rep, out
-
-
-def _export_and_time(cfg, dense_model, model, data, input_shape, work, log, costs):
-    """Exports with parity against PyTorch and MACs counted again on the graph, then latency of dense and
-    pruned; returns (exports, latency, failures)."""
-    exports, latency, failures = [], [], []
-    batches = _parity_batches(cfg, data, costs["dense"].macs, log)
-    save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
-    reloaded = load_pruned(work / "pruned.pt")
-    variants = {"dense": dense_model, "pruned": model}
-    q = export.parity(bench.Torch(model), bench.Torch(reloaded), batches, "pytorch (in memory)",
-                      cfg["parity_atol"], cfg["parity_rtol"])
-    exports.append({"format": "torch", "variant": "pruned", "path": "pruned.pt", "parity": q})
-    runners = {}
-    bar = progress(total=(2 + len(cfg["quantize"])) * len(cfg["batch_sizes"])
-                   + (2 if cfg["target"] in ("onnx", "trt") else 0),
-                   desc="export and latency", unit="task")
-    if cfg["target"] in ("onnx", "trt"):
-        for variant, m in variants.items():
-            path = work / f"{variant}.onnx"
-            export.export_onnx(m, input_shape, path, cfg["opset"], metadata={"model": cfg["model"], "variant": variant})
-            opset = export.check_onnx(path)
-            runners[variant] = bench.OnnxRuntime(path, cfg["threads"])
-            q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", cfg["parity_atol"],
-                              cfg["parity_rtol"])
-            g = compare(m, costs[variant], onnx_flops.count(path, input_shape))
-            graph = {k: g[k] for k in ("macs", "params", "macs_rel_diff", "macs_agree", "folded_norms",
-                                       "params_expected", "params_agree", "uncounted_ops")}
-            exports.append({"format": "onnx", "variant": variant, "path": path.name, "opset": opset, "parity": q,
-                            "graph_count": graph})
-            if not g["agree"]:
-                failures.append(f"{variant}.onnx: {disagreement(g)}")
-            bar.update()
-            log(f"{variant}.onnx: opset {opset}, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
-                f"{q['top1_agreement']:.4f} vs PyTorch; graph MACs {g['macs']:,} "
-                f"({'agree' if g['agree'] else 'DIFFER'}: {100 * g['macs_rel_diff']:+.3f}%)")
-    if cfg["quantize"]:
-        runners.update(_quantized(cfg, model, data, batches, work, exports, failures, log))
-    if cfg["target"] == "trt":
-        runners = _engines(cfg, variants, input_shape, batches, work, exports, log)
-    elif cfg["target"] == "torch":
-        for variant, m in variants.items():
-            runners[variant] = bench.Torch(_clone(m), cfg["device"], cfg["threads"], cfg["cuda_graph"])
-    for e in exports:
-        q = e["parity"]
-        atol = e.get("atol", cfg["parity_atol"])
-        if e.get("precision") in QUANTIZED:
-            continue  # a lower precision changes the outputs by design: its accuracy is what is measured
-        if q["beyond_rtol"] > atol or q["top1_agreement"] < cfg["parity_top1"]:
-            failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e}, "
-                            f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x the largest |output| (<= {atol:g}), top-1 "
-                            f"{q['top1_agreement']:.4f} (>= {cfg['parity_top1']:g})")
-    for batch in cfg["batch_sizes"]:
-        timed = {}
-        for name, runner in runners.items():
-            stats = bench.measure(runner, input_shape, batch, min_iters=cfg["latency_iters"],
-                                  min_seconds=cfg["latency_seconds"])
-            variant, precision = _deployable(cfg, name)
-            latency.append(dict(stats, variant=variant, precision=precision,
-                                **({"quantized": True} if "." in name else {})))
-            timed[name] = latency[-1]
-            bar.update()
-        d = timed["dense"]["median_ms"]
-        noisy = max(x["cv"] for x in timed.values())
-        note = (f" (noisy: coefficient of variation {100 * noisy:.0f}% > {100 * bench.NOISY_CV:g}%)"
-                if noisy > bench.NOISY_CV else "")
-        others = ", ".join(f"{name} {x['median_ms']:.3f} ms, {d / x['median_ms']:.2f}x"
-                           for name, x in timed.items() if name != "dense")
-        log(f"latency ({latency[-1]['backend']}, {latency[-1]['device']}, batch {batch}): dense {d:.3f} ms, "
-            f"{others}{note}")
-    bar.close()
-    return exports, latency, failures, _deployables(cfg, runners, exports, latency, data, costs, work, log)
-
-
-
-def _deployable(cfg, name):
-    """(variant, precision) of a runner's name: dense, pruned, pruned.int8, ..."""
-    variant, _, precision = name.partition(".")
-    return variant, precision or (cfg["trt_precision"] if cfg["target"] == "trt" else "fp32")
-
-
-def _quantized(cfg, model, data, batches, work, exports, failures, log):
-    """pruned.PRECISION.onnx for each --quantize precision (int8 calibrated on the scoring batches), compared with
-    PyTorch; returns their onnxruntime runners. A precision the converter fails on is a failure (exit 1) that
-    leaves the rest of the run, fp32 files included, as it is."""
-    from .quantize import quantize
-
-    calib = [x for x, _ in data.calibration(cfg["calib_batches"])]
-    if "int8" in cfg["quantize"] and not data.real:
-        log("note: int8 calibrated on synthetic data: its ranges, and so its accuracy, mean nothing")
-    runners = {}
-    for precision in cfg["quantize"]:
-        path = work / f"pruned.{precision}.onnx"
-        try:
-            quantize(work / "pruned.onnx", precision, path, batches=calib, method=cfg["quantize_method"],
-                     target="trt" if cfg["target"] == "trt" else "cpu")
-        except CheckFailed as e:
-            failures.append(str(e))
-            log(f"{path.name}: not written: {e}")
-            continue
-        runner = runners[f"pruned.{precision}"] = bench.OnnxRuntime(path, cfg["threads"])
-        q = export.parity(bench.Torch(model), runner, batches, "pytorch (fp32)", cfg["parity_atol"], cfg["parity_rtol"])
-        exports.append({"format": "onnx", "variant": "pruned", "precision": precision, "path": path.name,
-                        "parity": q, "size_bytes": path.stat().st_size})
-        log(f"{path.name}: {path.stat().st_size / 1e6:.2f} MB, max |diff| {q['max_abs_diff']:.2e}, top-1 agreement "
-            f"{q['top1_agreement']:.4f} vs PyTorch fp32")
-    return runners
-
-
-def _deployables(cfg, runners, exports, latency, data, costs, work, log):
-    """One row per deployable (dense and pruned, each precision): its accuracy as its runtime computes it on the
-    whole validation set (None on synthetic data), top-1 agreement with PyTorch, MACs, params, file size and
-    latency per batch size."""
-    rows = []
-    for name, runner in runners.items():
-        variant, precision = _deployable(cfg, name)
-        fmt = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}.get(runner.name, "torch")
-        e = next((x for x in exports if x["format"] == fmt and x.get("variant") == variant
-                  and x.get("precision", _deployable(cfg, variant)[1]) == precision), None)
-        path = work / e["path"] if e else None
-        accuracy = export.runtime_accuracy(runner, data.val) if data.real else None
-        rows.append({"name": name, "variant": variant, "format": fmt, "precision": precision,
-                     "path": e["path"] if e else None, "accuracy": accuracy,
-                     "top1_agreement": e["parity"]["top1_agreement"] if e else None,
-                     "macs": costs[variant].macs, "params": costs[variant].params,
-                     "size_bytes": path.stat().st_size if path and path.is_file() else None,
-                     "latency_ms": {str(x["batch_size"]): x["median_ms"] for x in latency
-                                    if x["variant"] == variant and x["precision"] == precision
-                                    and x["backend"] == runner.name}})
-        if accuracy is not None:
-            log(f"accuracy of {name} ({fmt}, {precision}, run by {runner.name}): {accuracy:.4f}")
-    return rows
-
-
-def _engines(cfg, variants, input_shape, batches, work, exports, log):
-    """TensorRT engines for dense and pruned, each checked against PyTorch; returns their runners."""
-    from . import trt
-
-    options = trt.EngineOptions.from_config(cfg)
-    sizes = sorted(cfg["batch_sizes"])
-    profile = trt.Profile(sizes[0], sizes[len(sizes) // 2], sizes[-1]).check()
-    atol = trt.tolerance(options.precision, cfg["parity_atol"])
-    runners = {}
-    for variant, m in variants.items():
-        engine = work / f"{variant}.engine"
-        record = trt.engine_from(m, work / f"{variant}.onnx", engine, input_shape, options, profile, cfg["opset"], log)
-        runners[variant] = trt.TensorRT(engine, options.cuda_graph)
-        q = export.parity(bench.Torch(m), runners[variant], batches, "pytorch", atol, cfg["parity_rtol"])
-        exports.append({"format": "tensorrt", "variant": variant, "path": engine.name, "parity": q, "atol": atol,
-                        "engine": record})
-        log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e} (<= {atol:g}), top-1 agreement "
-            f"{q['top1_agreement']:.4f} vs PyTorch")
-    return runners
 
 
 def _clone(model):

@@ -22,13 +22,13 @@ def _parser():
                        "check parity, measure latency and write a report. With no options it runs the demo: the "
                        "shipped builtin:resnet20 Fashion-MNIST baseline pruned to 2x fewer MACs.")
     add_arguments(c)
-    from . import flops_command
+    from .commands import flops as flops_command
 
     f = sub.add_parser("flops", help="MACs, params and other ops of a model, a pruned .pt or an .onnx file",
                        description="Count MACs (multiply-accumulates), params and other ops per sample, per layer "
                        "if asked, and with --onnx-check count them again from the exported ONNX graph.")
     flops_command.add_arguments(f)
-    from .compare import add_compare_arguments
+    from .commands.compare import add_compare_arguments
 
     k = sub.add_parser("compare", help="every criterion through the same flowchart, seeds and data order",
                        description="Run compress (without export) for each criterion x MACs reduction x seed, "
@@ -36,7 +36,8 @@ def _parser():
                        "std, best marked) and compare.png. Defaults: a short schedule (2 steps, 30 iterations, "
                        "0.2 final epochs) that takes under 20 minutes on 2 cores for the demo model.")
     add_compare_arguments(k)
-    from . import bench_command, check, merge
+    from .commands import bench as bench_command
+    from .commands import check, merge
 
     b = sub.add_parser("bench", help="latency of .onnx files, engines or pruned models on this device",
                        description=bench_command.__doc__.split("\n\n")[0] + " onnxruntime needs neither torch "
@@ -47,7 +48,7 @@ def _parser():
     m = rs.add_parser("merge", help="one Markdown table and a PNG chart from reports and latency files",
                       description=merge.__doc__.split("\n\n")[0])
     merge.add_arguments(m)
-    from . import quantize_command
+    from .commands import quantize as quantize_command
 
     q = sub.add_parser("quantize", help="an int8 or fp16 ONNX file from an fp32 one, its accuracy measured",
                        description=quantize_command.__doc__.split("\n\n")[0])
@@ -87,27 +88,27 @@ def _main(argv):
             finally:
                 launch.finish()
         elif args.command == "compare":
-            from .compare import run
+            from .commands.compare import run
 
             run(args)
         elif args.command == "flops":
-            from .flops_command import run
+            from .commands.flops import run
 
             return run(args)
         elif args.command == "bench":
-            from .bench_command import run
+            from .commands.bench import run
 
             return run(args)
         elif args.command == "report":
-            from .merge import run
+            from .commands.merge import run
 
             return run(args)
         elif args.command == "quantize":
-            from .quantize_command import run
+            from .commands.quantize import run
 
             return run(args)
         elif args.command == "check":
-            from .check import run
+            from .commands.check import run
 
             return run(args)
         return 0

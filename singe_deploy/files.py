@@ -34,3 +34,16 @@ def _umask():
 def write_atomic(path, write):
     """Write one file atomically through write(tmp_path)."""
     os.replace(staged(path, write), path)
+
+
+def onnx_metadata(path):
+    """singe-deploy's metadata in an ONNX file (model spec, variant), {} when absent or unreadable."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - onnxruntime reports unreadable files with a better message
+        return {}
+    return {p.key.split(".", 1)[1]: p.value for p in m.metadata_props if p.key.startswith("singe_deploy.")}

@@ -129,7 +129,7 @@ def _load(path, **kw):
 def quantize(src, precision, dst, batches=None, method="minmax", per_channel=True, target="cpu"):
     """One verb for both precisions: returns the path written, which keeps src's singe-deploy metadata (model,
     variant) and says its precision (bench reads it)."""
-    from .bench_command import onnx_metadata
+    from .files import onnx_metadata
     from .export import tag_onnx
 
     if precision == "fp16":

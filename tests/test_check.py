@@ -179,7 +179,7 @@ def test_missing_budget_file_exits_2(compressed, tmp_path, capsys):
 def test_shipped_budgets_are_valid():
     from pathlib import Path
 
-    from singe_deploy.check import load_budget
+    from singe_deploy.commands.check import load_budget
 
     budgets = sorted((Path(__file__).parent.parent / "configs" / "budgets").glob("*.yaml"))
     assert len(budgets) >= 2

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from singe_deploy import compare, compress
+from singe_deploy import compress
+from singe_deploy.commands import compare
 from singe_deploy.cli import main
 
 from .conftest import needs_fashion

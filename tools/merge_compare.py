@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from singe_deploy.compare import markdown
+from singe_deploy.commands.compare import markdown
 
 SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "distill", "out", "force", "resume",
          "config")

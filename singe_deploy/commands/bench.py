@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import __version__
-from .errors import UserError, first_line
-from .files import write_atomic
-from .quantize import QUANTIZED
+from .. import __version__
+from ..errors import UserError, first_line
+from ..files import onnx_metadata, write_atomic
+from ..quantize import QUANTIZED
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".pt": "torch"}
@@ -91,19 +91,6 @@ def _backend_for(path, backend):
     return backend
 
 
-def onnx_metadata(path):
-    """singe-deploy's metadata in an ONNX file (model spec, variant), {} when absent or unreadable."""
-    try:
-        import onnx
-    except ImportError:
-        return {}
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - onnxruntime reports unreadable files with a better message
-        return {}
-    return {p.key.split(".", 1)[1]: p.value for p in m.metadata_props if p.key.startswith("singe_deploy.")}
-
-
 def describe_model(path, meta, args):
     """Model name and variant: flags, then the file's metadata, then its name."""
     stem = path.name.split(".")[0]
@@ -137,7 +124,7 @@ def input_shape(declared, given, batches, path):
 
 def runner_for(path, backend, args):
     """(runner, declared input shape, metadata the file carries) for one file."""
-    from . import bench
+    from .. import bench
 
     if backend == "onnxruntime":
         try:
@@ -149,7 +136,7 @@ def runner_for(path, backend, args):
         return r, r.input_shape, onnx_metadata(path)
     if backend == "tensorrt":
         _need_cuda_torch("the tensorrt backend")
-        from . import trt
+        from .. import trt
 
         record = Path(str(path) + ".json")
         shape = json.loads(record.read_text()).get("input_shape") if record.is_file() else None
@@ -158,7 +145,7 @@ def runner_for(path, backend, args):
         _need_cuda_torch("--device cuda")
     else:
         _need_torch("the torch backend")
-    from .models import load_pruned, read_checkpoint
+    from ..models import load_pruned, read_checkpoint
 
     obj = read_checkpoint(path)
     model = load_pruned(path, obj)
@@ -184,7 +171,7 @@ def _need_cuda_torch(what):
 
 def measure_files(args):
     """Latency file content for the artifacts in `args` (one entry per file and batch size)."""
-    from . import bench, device
+    from .. import bench, device
 
     batches = _ints(args.batch_sizes, "--batch-sizes")
     for key in ("iters", "threads"):
@@ -246,14 +233,14 @@ def table(data):
 
 def run(args):
     data = measure_files(args)
-    from . import device
+    from .. import device
 
     print(f"device: {device.label(data['device'])}, {data['device']['os']}")
     for note in data["notes"]:
         print(f"note: {note}")
     print(table(data))
     if args.out:
-        from . import schemas
+        from .. import schemas
 
         if schemas.available():
             schemas.validate(data, "latency")

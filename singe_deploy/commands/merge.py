@@ -13,8 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import UserError
-from .files import staged
+from ..errors import UserError
+from ..files import staged
 
 NA = "–"
 
@@ -27,7 +27,7 @@ def add_arguments(ap):
 
 def read(path):
     """(kind, data) of one input: 'report' or 'latency', validated against its schema."""
-    from . import schemas
+    from .. import schemas
 
     p = Path(path)
     if not p.is_file():
@@ -75,7 +75,7 @@ def backend_label(e):
 
 def collect(files):
     """rows: {(model, device, backend, batch): {variant: entry}}, MACs ratio per model, sources, notes."""
-    from .device import label
+    from ..device import label
 
     rows, macs, sources, notes = {}, {}, [], []
     for number, f in enumerate(files, 1):

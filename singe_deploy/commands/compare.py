@@ -15,9 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from .config import OPTIONS, add_arguments
-from .config import PER_RUN as WHERE_TO_WRITE
-from .errors import CheckFailed, UserError
+from ..config import OPTIONS, add_arguments
+from ..config import PER_RUN as WHERE_TO_WRITE
+from ..errors import CheckFailed, UserError
 
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
@@ -64,7 +64,7 @@ def _list(text, kind, flag):
 def entry(text):
     """(label, options) of one --criteria entry: 'NAME' or 'NAME:KEY=VALUE:...' (KEY a compress option; for singe,
     'singe_' may be left out)."""
-    from .config import BY_NAME, _convert
+    from ..config import BY_NAME, _convert
 
     name, *pairs = text.split(":")
     if name not in CRITERIA:
@@ -111,15 +111,15 @@ def _options(opts):
 
 
 def run(args, log=print):
-    from .compress import run as compress
-    from .config import TARGETS, resolve, validate
-    from .launch import launched
+    from ..compress import run as compress
+    from ..config import TARGETS, resolve, validate
+    from ..launch import launched
 
     if launched():
         raise UserError("compare runs in one process; run each compress under torchrun (or with --nproc) instead")
     criteria = _list(args.criteria, str, "--criteria")
     rankings = _list(args.rankings, str, "--rankings") if getattr(args, "rankings", None) else None
-    from .prune import RANKINGS
+    from ..prune import RANKINGS
 
     if rankings and any(r not in RANKINGS for r in rankings):
         raise UserError(f"--rankings must be among {', '.join(RANKINGS)}, got {args.rankings}")

@@ -20,8 +20,8 @@ import json
 import math
 from pathlib import Path
 
-from .errors import CheckFailed, UserError, first_line
-from .quantize import PRECISIONS
+from ..errors import CheckFailed, UserError, first_line
+from ..quantize import PRECISIONS
 
 STATS = {"median": "median_ms", "p90": "p90_ms"}
 RULE_KEYS = {"backend", "device", "batch_size", "stat", "ms", "variant", "provider", "precision"}
@@ -103,7 +103,7 @@ def _latency_rules(value, where):
 
 def load_budget(path):
     """The budget in a YAML file, validated: unknown keys, wrong types and negative values are bad input."""
-    from .config import read_yaml
+    from ..config import read_yaml
 
     raw = read_yaml(path, "budget file", "budget keys")
     if not raw:
@@ -156,8 +156,8 @@ def facts_from_report(kind, data):
 
 def facts_from_onnx(path, budget, args):
     """Run the export checks on an .onnx file; returns (facts, problems found while checking)."""
-    from . import onnx_flops
-    from .bench_command import input_shape as shape_for
+    from .. import onnx_flops
+    from .bench import input_shape as shape_for
 
     try:
         import onnx
@@ -173,7 +173,7 @@ def facts_from_onnx(path, budget, args):
     except Exception as e:  # noqa: BLE001 - ValidationError and shape-inference errors
         problems.append(("onnx checker", "passes", first_line(e, 120)))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    from . import bench
+    from .. import bench
 
     try:
         runner = bench.OnnxRuntime(path, None, "cpu")
@@ -211,7 +211,7 @@ def facts_from_onnx(path, budget, args):
                 continue
             latency.append(dict(bench.measure(runner, shape, b, min_iters=20, min_seconds=0.5), variant="pruned",
                                 provider="cpu"))
-    from .bench_command import onnx_metadata
+    from ..files import onnx_metadata
 
     precision = onnx_metadata(path).get("precision", "fp32")
     deployables = [{"variant": "pruned", "precision": precision, "size_bytes": Path(path).stat().st_size,
@@ -226,7 +226,7 @@ def _reference_parity(model, runner, x, out):
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from .agreement import top1_agreement
+    from ..agreement import top1_agreement
 
     ref = ReferenceEvaluator(model)
     expected = np.asarray(ref.run(None, {runner.input: x})[0])

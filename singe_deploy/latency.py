@@ -126,7 +126,8 @@ class TrtTimer(_Timer):
         shape = [self.batch] + self.shape[1:]
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path, engine = Path(tmp) / "m.onnx", Path(tmp) / "m.engine"
-            if self.options.precision == "fp32":  # fp16 graphs (TensorRT 11) are exported by engine_from
+            plan = trt.precision_plan(trt.major(trt.import_trt()), self.options.precision, self.options.tf32)
+            if not plan["fp16_graph"]:  # an fp16 graph (TensorRT 11) is exported by engine_from
                 _export_fast(model.eval(), shape, onnx_path, self.opset)
             trt.engine_from(model.eval(), onnx_path, engine, shape, self.options,
                             trt.Profile(self.batch, self.batch, self.batch), self.opset, log=lambda *_: None)

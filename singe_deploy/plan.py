@@ -294,7 +294,9 @@ def search(planner, model, example, input_shape, metric, target, desc, predict=N
         if timed is None or not reached:
             return planner.removals(counts), cost(counts), reached, False
         real = _Predicted(lambda c: timed(apply_plan(copy.deepcopy(model), planner.removals(c), example)))
-        counts, reached = _bisect(planner, real, target, desc)
+        # removing nothing cannot make the model faster: where the prediction says it misses, a timing saying
+        # otherwise is the machine's noise, and the bisection does not take level 0
+        counts, reached = _bisect(planner, real, target, desc, zero_misses=cost(planner.counts(0)) > target)
         planner.predicted = cost(counts)
         return planner.removals(counts), real(counts), reached, True
     predictor = Predictor.build(planner, model, input_shape, metric)
@@ -324,10 +326,11 @@ class _Measured(_Costs):
         return measure_pruned(pruned, self.shape, self.metric)
 
 
-def _bisect(planner, cost, target, desc):
-    """(channel counts of the lowest level whose cost meets target, reached); a progress bar when `desc`."""
+def _bisect(planner, cost, target, desc, zero_misses=False):
+    """(channel counts of the lowest level whose cost meets target, reached); a progress bar when `desc`.
+    zero_misses: level 0 is known to miss (not costed)."""
     lo, hi = 0, planner.levels
-    if cost(planner.counts(lo)) <= target:
+    if not zero_misses and cost(planner.counts(lo)) <= target:
         return planner.counts(lo), True
     best = planner.counts(hi)
     if cost(best) > target:

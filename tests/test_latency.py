@@ -278,3 +278,17 @@ def test_the_trt_timer_builds_one_engine_per_variant_with_the_run_options(monkey
     key = timer.key()
     assert key["backend"] == "tensorrt" and key["version"] == "10.16.1" and key["batch"] == 2
     assert key["device"] == "cuda: Stand-in GPU" and key["tf32"] is False and key["precision"] == "fp32"
+
+
+def test_a_noisy_timing_never_makes_removing_nothing_meet_a_target():
+    """The measured bisection: where the prediction says that level 0 (nothing removed) misses, a timing that says
+    it meets the target (a busy machine) must not end the search with nothing pruned."""
+    from singe_deploy.plan import search
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    planner, _, _ = _planner(model)
+    predict = lambda counts: 10.0 - 0.01 * sum(counts)  # noqa: E731
+    removals, _, reached, measured = search(planner, model, torch.zeros(SHAPE), SHAPE, "latency", 9.95, None,
+                                            predict=predict, timed=lambda pruned: 0.0)
+    assert reached and measured and removals and all(len(idxs) > 0 for _, _, idxs in removals)

@@ -29,6 +29,7 @@ from .models import (default_input_shape, is_dense_output, load_model, load_prun
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .train import evaluate
 from .train import precision as train_precision
+from .trt import EngineOptions
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 # the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
@@ -96,13 +97,8 @@ def _timer(cfg, input_shape):
     from .latency import timer_for
 
     limits = dict(min_iters=min(cfg["latency_iters"], 30), min_seconds=min(cfg["latency_seconds"], 0.5))
-    engine = None
-    if cfg["target"] == "trt":
-        from .trt import EngineOptions
-
-        engine = EngineOptions.from_config(cfg)
     return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"],
-                     engine=engine, **limits)
+                     engine=EngineOptions.from_config(cfg), **limits)
 
 
 def default_out(cfg):

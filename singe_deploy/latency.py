@@ -76,13 +76,8 @@ class OnnxTimer(_Timer):
             path = Path(tmp) / "m.onnx"
             _export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
             graph = path.read_bytes()
-
-        def make():
-            with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
-                path = Path(tmp) / "m.onnx"
-                path.write_bytes(graph)
-                return bench.OnnxRuntime(path, self.threads, spinning=False)  # see bench.measure_interleaved
-        return make
+        # see bench.measure_interleaved for why sessions do not spin
+        return lambda: _opened(graph, "m.onnx", lambda path: bench.OnnxRuntime(path, self.threads, spinning=False))
 
     def key(self):
         import onnxruntime
@@ -117,28 +112,19 @@ class TrtTimer(_Timer):
         super().__init__(input_shape, batch, None, min_iters, min_seconds)
         self.options, self.opset = options or EngineOptions(), opset
 
-    def runner(self, model):
-        return self.factory(model)()
+    runner = OnnxTimer.runner
 
     def factory(self, model):
         from . import trt
 
         shape = [self.batch] + self.shape[1:]
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path, engine = Path(tmp) / "m.onnx", Path(tmp) / "m.engine"
-            plan = trt.precision_plan(trt.major(trt.import_trt()), self.options.precision, self.options.tf32)
-            if not plan["fp16_graph"]:  # an fp16 graph (TensorRT 11) is exported by engine_from
-                _export_fast(model.eval(), shape, onnx_path, self.opset)
-            trt.engine_from(model.eval(), onnx_path, engine, shape, self.options,
-                            trt.Profile(self.batch, self.batch, self.batch), self.opset, log=lambda *_: None)
+            engine = Path(tmp) / "m.engine"
+            trt.engine_from(model.eval(), Path(tmp) / "m.onnx", engine, shape, self.options,
+                            trt.Profile(self.batch, self.batch, self.batch), self.opset, log=lambda *_: None,
+                            export=lambda m, s, path: _export_fast(m, s, path, self.opset))
             blob = engine.read_bytes()
-
-        def make():
-            with tempfile.TemporaryDirectory() as tmp:  # the runner holds the deserialized engine: the file can go
-                path = Path(tmp) / "m.engine"
-                path.write_bytes(blob)
-                return trt.TensorRT(path, self.options.cuda_graph)
-        return make
+        return lambda: _opened(blob, "m.engine", lambda path: trt.TensorRT(path, self.options.cuda_graph))
 
     def key(self):
         from . import trt
@@ -147,6 +133,14 @@ class TrtTimer(_Timer):
         return {"backend": "tensorrt", "version": str(trt.import_trt().__version__),
                 "device": f"cuda: {torch.cuda.get_device_name()}", "batch": self.batch, "precision": o.precision,
                 "tf32": o.tf32, "cuda_graph": o.cuda_graph}
+
+
+def _opened(blob, name, open_runner):
+    """open_runner(path) of `blob` written to a temporary file; the runner holds what it read, so the file can go."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(blob)
+        return open_runner(path)
 
 
 def _export_fast(model, shape, path, opset):

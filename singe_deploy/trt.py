@@ -107,15 +107,16 @@ def export_for(model, input_shape, path, plan, opset=18):
     return export_onnx(model, input_shape, path, opset, dtype="float16" if plan["fp16_graph"] else "float32")
 
 
-def engine_from(model, onnx_path, engine_path, input_shape, options, profile, opset=18, log=print):
-    """Build engine_path for `model` with `options`: from onnx_path (exported there first when it is missing), or on
-    TensorRT 11 fp16 from an fp16 graph written beside it. Returns build_engine's record."""
+def engine_from(model, onnx_path, engine_path, input_shape, options, profile, opset=18, log=print, export=None):
+    """Build engine_path for `model` with `options`: from onnx_path (exported there first when it is missing, with
+    export(model, shape, path) if given), or on TensorRT 11 fp16 from an fp16 graph written beside it. Returns
+    build_engine's record."""
     plan = precision_plan(major(import_trt()), options.precision, options.tf32)
     onnx_path = Path(onnx_path)
     if plan["fp16_graph"]:
         onnx_path = export_for(model, input_shape, onnx_path.with_suffix(".fp16.onnx"), plan, opset)
     elif not onnx_path.is_file():
-        export_for(model, input_shape, onnx_path, plan, opset)
+        (export or (lambda m, shape, path: export_for(m, shape, path, plan, opset)))(model, input_shape, onnx_path)
     return build_engine(onnx_path, engine_path, input_shape, options.precision, options.tf32, profile,
                         options.workspace_gb, options.timing_cache, log)
 

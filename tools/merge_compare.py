@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from singe_deploy.commands.compare import markdown
+from singe_deploy.commands.compare import folder, markdown
 
 SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "distill", "out", "force", "resume",
          "config")
@@ -30,10 +30,8 @@ def _labelled(run, distill):
     """The run as compare --distill-both names it (criterion singe:distill=true, folder singe+distill-true-...)."""
     if "distill=" in run["criterion"]:
         return run
-    value = str(bool(distill)).lower()
-    label = run["criterion"].replace(":", "+").replace("=", "-")
-    return dict(run, criterion=f"{run['criterion']}:distill={value}",
-                name=run["name"].replace(label, f"{label}+distill-{value}", 1))
+    label = f"{run['criterion']}:distill={str(bool(distill)).lower()}"
+    return dict(run, criterion=label, name=run["name"].replace(folder(run["criterion"]), folder(label), 1))
 
 
 def merge(paths):

@@ -100,10 +100,14 @@ def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None, met
                     opts = dict(copts, seed=seed, label=label, **{f"{metric}_reduction": x})
                     if flowchart == "one-shot":
                         opts.update(steps=1, finetune_iters=0)
-                    folder = label.replace(":", "+").replace("=", "-")
                     tag = "x" if metric == "macs" else "lat"
-                    runs.append((f"{folder}-{tag}{x:g}-s{seed}-{flowchart}", flowchart, opts))
+                    runs.append((f"{folder(label)}-{tag}{x:g}-s{seed}-{flowchart}", flowchart, opts))
     return runs
+
+
+def folder(label):
+    """The file-name form of a criterion label: singe:distill=true -> singe+distill-true."""
+    return label.replace(":", "+").replace("=", "-")
 
 
 def _options(opts):

@@ -34,7 +34,7 @@ def _parser():
                        description="Run compress (without export) for each criterion x MACs reduction x seed, "
                        "and with --one-shot also as one-shot pruning, then write compare.json, compare.md (mean +- "
                        "std, best marked) and compare.png. Defaults: a short schedule (2 steps, 30 iterations, "
-                       "0.2 final epochs) that takes under 20 minutes on 2 cores for the demo model.")
+                       "0.2 final epochs, no distillation) that takes under 20 minutes on 2 cores for the demo model.")
     add_compare_arguments(k)
     from .commands import bench as bench_command
     from .commands import check, merge

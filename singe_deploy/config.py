@@ -70,7 +70,8 @@ OPTIONS = [
     Option("weight_decay", "float", 5e-4, "fine-tuning weight decay (SGD, not on biases and norms)"),
     Option("momentum", "float", 0.9, "fine-tuning SGD momentum (Nesterov when > 0)"),
     Option("label_smoothing", "float", 0.0, "fine-tuning cross-entropy label smoothing"),
-    Option("distill", "bool", False, "fine-tune against the dense model's logits too (knowledge distillation)"),
+    Option("distill", "bool", True, "fine-tune against the dense model's logits too (knowledge distillation; "
+           "--no-distill: cross-entropy only)"),
     Option("distill_t", "float", 4.0, "distillation temperature T"),
     Option("distill_alpha", "float", 0.5, "distillation weight: alpha x T^2 x KL + (1 - alpha) x cross-entropy"),
     Option("amp", "str", "auto", "fine-tuning mixed precision: auto = bf16 autocast on CUDA (fp16 where the GPU "
@@ -235,23 +236,25 @@ def load_yaml(path):
     return out
 
 
-def add_arguments(parser, options=OPTIONS):
-    """One flag per option; defaults are suppressed so only flags the user gave override the config."""
+def add_arguments(parser, options=OPTIONS, defaults=None):
+    """One flag per option; defaults are suppressed so only flags the user gave override the config. `defaults`:
+    a command's own defaults for some options, shown in its help instead of the option table's."""
     parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options")
     for o in options:
         flag = "--" + o.name.replace("_", "-")
         if o.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=_help(o))
+                                help=_help(o, defaults))
         else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=_metavar(o), help=_help(o))
+            parser.add_argument(flag, default=argparse.SUPPRESS, metavar=_metavar(o), help=_help(o, defaults))
 
 
-def _help(o):
+def _help(o, defaults=None):
     """The option's help with its default said once (helps that explain their default keep their own words)."""
     if "default" in o.help:
         return o.help
-    default = ("on" if o.default else "off") if o.type == "bool" else "none" if o.default is None else o.default
+    value = (defaults or {}).get(o.name, o.default)
+    default = ("on" if value else "off") if o.type == "bool" else "none" if value is None else value
     return f"{o.help} (default: {default})"
 
 

@@ -63,7 +63,7 @@ class Schedule:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     label_smoothing: float = 0.0
-    distill: bool = False  # fine-tune against the dense model's logits too (prune() gets it as `teacher`)
+    distill: bool = True  # fine-tune against the dense model's logits too (prune() gets it as `teacher`)
     distill_t: float = 4.0
     distill_alpha: float = 0.5
     amp: str = "auto"  # fine-tuning precision and memory format, see train.precision

@@ -21,8 +21,9 @@ from ..errors import CheckFailed, UserError
 
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
-# flags override them)
-DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False}
+# flags override them); no distillation on this schedule, where it lost at 3x (docs/training.md)
+DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False,
+            "distill": False}
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms",
            "seed") + WHERE_TO_WRITE
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
@@ -48,7 +49,7 @@ def add_compare_arguments(p):
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--resume", action="store_true", help="continue an interrupted comparison into the same --out")
     shared = [o for o in OPTIONS if o.name not in PER_RUN + ONE_PROCESS]
-    add_arguments(p, shared)
+    add_arguments(p, shared, DEFAULTS)
 
 
 def _list(text, kind, flag):

@@ -227,12 +227,9 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     try:  # every bad-input check, on every rank; then all ranks learn whether any failed
         p = prepare(cfg, log)
         model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
-        schedule = Schedule(cfg["steps"], cfg["finetune_iters"], cfg["epochs"] if data.real else 0, cfg["lr"],
-                            cfg["ranking"], cfg["round_to"], cfg["max_layer_ratio"], cfg["calib_batches"],
-                            cfg["step_eval"], cfg["calib_samples"],
-                            CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None,
-                            **{k: cfg[k] for k in ("weight_decay", "momentum", "label_smoothing", "distill",
-                                                   "distill_t", "distill_alpha", "amp", "channels_last")})
+        schedule = Schedule.from_config(
+            cfg, epochs=cfg["epochs"] if data.real else 0,
+            calib_macs=CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None)
         train_precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
         input_shape = [1] + list(shape)
         if p["target"].metric != "latency":  # a latency target is checked against its table, once measured

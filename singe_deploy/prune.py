@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -68,6 +68,12 @@ class Schedule:
     distill_alpha: float = 0.5
     amp: str = "auto"  # fine-tuning precision and memory format, see train.precision
     channels_last: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg, **overrides):
+        """The schedule a config holds (its options share these names); `overrides` replace fields."""
+        return cls(**{f.name: overrides.get(f.name, cfg.get(f.name)) for f in fields(cls)
+                      if f.name in overrides or f.name in cfg})
 
     def __post_init__(self):
         if self.ranking not in RANKINGS:

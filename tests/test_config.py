@@ -86,6 +86,16 @@ def test_python_api_defaults_are_the_cli_defaults():
         assert f.default == defaults()[f.name], f.name
 
 
+def test_a_schedule_is_read_from_a_config_with_overrides():
+    from singe_deploy.prune import Schedule
+
+    cfg = resolve(_args(["--steps", "3", "--no-distill", "--ranking", "cost"]))
+    schedule = Schedule.from_config(cfg, epochs=0, calib_macs=5.0)
+    assert (schedule.steps, schedule.distill, schedule.ranking) == (3, False, "cost")
+    assert (schedule.epochs, schedule.calib_macs) == (0, 5.0)
+    assert schedule.finetune_iters == defaults()["finetune_iters"]
+
+
 def test_a_saved_config_reruns_without_the_output_folder(tmp_path):
     from singe_deploy.config import PER_RUN, to_yaml
 

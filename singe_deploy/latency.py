@@ -57,7 +57,14 @@ class _Timer:
         return stats[0]["median_ms"], stats[1]["median_ms"]
 
 
-class OnnxTimer(_Timer):
+class _FileTimer(_Timer):
+    """A timer whose runners open a file built once per model (factory): runner(model) is one of them."""
+
+    def runner(self, model):
+        return self.factory(model)()
+
+
+class OnnxTimer(_FileTimer):
     """Models exported to ONNX and run by onnxruntime on this CPU.
 
     Tables time dozens of variants, so each is exported with torch's TorchScript exporter, 10x faster than the
@@ -66,9 +73,6 @@ class OnnxTimer(_Timer):
     def __init__(self, input_shape, batch=1, threads=None, min_iters=30, min_seconds=0.5, opset=18):
         super().__init__(input_shape, batch, threads or bench.default_threads(), min_iters, min_seconds)
         self.opset = opset
-
-    def runner(self, model):
-        return self.factory(model)()
 
     def factory(self, model):
         """Exported once; every call opens a new onnxruntime session of that graph."""
@@ -102,7 +106,7 @@ class TorchTimer(_Timer):
                 "threads": self.threads or torch.get_num_threads(), "batch": self.batch}
 
 
-class TrtTimer(_Timer):
+class TrtTimer(_FileTimer):
     """TensorRT engines on this GPU, built with the run's EngineOptions and a profile of the one batch size timed:
     each variant exported to ONNX (as OnnxTimer does), built once, and every call deserializes a new runner of it."""
 
@@ -111,8 +115,6 @@ class TrtTimer(_Timer):
 
         super().__init__(input_shape, batch, None, min_iters, min_seconds)
         self.options, self.opset = options or EngineOptions(), opset
-
-    runner = OnnxTimer.runner
 
     def factory(self, model):
         from . import trt

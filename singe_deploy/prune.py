@@ -72,8 +72,7 @@ class Schedule:
     @classmethod
     def from_config(cls, cfg, **overrides):
         """The schedule a config holds (its options share these names); `overrides` replace fields."""
-        return cls(**{f.name: overrides.get(f.name, cfg.get(f.name)) for f in fields(cls)
-                      if f.name in overrides or f.name in cfg})
+        return cls(**{**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg}, **overrides})
 
     def __post_init__(self):
         if self.ranking not in RANKINGS:

@@ -345,18 +345,24 @@ def _bisect(planner, cost, target, desc, zero_misses=False):
         bar.update()
     bar.close()
     if planner.chunks is not None and cost(best) < 0.97 * target:
-        best = _closer(planner, cost, lo, target, best)
+        best = _closer(planner, cost, lo, target, best, desc)
     return best, True
 
 
-def _closer(planner, cost, lo, target, best, tries=16):
+def _closer(planner, cost, lo, target, best, desc=None, tries=16):
     """When the next chunk overshoots the target by far, try one later (cheaper) chunk instead."""
     base = planner.counts(lo)
+    candidates = []
     for _, i, removed in planner.chunks[lo + 1:lo + 1 + tries]:
-        if removed <= base[i]:
-            continue
-        candidate = list(base)
-        candidate[i] = removed
+        if removed > base[i]:
+            candidates.append(list(base))
+            candidates[-1][i] = removed
+    # measured levels take seconds each: their own bar, so the one above does not sit at "done"
+    bar = progress(total=len(candidates), desc=desc and f"{desc}, nearer the target", unit="trial",
+                   disable=desc is None or not candidates)
+    for candidate in candidates:
         if cost(best) < cost(candidate) <= target:
             best = candidate
+        bar.update()
+    bar.close()
     return best

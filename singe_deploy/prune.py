@@ -223,6 +223,10 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         one_step(s, dense_cost / target.reduction ** ((s + 1) / schedule.steps), f"{s + 1}/{schedule.steps}")
     for k in range(CORRECTIONS if table is not None and not finetuned else 0):
         dense_ms, measured = _latency_pair(timer, dense_model, model, table, rounds=3)
+        if dense_ms / target.reduction * 1.03 < measured <= dense_ms / target.reduction * NEAR_MISS:
+            # a few percent over may be the machine's noise (the level was chosen as the first one timed under the
+            # target): time it again, longer, before pruning more
+            dense_ms, measured = _latency_pair(timer, dense_model, model, table, rounds=CONFIRM_ROUNDS)
         goal = dense_ms / target.reduction
         if measured <= goal * 1.03:
             break
@@ -310,6 +314,7 @@ def _latency_pair(timer, dense_model, model, table, rounds=1):
 
 MIN_CALIB_SAMPLES = 16
 CORRECTIONS = 3  # latency targets: extra steps when the measured latency misses what the table predicted
+NEAR_MISS, CONFIRM_ROUNDS = 1.10, 9  # a final check under 10% over the target is timed again, 9 pairs, before correcting
 
 
 def calibration(batches, schedule, criterion, model, groups, shape, log=None):

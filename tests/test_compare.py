@@ -83,6 +83,33 @@ def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypa
     assert len(json.loads((out / "compare.json").read_text())["runs"]) == 2
 
 
+@needs_fashion
+def test_a_run_interrupted_after_a_pruning_step_resumes_from_that_step(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--criteria", "l1", "--macs-reduction", "2", "--seeds", "0", "--steps", "2",
+            "--out", str(out)] + FAST
+    real, seen = compress.run, []
+
+    def stop_after_step_1(msg):
+        if msg.startswith("step 1/2"):
+            raise KeyboardInterrupt
+
+    def traced(cfg, log=print, dense_accuracy=None, resume_hint=True):
+        seen.append(cfg["resume"])
+        return real(cfg, stop_after_step_1 if len(seen) == 1 else lines.append, dense_accuracy, resume_hint)
+
+    lines = []
+    monkeypatch.setattr(compress, "run", traced)
+    assert main(argv) == 130
+    assert (tmp_path / ".cmp.partial" / "runs" / ".l1-x2-s0-entwined.partial" / "state.pt").is_file()
+    assert main(argv + ["--resume"]) == 0
+    assert seen == [False, True]
+    assert any(m.startswith("resuming") for m in lines) and not any(m.startswith("step 1/2") for m in lines)
+    assert "resuming from its last pruning step" in capsys.readouterr().out
+    run = json.loads((out / "compare.json").read_text())["runs"][0]
+    assert json.loads((out / "runs" / run["name"] / "report.json").read_text())["steps"][1]["step"] == 2
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--criteria", "singe,magnitude"], "unknown criterion 'magnitude'"),
     (["--macs-reduction", "2,x"], "--macs-reduction must be"),

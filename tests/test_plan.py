@@ -239,3 +239,34 @@ def test_attention_that_loses_whole_heads_is_predicted_exactly(kind):
     dense = measure(model, shape, "macs")
     plan, cost, reached, measured = search(planner, model, torch.zeros(shape), shape, "macs", dense / 1.5, None)
     assert not measured and reached and cost <= dense / 1.5
+
+
+def test_a_far_overshoot_tries_a_later_chunk_and_shows_those_trials(monkeypatch):
+    from singe_deploy import plan as P
+
+    class Chunks:  # three groups; chunks in removal order, as Planner._chunks gives them
+        chunks = [(0.1, 0, 1), (0.2, 1, 1), (0.3, 0, 2), (0.4, 2, 1)]
+        entries = [None] * 3
+        levels = 4
+        counts = P.Planner.counts
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, desc=None, disable=False, **_):
+            self.total, self.desc, self.disable, self.n = total, desc, disable, 0
+            bars.append(self)
+
+        def update(self):
+            self.n += 1
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(P, "progress", Bar)
+    cost = P._Predicted(lambda c: 10 - 3 * c[0] - c[1] - 2 * c[2])
+    best, reached = P._bisect(Chunks(), cost, 8.5, "plan")
+    # level 1 (cost 7) overshoots 8.5 by far; of the later single chunks only group 2's meets it, at 8
+    assert reached and best == [0, 0, 1] and cost(best) == 8
+    closer = bars[-1]
+    assert closer.desc == "plan, nearer the target" and closer.total == 3 and closer.n == 3 and not closer.disable

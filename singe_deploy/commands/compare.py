@@ -4,7 +4,8 @@ and seeds), so that the gain of a criterion is told apart from the gain of the s
 Each criterion x MACs reduction x seed (x flowchart with --one-shot) is one compress run without export,
 written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mean +- std per criterion and
 target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
-as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish.
+as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish, and picks a run
+that was interrupted after a pruning step up again from that step (compress --resume).
 """
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def _options(opts):
 
 
 def run(args, log=print):
+    from ..compress import STATE
     from ..compress import run as compress
     from ..config import TARGETS, resolve, validate
     from ..launch import launched
@@ -152,8 +154,9 @@ def run(args, log=print):
     for i, (name, flowchart, opts) in enumerate(runs, 1):
         folder = work / "runs" / name
         if not (folder / "report.json").is_file():
-            log(f"[{i}/{len(runs)}] {name}")
-            cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=False))
+            again = args.resume and (folder.parent / f".{folder.name}.partial" / STATE).is_file()
+            log(f"[{i}/{len(runs)}] {name}" + (": resuming from its last pruning step" if again else ""))
+            cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=again))
             try:
                 compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense, resume_hint=False)
             except CheckFailed:  # a missed target is a result, recorded with the run

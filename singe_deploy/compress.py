@@ -21,6 +21,7 @@ from .config import PER_RUN, to_yaml
 from .data import make_data
 from .deploy import Deployed, DeploySettings, deploy
 from .errors import CheckFailed, UserError, first_line
+from .files import partial
 from .quantize import QUANTIZED
 from .flops import CONVENTION, count
 from .importance import make_criterion
@@ -110,7 +111,7 @@ def prepare(cfg, log=print):
     """All bad-input checks, in order; returns (model, data, shape, checkpoint, out, work)."""
     check_target(cfg)
     out = Path(cfg["out"]) if cfg["out"] else default_out(cfg)
-    work = out.parent / f".{out.name}.partial"
+    work = partial(out)
     main = distributed.current().main  # rank 0 writes the output and holds the resume state
     if cfg["resume"] and not cfg["out"]:
         raise UserError("--resume needs --out DIR, the output folder of the interrupted run")

@@ -25,6 +25,12 @@ def staged(path, write):
         raise
 
 
+def partial(out):
+    """The hidden folder an output folder is written in, renamed to `out` when complete (and resumed from)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
 def _umask():
     mask = os.umask(0o022)
     os.umask(mask)

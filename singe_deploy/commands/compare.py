@@ -120,6 +120,7 @@ def run(args, log=print):
     from ..compress import STATE
     from ..compress import run as compress
     from ..config import TARGETS, resolve, validate
+    from ..files import partial
     from ..launch import launched
 
     if launched():
@@ -139,7 +140,7 @@ def run(args, log=print):
     shared = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in PER_RUN})
     base = resolve(shared, DEFAULTS)
     out = Path(args.out) if args.out else Path("singe-deploy-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    work = out.parent / f".{out.name}.partial"
+    work = partial(out)
     if out.exists() and not args.force:
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     if work.exists() and not args.resume:
@@ -154,7 +155,7 @@ def run(args, log=print):
     for i, (name, flowchart, opts) in enumerate(runs, 1):
         folder = work / "runs" / name
         if not (folder / "report.json").is_file():
-            again = args.resume and (folder.parent / f".{folder.name}.partial" / STATE).is_file()
+            again = args.resume and (partial(folder) / STATE).is_file()
             log(f"[{i}/{len(runs)}] {name}" + (": resuming from its last pruning step" if again else ""))
             cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=again))
             try:

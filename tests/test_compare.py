@@ -77,10 +77,15 @@ def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypa
     monkeypatch.setattr(compress, "run", flaky)
     assert main(argv) == 130 and not out.exists()
     assert f"--resume --out {out}" in capsys.readouterr().out
+    cut = _merge_tool().finished_runs(tmp_path / ".cmp.partial")  # what tools/merge_compare.py reads of it
     calls.clear()
     assert main(argv + ["--resume"]) == 0
     assert calls == ["l2"]  # l1 finished before the interruption
-    assert len(json.loads((out / "compare.json").read_text())["runs"]) == 2
+    done = json.loads((out / "compare.json").read_text())
+    assert len(done["runs"]) == 2
+    assert cut["runs"] == done["runs"][:1] and cut["options"] == done["options"]
+    rows, _, _, repeated = _merge_tool().merge([str(out / "compare.json"), str(out)])
+    assert len(rows) == 2 and repeated == 2
 
 
 @needs_fashion

@@ -1,6 +1,10 @@
 """Merge compare.json files of the same set-up (runs split by seed or target across processes) into one table.
 
     python tools/merge_compare.py docs/results/compare-r56-*.json --out docs/results/r56
+    python tools/merge_compare.py OUT/compare.json OUT2/.cut.partial --out merged   # and an interrupted compare
+
+An input may also be a compare output folder, or the hidden .NAME.partial folder an interrupted compare leaves:
+its finished runs count, rows as compare writes them, with the options of its entwined runs' config.yaml.
 
 Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds,
 distillation; and, for runs without export, the export, parity and latency options, which cannot change their
@@ -13,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from singe_deploy.commands.compare import folder, markdown
+import yaml
+
+from singe_deploy.commands.compare import PER_RUN, folder, markdown, row
+
+RUN = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
 
 SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "distill", "out", "force", "resume",
          "config")
@@ -34,9 +43,38 @@ def _labelled(run, distill):
     return dict(run, criterion=label, name=run["name"].replace(folder(run["criterion"]), folder(label), 1))
 
 
+def _label(name):
+    """compare's criterion label from its folder form (folder() backwards): singe+ranking-cost -> singe:ranking=cost."""
+    head, *pairs = name.split("+")
+    return ":".join([head] + [p.replace("-", "=", 1) for p in pairs])
+
+
+def finished_runs(path):
+    """The runs a compare folder holds (finished, or cut short: its .NAME.partial folder), as compare.json has them."""
+    path = Path(path)
+    if (path / "compare.json").is_file():
+        return json.loads((path / "compare.json").read_text())
+    rows, options = [], None
+    for report in sorted((path / "runs").glob("*/report.json")):
+        m = RUN.match(report.parent.name)
+        if not m:
+            continue
+        metric = "macs" if m["tag"] == "x" else "latency"
+        opts = {"criterion": _label(m["label"]).split(":")[0], "label": _label(m["label"]), "seed": int(m["seed"]),
+                f"{metric}_reduction": float(m["x"])}
+        rows.append(row(json.loads(report.read_text()), report.parent.name, m["flowchart"], opts))
+        if options is None and m["flowchart"] == "entwined":  # one-shot runs change steps and finetune_iters
+            cfg = yaml.safe_load((report.parent / "config.yaml").read_text())
+            options = {k: v for k, v in cfg.items() if k not in PER_RUN}
+    if options is None:
+        raise SystemExit(f"error: {path} holds no finished entwined run (runs/*/report.json); nothing to merge")
+    return {"runs": rows, "options": options}
+
+
 def merge(paths):
     runs, options, sources, repeated = {}, None, [], 0
-    files = [(path, json.loads(Path(path).read_text())) for path in paths]
+    files = [(path, finished_runs(path) if Path(path).is_dir() else json.loads(Path(path).read_text()))
+             for path in paths]
     both = len({bool(d["options"].get("distill")) for _, d in files}) > 1
     for path, data in files:
         skip = SPLIT + (EXPORT_ONLY if not data["options"].get("export", True) else ())
@@ -73,7 +111,7 @@ def by_seed(rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+", help="compare.json files")
+    ap.add_argument("files", nargs="+", help="compare.json files or compare folders (finished or cut short)")
     ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
     args = ap.parse_args(argv)
     rows, options, sources, repeated = merge(args.files)

@@ -12,11 +12,16 @@ Gauss-Legendre reference: how many passes the integral needs.
         --batch-size 16 --steps 4
     python tools/path_fidelity.py --rules-only                       # only the quadrature sweep
     python tools/path_fidelity.py --oracle --calib-batches 1 --batch-size 64   # every criterion vs removal
+    python tools/path_fidelity.py --device cuda --replicas 8,64 --no-rules    # the cost on a GPU, x Taylor
 
 `--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
 removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
 SInGE forms and paths (spec, completeness; network, unit), Taylor, l1, l2. The completeness form on the
 unit path converges to the removal damage as m grows (integrated gradients' completeness axiom).
+
+Every path's seconds are also given as a multiple of Taylor's (one pass per batch, timed after a warm-up pass).
+`--replicas R,...` adds the unit path in its completeness form, R units per pass (the form the replicas can
+serve), and the measured removal damage, against the spec unit path.
 """
 from __future__ import annotations
 
@@ -46,22 +51,42 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _sync(batches):
+    if batches[0][0].is_cuda:
+        torch.cuda.synchronize()
+
+
 def scores(model, groups, batches, path, steps, rule="riemann", crit=None):
     crit = crit or SInGE(steps=steps, path=path, rule=rule)
+    _sync(batches)
     t = time.perf_counter()
     crit.fit(model, groups, batches)
+    _sync(batches)
     seconds = time.perf_counter() - t
     per_group = [crit(g) for g in groups]
     return [s.double().numpy() for s in per_group if s is not None], seconds
 
 
-def paths(model, groups, batches, steps, result):
-    """group and network paths against the exact unit path, at `steps` Riemann steps."""
+def paths(model, groups, batches, steps, result, replicas=()):
+    """group and network paths (and the replicated unit paths) against the exact unit path, at `steps` Riemann
+    steps; seconds also as a multiple of Taylor's."""
+    from singe_deploy.importance import make_criterion
+
+    scores(model, groups, batches, None, None, crit=make_criterion("taylor"))  # warm-up (CUDA, allocator)
+    taylor = min(scores(model, groups, batches, None, None, crit=make_criterion("taylor"))[1] for _ in range(3))
+    result["taylor_seconds"] = taylor
     ref, ref_s = scores(model, groups, batches, "unit", steps)
     result["paths"]["unit"] = {"seconds": ref_s, "spearman_all": 1.0, "spearman_within_group_mean": 1.0}
-    for path in ("group", "network"):
-        s, sec = scores(model, groups, batches, path, steps)
-        result["paths"][path] = {"seconds": sec, **agreement(s, ref)}
+    rivals = [(path, SInGE(steps=steps, path=path)) for path in ("group", "network")]
+    for r in replicas:
+        rivals.append((f"unit, completeness, R = {r}",
+                       SInGE(steps=steps, path="unit", variant="completeness", replicas=r)))
+        rivals.append((f"removal (measured), R = {r}", SInGE(variant="removal", replicas=r)))
+    for label, crit in rivals:
+        s, sec = scores(model, groups, batches, None, None, crit=crit)
+        result["paths"][label] = {"seconds": sec, **agreement(s, ref)}
+    for v in result["paths"].values():
+        v["x_taylor"] = v["seconds"] / taylor
 
 
 def agreement(s, ref):
@@ -119,13 +144,18 @@ def main():
                     help="only the ranking of every criterion against each channel's measured removal damage")
     ap.add_argument("--rules-only", action="store_true",
                     help="only the quadrature sweep (skips the unit path, the slow part)")
+    ap.add_argument("--no-rules", action="store_true", help="skip the quadrature sweep")
+    ap.add_argument("--replicas", default="", help="R,...: also the replicated unit paths, R units per pass")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     model, data, shape = load(args)
-    batches = data.calibration(args.calib_batches)
-    _, groups = all_groups(model, torch.zeros((1,) + shape), default_ignored(model))
+    model.to(args.device)
+    batches = [(x.to(args.device), y.to(args.device)) for x, y in data.calibration(args.calib_batches)]
+    _, groups = all_groups(model, torch.zeros((1,) + shape, device=args.device), default_ignored(model))
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     result = {"model": args.model, "data": args.data, "samples": args.calib_batches * args.batch_size,
-              "steps": args.steps, "threads": torch.get_num_threads(), "paths": {}, "rules": {}}
-    header = f"{args.model} on {args.data}: {result['samples']} calibration samples, {torch.get_num_threads()} threads"
+              "steps": args.steps, "threads": torch.get_num_threads(), "device": where, "paths": {}, "rules": {}}
+    header = f"{args.model} on {args.data}: {result['samples']} calibration samples, {where}"
     if args.oracle:
         print(header + "; reference: each channel's measured removal damage")
         print("| criterion | seconds | Spearman vs removal, all channels | mean within-group Spearman |")
@@ -136,12 +166,18 @@ def main():
                 json.dump(result, f, indent=1)
         return
     if not args.rules_only:
-        paths(model, groups, batches, args.steps, result)
-        print(header + f", m = {args.steps}")
-        print("| path | seconds | Spearman vs unit, all channels | mean within-group Spearman |")
-        print("|---|---:|---:|---:|")
+        paths(model, groups, batches, args.steps, result, [int(r) for r in args.replicas.split(",") if r])
+        print(header + f", m = {args.steps}; Taylor {result['taylor_seconds']:.3f} s")
+        print("| path | seconds | x Taylor | Spearman vs unit, all channels | mean within-group Spearman |")
+        print("|---|---:|---:|---:|---:|")
         for path, v in result["paths"].items():
-            print(f"| {path} | {v['seconds']:.2f} | {v['spearman_all']:.4f} | {v['spearman_within_group_mean']:.4f} |")
+            print(f"| {path} | {v['seconds']:.2f} | {v['x_taylor']:.1f} | {v['spearman_all']:.4f} | "
+                  f"{v['spearman_within_group_mean']:.4f} |", flush=True)
+    if args.no_rules:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     rules(model, groups, batches, result)
     print(f"\n{header}; network path; reference: Gauss-Legendre m = 32")
     print("| rule | m | seconds | Spearman vs reference | mean within-group Spearman | max relative error |")

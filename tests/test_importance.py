@@ -516,3 +516,22 @@ def test_passes_per_sample_follow_path_and_variant():
 def test_unknown_variant_is_bad_input():
     with pytest.raises(UserError, match="variant"):
         make_criterion("singe", variant="oracle")
+
+
+def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_taylor(monkeypatch):
+    from .conftest import ROOT, load_tool
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))  # the tool imports its sibling bench_scoring
+    tool = load_tool("path_fidelity")
+    model, groups = _chain()
+    data = batches(1, size=8)
+    result = {"paths": {}}
+    tool.paths(model, groups, data, 2, result, replicas=[4])
+    rows = result["paths"]
+    assert list(rows) == ["unit", "group", "network", "unit, completeness, R = 4", "removal (measured), R = 4"]
+    assert result["taylor_seconds"] > 0 and rows["unit"]["spearman_all"] == 1.0
+    for v in rows.values():
+        assert v["x_taylor"] == pytest.approx(v["seconds"] / result["taylor_seconds"])
+    unit = torch.cat(make_criterion("singe", path="unit", steps=2).score(model, groups, data)).numpy()
+    network = torch.cat(make_criterion("singe", path="network", steps=2).score(model, groups, data)).numpy()
+    assert rows["network"]["spearman_all"] == pytest.approx(tool.spearman(network, unit))

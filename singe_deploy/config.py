@@ -99,8 +99,8 @@ OPTIONS = [
     Option("trt_workspace_gb", "float", 4.0, "TensorRT builder workspace limit in GiB"),
     Option("trt_timing_cache", "str", None, "TensorRT timing cache file, read and updated (speeds up rebuilds)"),
     Option("quantize", "strs", None, "also write the pruned model as pruned.fp16.onnx and/or pruned.int8.onnx "
-           "(none, fp16, int8 or fp16,int8), each timed and its accuracy measured by its runtime; int8 calibrates on "
-           "the scoring batches (default: none)"),
+           "(none, fp16, int8 or fp16,int8), each timed and its accuracy measured by its runtime (with --target trt: "
+           "an engine built from each, int8 from the QDQ graph); int8 calibrates on the scoring batches (default: none)"),
     Option("quantize_method", "str", "minmax", "int8 calibration method", ("minmax", "entropy", "percentile")),
     Option("opset", "int", 18, "ONNX opset (>= 18)"),
     Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
@@ -333,9 +333,9 @@ def validate(cfg):
     from .quantize import parse_precisions
 
     cfg["quantize"] = parse_precisions(",".join(cfg["quantize"] or []) or "none")
-    if cfg["quantize"] and (cfg["target"] != "onnx" or not cfg["export"]):
-        raise UserError("--quantize writes and times ONNX files; use it with --target onnx and --export (for "
-                        "TensorRT: singe-deploy quantize OUT/pruned.onnx --target trt writes the QDQ graph)")
+    if cfg["quantize"] and (cfg["target"] == "torch" or not cfg["export"]):
+        raise UserError("--quantize writes ONNX files (and, with --target trt, engines from them); use it with "
+                        "--target onnx or trt and --export")
     if cfg["batch_sizes"] is None:
         cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
     if cfg["dist_timeout"] <= 0:

@@ -99,7 +99,7 @@ def deploy(dense, pruned, pruned_pt, data, input_shape, work, s, costs, spec, lo
     if s.quantize:
         runners.update(_quantized(pruned, data, batches, work, s, out, log))
     if s.target == "trt":
-        runners = _engines(variants, input_shape, batches, work, s, out, log)
+        runners = _engines(variants, input_shape, batches, work, s, out, log, [n for n in runners if "." in n])
     elif s.target == "torch":
         for variant, m in variants.items():
             runners[variant] = bench.Torch(copy.deepcopy(m).eval(), s.device, s.threads, s.engine.cuda_graph)
@@ -188,8 +188,10 @@ def _quantized(model, data, batches, work, s, out, log):
     return runners
 
 
-def _engines(variants, input_shape, batches, work, s, out, log):
-    """TensorRT engines for dense and pruned, each checked against PyTorch; returns their runners."""
+def _engines(variants, input_shape, batches, work, s, out, log, quantized=()):
+    """TensorRT engines for dense and pruned, each checked against PyTorch, and one from each quantized file
+    (pruned.int8.onnx, a QDQ graph; pruned.fp16.onnx); returns their runners. An engine TensorRT cannot build from a
+    quantized file is a failure (exit 1) that keeps the rest."""
     from . import trt
 
     sizes = sorted(s.batch_sizes)
@@ -205,6 +207,22 @@ def _engines(variants, input_shape, batches, work, s, out, log):
                             "engine": record})
         log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e} (<= {atol:g}), top-1 agreement "
             f"{q['top1_agreement']:.4f} vs PyTorch")
+    for name in quantized:
+        precision, engine = name.partition(".")[2], work / f"{name}.engine"
+        try:
+            record = trt.build_engine(work / f"{name}.onnx", engine, input_shape, precision, s.engine.tf32, profile,
+                                      s.engine.workspace_gb, s.engine.timing_cache, log)
+        except CheckFailed as e:
+            out.failures.append(str(e).splitlines()[0])
+            log(f"{engine.name}: not built: {e}")
+            continue
+        runners[name] = trt.TensorRT(engine, s.engine.cuda_graph)
+        q = export.parity(bench.Torch(variants["pruned"]), runners[name], batches, "pytorch (fp32)", s.parity_atol,
+                          s.parity_rtol)
+        out.exports.append({"format": "tensorrt", "variant": "pruned", "precision": precision, "path": engine.name,
+                            "parity": q, "engine": record, "size_bytes": engine.stat().st_size})
+        log(f"{engine.name}: max |diff| {q['max_abs_diff']:.2e}, top-1 agreement {q['top1_agreement']:.4f} vs "
+            "PyTorch fp32")
     return runners
 
 

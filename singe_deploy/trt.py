@@ -22,6 +22,7 @@ API = {
     "set_memory_pool_limit": (10, 11), "MemoryPoolType": (10, 11), "WORKSPACE": (10, 11),
     "set_flag": (10, 11), "clear_flag": (10, 11), "BuilderFlag": (10, 11), "TF32": (10, 11),
     "FP16": (10,),  # removed in 11 (strong typing): fp16 there comes from an fp16 ONNX graph
+    "INT8": (10,),  # the builder flag, removed in 11: int8 comes from the QDQ graph's own types there
     "create_optimization_profile": (10, 11), "set_shape": (10, 11), "add_optimization_profile": (10, 11),
     "create_timing_cache": (10, 11), "set_timing_cache": (10, 11), "get_timing_cache": (10, 11),
     "serialize": (10, 11), "build_serialized_network": (10, 11), "num_inputs": (10, 11),
@@ -31,7 +32,7 @@ API = {
     "FLOAT": (10, 11), "HALF": (10, 11), "create_execution_context": (10, 11), "set_input_shape": (10, 11),
     "get_tensor_shape": (10, 11), "set_tensor_address": (10, 11), "execute_async_v3": (10, 11),
 }
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: only from a QDQ graph (explicit quantization, quantize --target trt)
 
 
 def import_trt():
@@ -83,12 +84,13 @@ class EngineOptions:
 
 def precision_plan(version, precision, tf32=True):
     """How a precision is obtained on a TensorRT major version: a builder flag (10) or an fp16 ONNX
-    graph (11, strongly typed); TF32 is a builder flag in both."""
+    graph (11, strongly typed); TF32 is a builder flag in both. int8 always comes from a QDQ graph (its
+    Quantize/DequantizeLinear pairs say where); TensorRT 10 also needs the INT8 flag to run int8 kernels."""
     if precision not in PRECISIONS:
         raise UserError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    fp16 = precision == "fp16"
+    fp16, int8 = precision == "fp16", precision == "int8"
     return {"precision": precision, "fp16_flag": fp16 and version < 11, "fp16_graph": fp16 and version >= 11,
-            "tf32": bool(tf32)}
+            "int8_flag": int8 and version < 11, "qdq_graph": int8, "tf32": bool(tf32)}
 
 
 def tolerance(precision, atol_fp32):
@@ -113,6 +115,9 @@ def engine_from(model, onnx_path, engine_path, input_shape, options, profile, op
     build_engine's record."""
     plan = precision_plan(major(import_trt()), options.precision, options.tf32)
     onnx_path = Path(onnx_path)
+    if plan["qdq_graph"]:
+        raise UserError("int8 engines are built from a QDQ graph: compress --target trt --quantize int8, or "
+                        "singe-deploy quantize MODEL.onnx --target trt, then build from that file")
     if plan["fp16_graph"]:
         onnx_path = export_for(model, input_shape, onnx_path.with_suffix(".fp16.onnx"), plan, opset)
     elif not onnx_path.is_file():
@@ -142,6 +147,8 @@ def build_engine(onnx_path, engine_path, input_shape, precision="fp32", tf32=Tru
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if plan["fp16_flag"]:
         config.set_flag(trt.BuilderFlag.FP16)
+    if plan["int8_flag"]:
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan["tf32"]:
         config.set_flag(trt.BuilderFlag.TF32)
     else:

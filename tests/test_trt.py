@@ -16,7 +16,7 @@ from singe_deploy.cli import main
 from singe_deploy.config import defaults, validate
 from singe_deploy.errors import CheckFailed, UserError
 
-from .conftest import ROOT, TinyNet
+from .conftest import ROOT, TinyNet, needs_fashion
 
 BINDINGS = Path(os.environ.get("SINGE_TRT_BINDINGS", ROOT / ".cache" / "trt-bindings"))
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -64,13 +64,19 @@ def test_the_module_uses_no_tensorrt_name_that_is_not_listed():
     assert attributes - set(trt.API) - NOT_TENSORRT == set()
 
 
-def test_precision_per_version():
-    assert trt.precision_plan(10, "fp16") == {"precision": "fp16", "fp16_flag": True, "fp16_graph": False, "tf32": True}
+def test_precision_per_version(monkeypatch):
+    assert trt.precision_plan(10, "fp16") == {"precision": "fp16", "fp16_flag": True, "fp16_graph": False,
+                                              "int8_flag": False, "qdq_graph": False, "tf32": True}
     assert trt.precision_plan(11, "fp16")["fp16_graph"] and not trt.precision_plan(11, "fp16")["fp16_flag"]
-    assert trt.precision_plan(11, "fp32", tf32=False) == {"precision": "fp32", "fp16_flag": False,
-                                                          "fp16_graph": False, "tf32": False}
+    assert trt.precision_plan(11, "fp32", tf32=False) == {"precision": "fp32", "fp16_flag": False, "fp16_graph": False,
+                                                          "int8_flag": False, "qdq_graph": False, "tf32": False}
+    assert trt.precision_plan(10, "int8")["int8_flag"] and trt.precision_plan(10, "int8")["qdq_graph"]
+    assert not trt.precision_plan(11, "int8")["int8_flag"] and trt.precision_plan(11, "int8")["qdq_graph"]
     with pytest.raises(UserError, match="precision"):
-        trt.precision_plan(10, "int8")
+        trt.precision_plan(10, "int4")
+    monkeypatch.setattr(trt, "import_trt", lambda: _Recorder("10.16.1"))
+    with pytest.raises(UserError, match="QDQ graph"):  # an int8 engine is never built from an fp32 export
+        trt.engine_from(TinyNet(), "m.onnx", "m.engine", [1, 1, 12, 12], trt.EngineOptions("int8"), trt.Profile())
     assert trt.tolerance("fp32", 1e-3) == 1e-3 and trt.tolerance("fp16", 1e-3) == 1e-2
 
 
@@ -177,7 +183,8 @@ class _Recorder:
         self.OnnxParser = lambda network, logger: type("P", (Obj,), {"num_errors": 2})("parser")
 
 
-@pytest.mark.parametrize("version,precision,tf32", [("10.16.1", "fp16", True), ("11.4.0", "fp32", False)])
+@pytest.mark.parametrize("version,precision,tf32", [("10.16.1", "fp16", True), ("11.4.0", "fp32", False),
+                                                   ("10.16.1", "int8", True), ("11.4.0", "int8", True)])
 def test_build_logic_per_version(tmp_path, monkeypatch, version, precision, tf32):
     fake = _Recorder(version)
     monkeypatch.setattr(trt, "import_trt", lambda: fake)
@@ -187,7 +194,9 @@ def test_build_logic_per_version(tmp_path, monkeypatch, version, precision, tf32
     calls = [(kind, attr, args) for kind, attr, args in fake.calls]
     assert ("builder", "create_network", (0,)) in calls  # explicit batch, no EXPLICIT_BATCH flag
     flags = [(attr, args[0]) for kind, attr, args in calls if attr in ("set_flag", "clear_flag")]
-    expected = ([("set_flag", "BuilderFlag.FP16")] if version.startswith("10") and precision == "fp16" else []) + \
+    ten = version.startswith("10")
+    expected = ([("set_flag", "BuilderFlag.FP16")] if ten and precision == "fp16" else []) + \
+        ([("set_flag", "BuilderFlag.INT8")] if ten and precision == "int8" else []) + \
         [("set_flag" if tf32 else "clear_flag", "BuilderFlag.TF32")]
     assert flags == expected
     shapes = next(args for kind, attr, args in calls if attr == "set_shape")
@@ -216,3 +225,53 @@ def test_tensorrt_11_fp16_comes_from_an_fp16_graph(tmp_path):
     assert {i.data_type for i in graph.initializer if len(i.dims) > 1} == {onnx.TensorProto.FLOAT16}
     path = trt.export_for(TinyNet().eval(), [1, 1, 12, 12], tmp_path / "m.onnx", trt.precision_plan(10, "fp16"))
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@needs_fashion
+def test_trt_target_builds_an_engine_from_each_quantized_file_and_runs_it_for_its_accuracy(tmp_path, monkeypatch):
+    """With stand-ins for TensorRT (an engine is the ONNX file it was built from, run by onnxruntime):
+    `compress --target trt --quantize int8,fp16` builds pruned.int8.engine from the symmetric QDQ graph and
+    pruned.fp16.engine from the fp16 graph, times each, and its deployables row has the accuracy of running it."""
+    import onnx
+    from types import SimpleNamespace
+
+    from singe_deploy import compress
+
+    from .test_cli import FAST, _validate
+
+    builds = []
+
+    def build(onnx_path, engine_path, input_shape, precision="fp32", tf32=True, profile=trt.Profile(),
+              workspace_gb=4.0, timing_cache=None, log=print):
+        builds.append((Path(onnx_path).name, precision))
+        Path(engine_path).write_bytes(Path(onnx_path).read_bytes())
+        return {"precision": precision}
+
+    class Engine(bench.OnnxRuntime):
+        name = "tensorrt"
+
+        def __init__(self, path, cuda_graph=False):
+            super().__init__(path, 1, spinning=False)
+
+    monkeypatch.setattr(trt, "import_trt", lambda: SimpleNamespace(__version__="10.16.1"))
+    monkeypatch.setattr(trt, "build_engine", build)
+    monkeypatch.setattr(trt, "TensorRT", Engine)
+    monkeypatch.setattr(compress, "check_target", lambda cfg: None)
+    out = tmp_path / "run"
+    argv = ["compress", "--target", "trt", "--criterion", "l2", "--quantize", "int8,fp16", "--batch-sizes", "1,2"]
+    assert main(argv + FAST + ["--out", str(out)]) in (0, 1)
+    assert sorted(builds) == [("dense.onnx", "fp32"), ("pruned.fp16.onnx", "fp16"), ("pruned.int8.onnx", "int8"),
+                              ("pruned.onnx", "fp32")]
+    int8 = onnx.load(str(out / "pruned.int8.engine")).graph  # the stand-in engine is its QDQ graph
+    zero_points = {i.name for i in int8.initializer if i.name.endswith("zero_point")}
+    assert any(n.op_type == "QuantizeLinear" for n in int8.node) and zero_points
+    assert all(onnx.numpy_helper.to_array(i).max() == 0 for i in int8.initializer if i.name in zero_points)
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    rows = {r["name"]: r for r in report["deployables"]}
+    assert set(rows) == {"dense", "pruned", "pruned.int8", "pruned.fp16"}
+    assert {r["format"] for r in rows.values()} == {"tensorrt"}
+    assert rows["pruned.int8"]["path"] == "pruned.int8.engine" and rows["pruned.int8"]["precision"] == "int8"
+    assert abs(rows["pruned.int8"]["accuracy"] - rows["pruned"]["accuracy"]) <= 0.1
+    assert all(set(r["latency_ms"]) == {"1", "2"} for r in rows.values())
+    assert main(["compress", "--target", "torch", "--quantize", "int8"] + FAST + ["--out", str(tmp_path / "t")]) == 2

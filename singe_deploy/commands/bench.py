@@ -67,8 +67,8 @@ def expand(artifacts, backend):
             raise UserError(f"{a} does not exist; pass an .onnx file, an engine, a pruned .pt or a compress folder")
         if p.is_dir():
             suffix = {"tensorrt": ".engine", "torch": ".pt"}.get(backend, ".onnx")
-            names = [f"{v}{suffix}" for v in VARIANTS] + ([f"pruned.{q}.onnx" for q in QUANTIZED]
-                                                          if suffix == ".onnx" else [])
+            names = [f"{v}{suffix}" for v in VARIANTS] + ([f"pruned.{q}{suffix}" for q in QUANTIZED]
+                                                          if suffix in (".onnx", ".engine") else [])
             found = [p / n for n in names if (p / n).is_file()]
             if not found:
                 raise UserError(f"{a} holds no dense{suffix} or pruned{suffix}; pass a file or a compress output "

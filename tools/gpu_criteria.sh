@@ -8,6 +8,7 @@
 #   3. the same path measurement on torchvision:resnet18 (random weights, 32x32 synthetic, 16 images, m = 4);
 #   4. the gpu-marked tests.
 #   tools/gpu_criteria.sh [OUT_DIR] [SECONDS_FOR_2]
+#   RUNS="3:1 3:2 2:0" tools/gpu_criteria.sh ...   step 2 for these TARGET:SEED pairs only (default: all six)
 # On one H200 (2026-11-29): step 1 took about 4 minutes, each resnet56 run 25-50 s (18 runs in all), and step 3
 # more than its 150 s in the first try (now 600 s).
 # Needs Fashion-MNIST (apt-get install dataset-fashion-mnist, or its four .gz files in FMNIST_DIR) and the
@@ -37,7 +38,7 @@ timeout 400 python3 tools/path_fidelity.py --device cuda --replicas 8 --no-rules
 
 echo "== 2. resnet56, longer schedule, ${budget} s"
 deadline=$((SECONDS + budget))
-for xs in 3:0 3:1 3:2 2:0 2:1 2:2; do
+for xs in ${RUNS:-3:0 3:1 3:2 2:0 2:1 2:2}; do
   left=$((deadline - SECONDS))
   [ "$left" -gt 20 ] || break
   x=${xs%:*}; s=${xs#*:}

@@ -182,6 +182,12 @@ def test_merging_ignores_export_options_of_runs_without_export_and_refuses_other
     c = write("c", {"lr": 0.1}, dict(run, name="l2-x2-s2-entwined", seed=2))
     with pytest.raises(SystemExit, match="other options \\(lr\\)"):
         merge([a, c])
+    # an option added after a file was written: at its default it is the same run; otherwise it is not
+    d = write("d", {"momentum": 0.9, "quantize": []}, dict(run, name="l2-x2-s3-entwined", seed=3))
+    assert len(merge([a, d])[0]) == 2
+    e = write("e", {"momentum": 0.5}, dict(run, name="l2-x2-s4-entwined", seed=4))
+    with pytest.raises(SystemExit, match="other options \\(momentum\\)"):
+        merge([a, e])
 
 
 def test_merging_runs_with_and_without_distillation_keeps_them_apart(tmp_path):

@@ -24,6 +24,9 @@ from pathlib import Path
 import yaml
 
 from singe_deploy.commands.compare import PER_RUN, folder, markdown, row
+from singe_deploy.config import defaults
+
+DEFAULTS = defaults()
 
 RUN = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
 
@@ -41,6 +44,13 @@ def _labelled(run, distill):
         return run
     label = f"{run['criterion']}:distill={str(bool(distill)).lower()}"
     return dict(run, criterion=label, name=run["name"].replace(folder(run["criterion"]), folder(label), 1))
+
+
+def _value(options, key):
+    """An option's value in a file, its default where the file predates it (new options default to the old
+    behaviour); None and empty lists are the same."""
+    value = options.get(key, DEFAULTS.get(key))
+    return None if value in (None, [], ()) else value
 
 
 def _label(name):
@@ -81,8 +91,8 @@ def merge(paths):
         opts = {k: v for k, v in data["options"].items() if k not in skip}
         if options is None:
             options = opts
-        else:  # an option a later version added is absent from older files: absent and None are the same
-            diff = sorted(k for k in set(opts) | set(options) if opts.get(k) != options.get(k))
+        else:  # an option a later version added is absent from older files: absent is its default
+            diff = sorted(k for k in set(opts) | set(options) if _value(opts, k) != _value(options, k))
             if diff:
                 raise SystemExit(f"error: {path} was run with other options ({', '.join(diff)}); merge like with like")
         for run in data["runs"]:

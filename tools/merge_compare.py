@@ -69,8 +69,8 @@ def finished_runs(path):
         m = RUN.match(report.parent.name)
         if not m:
             continue
-        metric = "macs" if m["tag"] == "x" else "latency"
-        opts = {"criterion": _label(m["label"]).split(":")[0], "label": _label(m["label"]), "seed": int(m["seed"]),
+        metric, label = ("macs" if m["tag"] == "x" else "latency"), _label(m["label"])
+        opts = {"criterion": label.split(":")[0], "label": label, "seed": int(m["seed"]),
                 f"{metric}_reduction": float(m["x"])}
         rows.append(row(json.loads(report.read_text()), report.parent.name, m["flowchart"], opts))
         if options is None and m["flowchart"] == "entwined":  # one-shot runs change steps and finetune_iters

@@ -12,7 +12,7 @@ Gauss-Legendre reference: how many passes the integral needs.
         --batch-size 16 --steps 4
     python tools/path_fidelity.py --rules-only                       # only the quadrature sweep
     python tools/path_fidelity.py --oracle --calib-batches 1 --batch-size 64   # every criterion vs removal
-    python tools/path_fidelity.py --device cuda --replicas 8,64 --no-rules    # the cost on a GPU, x Taylor
+    python tools/path_fidelity.py --device cuda --replicas 8 --no-rules      # the cost on a GPU, x Taylor
 
 `--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
 removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
@@ -34,7 +34,7 @@ import torch
 
 from bench_scoring import load  # tools/ is on the path when run as a script
 from singe_deploy.groups import all_groups, default_ignored
-from singe_deploy.importance import SInGE
+from singe_deploy.importance import SInGE, make_criterion
 
 
 def ranks(v):
@@ -70,8 +70,6 @@ def scores(model, groups, batches, path, steps, rule="riemann", crit=None):
 def paths(model, groups, batches, steps, result, replicas=()):
     """group and network paths (and the replicated unit paths) against the exact unit path, at `steps` Riemann
     steps; seconds also as a multiple of Taylor's."""
-    from singe_deploy.importance import make_criterion
-
     scores(model, groups, batches, None, None, crit=make_criterion("taylor"))  # warm-up (CUDA, allocator)
     taylor = min(scores(model, groups, batches, None, None, crit=make_criterion("taylor"))[1] for _ in range(3))
     result["taylor_seconds"] = taylor
@@ -119,8 +117,6 @@ ORACLE_RIVALS = [
 
 def oracle(model, groups, batches, result):
     """Every criterion's ranking against the measured removal damage of each channel."""
-    from singe_deploy.importance import make_criterion
-
     ref, ref_s = scores(model, groups, batches, None, None, crit=make_criterion("singe", variant="removal"))
     result["oracle"] = {"removal (measured)": {"seconds": ref_s, "spearman_all": 1.0,
                                                "spearman_within_group_mean": 1.0}}
@@ -161,10 +157,7 @@ def main():
         print("| criterion | seconds | Spearman vs removal, all channels | mean within-group Spearman |")
         print("|---|---:|---:|---:|")
         oracle(model, groups, batches, result)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-        return
+        return write(args.json, result)
     if not args.rules_only:
         paths(model, groups, batches, args.steps, result, [int(r) for r in args.replicas.split(",") if r])
         print(header + f", m = {args.steps}; Taylor {result['taylor_seconds']:.3f} s")
@@ -174,10 +167,7 @@ def main():
             print(f"| {path} | {v['seconds']:.2f} | {v['x_taylor']:.1f} | {v['spearman_all']:.4f} | "
                   f"{v['spearman_within_group_mean']:.4f} |", flush=True)
     if args.no_rules:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-        return
+        return write(args.json, result)
     rules(model, groups, batches, result)
     print(f"\n{header}; network path; reference: Gauss-Legendre m = 32")
     print("| rule | m | seconds | Spearman vs reference | mean within-group Spearman | max relative error |")
@@ -185,8 +175,12 @@ def main():
     for v in result["rules"].values():
         print(f"| {v['rule']} | {v['m']} | {v['seconds']:.2f} | {v['spearman_all']:.4f} | "
               f"{v['spearman_within_group_mean']:.4f} | {v['max_rel_error']:.3f} |")
-    if args.json:
-        with open(args.json, "w") as f:
+    write(args.json, result)
+
+
+def write(path, result):
+    if path:
+        with open(path, "w") as f:
             json.dump(result, f, indent=1)
 
 

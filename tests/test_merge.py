@@ -35,7 +35,9 @@ def test_merge_joins_devices_backends_and_batches(compressed, fleet, tmp_path, c
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")]
         dense, pruned, speed = float(cells[4]), float(cells[7]), cells[10]
-        assert float(speed[:-1]) == pytest.approx(dense / pruned, rel=0.05, abs=0.01)  # cells are rounded
+        # cells are rounded: medians to 0.001 ms (a large share of a 0.014 ms median), the speedup to 0.01
+        rounding = 0.0005 / dense + 0.0005 / pruned
+        assert float(speed[:-1]) == pytest.approx(dense / pruned, rel=0.05 + rounding, abs=0.01)
         assert cells[11] == f"{macs:.2f}x"
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,6 +40,29 @@ def test_compare_at_equal_measured_latency_runs_every_planner_on_one_table(tmp_p
     assert "## entwined, 1.2x lower measured latency" in md and "| latency ms |" in md
 
 
+def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--criteria", "l1", "--macs-reduction", "1.5", "--data", "synthetic", "--model",
+            "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--out", str(out)]
+    assert main(argv + ["--seeds", "0"]) == 0
+    first = json.loads((out / "compare.json").read_text())["runs"]
+    report = (out / "runs" / first[0]["name"] / "report.json").read_text()
+    assert main(argv + ["--seeds", "0", "--finetune-iters", "3", "--resume"]) == 2  # other options: refused
+    assert json.loads((out / "compare.json").read_text())["runs"] == first and not list(tmp_path.glob(".*partial"))
+    real, calls = compress.run, []
+
+    def counted(cfg, *a, **k):
+        calls.append((cfg["seed"], cfg["steps"]))
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(compress, "run", counted)
+    assert main(argv + ["--seeds", "0,1", "--one-shot", "--resume"]) == 0
+    assert sorted(calls) == [(0, 1), (1, 1), (1, 2)]  # seed 0 entwined was done; seed 1 and one-shot were not
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert len(runs) == 4 and runs[0] == first[0]
+    assert (out / "runs" / first[0]["name"] / "report.json").read_text() == report
+
+
 @needs_fashion
 def test_compare_writes_json_markdown_and_plot(tmp_path, capsys):
     out = tmp_path / "cmp"

@@ -5,7 +5,8 @@ Each criterion x MACs reduction x seed (x flowchart with --one-shot) is one comp
 written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mean +- std per criterion and
 target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
 as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish, and picks a run
-that was interrupted after a pruning step up again from that step (compress --resume).
+that was interrupted after a pruning step up again from that step (compress --resume). --resume on a finished
+folder adds the runs it lacks (more seeds, criteria or --one-shot) if the shared options are the same.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def add_compare_arguments(p):
     p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: singe-deploy-out/compare-<time>)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted comparison into the same --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted comparison into the same --out, or add runs (seeds, criteria, "
+                        "--one-shot) to a finished one")
     shared = [o for o in OPTIONS if o.name not in PER_RUN + ONE_PROCESS]
     add_arguments(p, shared, DEFAULTS)
 
@@ -141,7 +144,8 @@ def run(args, log=print):
     base = resolve(shared, DEFAULTS)
     out = Path(args.out) if args.out else Path("singe-deploy-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     work = partial(out)
-    if out.exists() and not args.force:
+    extend = args.resume and not args.force and (out / "compare.json").is_file() and not work.exists()
+    if out.exists() and not args.force and not extend:
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
     if work.exists() and not args.resume:
         shutil.rmtree(work)
@@ -150,6 +154,9 @@ def run(args, log=print):
     base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
+    if extend:  # a finished comparison grows by the runs it lacks, under the options it was made with
+        _same_options(out, {k: base[k] for k in base if k not in PER_RUN})
+        out.rename(work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
     rows, dense = [], None  # every run starts from the same baseline: its accuracy is measured once
     for i, (name, flowchart, opts) in enumerate(runs, 1):
@@ -179,6 +186,15 @@ def run(args, log=print):
     work.rename(out)
     log(f"wrote {out}/ (compare.md, compare.json, compare.png, runs/)")
     return result, out
+
+
+def _same_options(out, options):
+    before = json.loads((out / "compare.json").read_text()).get("options", {})
+    differ = [f"{k} {before[k]!r} there, {options[k]!r} now" for k in sorted(before.keys() & options.keys())
+              if before[k] != options[k]]
+    if differ:
+        raise UserError(f"--resume adds runs to {out} only under its own options ({'; '.join(differ)}); "
+                        "rerun with those options or choose another --out")
 
 
 def row(rep, name, flowchart, opts):

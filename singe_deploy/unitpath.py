@@ -46,6 +46,15 @@ class UnitScaler:
                                                                                        chans[:0]), chans]))
             self.plan.append({u: list(sites.items()) for u, sites in per_unit.items()})
 
+    def _plan_on(self, device):
+        """The plan with its index tensors on `device`, made once: a hook then runs no host-to-device copy
+        (each one waits for the GPU), and replica r's row index of a site is rows[r] (a filled tensor)."""
+        if getattr(self, "_device", None) != device:
+            self._device, self._placed = device, [
+                {u: [(site, (_to(chans, device), _RowCache(len(chans), device))) for site, chans in sites]
+                 for u, sites in per_unit.items()} for per_unit in self.plan]
+        return self._placed
+
     def _check(self, model, gs):
         sides = {}
         for s in gs:
@@ -68,21 +77,22 @@ class UnitScaler:
         """For each (group index, root unit) in `units`, with that unit scaled by the matching alpha in its own
         replica of (x, y): d/dalpha of the replica's mean loss (grad=True), or the loss itself (grad=False)."""
         R = len(units)
-        alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device).requires_grad_(grad)
+        alpha = _to(torch.tensor(alphas, dtype=x.dtype), x.device).requires_grad_(grad)
         per_site = {}
         for r, (i, j) in enumerate(units):
-            for site, chans in self.plan[i][j]:
-                per_site.setdefault(site, []).append((r, chans))
+            for site, (chans, rows) in self._plan_on(x.device)[i][j]:
+                per_site.setdefault(site, []).append((rows[r], chans))
         handles = []
         modules = dict(model.named_modules())
-        for (name, side), entries in per_site.items():
-            hook = _scaler(entries, alpha, R, self.sites[(name, side)])
-            if side == "out":
-                handles.append(modules[name].register_forward_hook(lambda m, i, o, h=hook: h(o)))
-            else:
-                handles.append(modules[name].register_forward_pre_hook(lambda m, i, h=hook: (h(i[0]),) + i[1:]))
         try:
             with torch.set_grad_enabled(grad):
+                for (name, side), entries in per_site.items():
+                    hook = _scaler(entries, alpha, R, self.sites[(name, side)])
+                    if side == "out":
+                        handles.append(modules[name].register_forward_hook(lambda m, i, o, h=hook: h(o)))
+                    else:
+                        handles.append(modules[name].register_forward_pre_hook(
+                            lambda m, i, h=hook: (h(i[0]),) + i[1:]))
                 xr = x.repeat((R,) + (1,) * (x.dim() - 1))
                 out = model(xr)
                 loss = F.cross_entropy(out, y.repeat(R), reduction="none").view(R, -1).mean(1)
@@ -113,15 +123,33 @@ def _channel_dim(module):
     return None
 
 
+class _RowCache:
+    """rows[r]: a tensor of n copies of r on one device, made on first use."""
+
+    def __init__(self, n, device):
+        self.n, self.device, self.made = n, device, {}
+
+    def __getitem__(self, r):
+        if r not in self.made:
+            self.made[r] = torch.full((self.n,), r, dtype=torch.long, device=self.device)
+        return self.made[r]
+
+
+def _to(t, device):
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
 def _scaler(entries, alpha, R, dim):
-    """A function that multiplies channel idxs of replica r's activations by alpha[r]."""
-    rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in entries])
+    """A function that multiplies channel idxs of replica r's activations by alpha[r] (idxs and alpha on the
+    activations' device)."""
+    rows = torch.cat([r for r, _ in entries])
     cols = torch.cat([c for _, c in entries])
+    gains = alpha[rows]
 
     def scale(a):
         C = a.shape[dim]
         mult = torch.ones(R, C, dtype=a.dtype, device=a.device)
-        mult = mult.index_put((rows.to(a.device), cols.to(a.device)), alpha[rows.to(alpha.device)].to(a.dtype))
+        mult = mult.index_put((rows, cols), gains.to(a.dtype))
         if dim == 1:
             shaped = a.reshape(R, a.shape[0] // R, C, -1) * mult[:, None, :, None]
         else:

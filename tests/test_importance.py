@@ -428,6 +428,36 @@ def test_replicated_unit_path_equals_moving_the_weights(monkeypatch):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_replicated_pass_on_cuda_waits_for_the_gpu_once_not_once_per_hook():
+    import warnings
+
+    from singe_deploy.unitpath import UnitScaler
+
+    model, groups = _chain()
+    data = batches(1, size=8)
+    cpu = make_criterion("singe", path="unit", variant="completeness", steps=2, replicas=4).score(model, groups, data)
+    model = model.cuda()
+    groups = all_groups(model, torch.zeros(1, 1, 12, 12, device="cuda"), default_ignored(model))[1]
+    scaler = UnitScaler(model, [slices(g, param_names(model)) for g in groups])
+    (x, y), units = [(x.cuda(), y.cuda()) for x, y in data][0], [(i, 0) for i, p in enumerate(scaler.plan) if p]
+    scaler.losses(model, x, y, units, [0.5] * len(units))  # the first pass places the plan on the GPU
+    hooked = {site for i, j in units for site, _ in scaler.plan[i][j]}
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scaler.losses(model, x, y, units, [0.5] * len(units))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(hooked) >= 6 and len(waits) <= 2, [str(w.message) for w in waits]  # the final .tolist(), not per hook
+    crit = make_criterion("singe", path="unit", variant="completeness", steps=2, replicas=4)
+    for a, b in zip(cpu, crit.score(model, groups, [(x, y)])):
+        assert crit.fallback is None and torch.allclose(a, b.cpu(), rtol=1e-3, atol=1e-6)
+
+
 def test_removal_variant_is_the_measured_loss_change(monkeypatch):
     model, groups = _chain()
     data = batches(2, size=8)

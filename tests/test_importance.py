@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -548,7 +549,7 @@ def test_unknown_variant_is_bad_input():
         make_criterion("singe", variant="oracle")
 
 
-def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_taylor(monkeypatch):
+def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_taylor(monkeypatch):  # and --unit-sample
     from .conftest import ROOT, load_tool
 
     monkeypatch.syspath_prepend(str(ROOT / "tools"))  # the tool imports its sibling bench_scoring
@@ -565,3 +566,14 @@ def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_tay
     unit = torch.cat(make_criterion("singe", path="unit", steps=2).score(model, groups, data)).numpy()
     network = torch.cat(make_criterion("singe", path="network", steps=2).score(model, groups, data)).numpy()
     assert rows["network"]["spearman_all"] == pytest.approx(tool.spearman(network, unit))
+    # --unit-sample: the exact path on channels drawn at random gives those channels' exact scores
+    full = [s.numpy() for s in make_criterion("singe", path="unit", steps=2).score(model, groups, data) if s is not None]
+    idx, ref, seconds, total = tool.sampled_unit_path(model, groups, data, 2, 10)
+    assert total == len(unit) and sum(len(i) for i in idx) == 10 and seconds > 0
+    for f, i, r in zip(full, idx, ref):
+        assert np.allclose(f[i], r, rtol=1e-6, atol=1e-9)
+    sampled = {"paths": {}}
+    tool.paths(model, groups, data, 2, sampled, unit_sample=len(unit))  # every channel drawn: the full figures
+    assert sampled["unit_sample"] == {"channels": len(unit), "of": len(unit), "seconds": pytest.approx(
+        sampled["unit_sample"]["seconds"])}
+    assert sampled["paths"]["network"]["spearman_all"] == pytest.approx(rows["network"]["spearman_all"])

@@ -5,12 +5,13 @@
 #   2. compare on builtin:resnet56 with the longer schedule (4 steps of 150 iterations, 1 final epoch, 4
 #      calibration batches), singe/l2/taylor, 3x then 2x fewer MACs, one process per target and seed, until the
 #      time given to it is spent;
-#   3. the same path measurement on torchvision:resnet18 (random weights, 32x32 synthetic, 16 images, m = 4);
+#   3. the same path measurement on torchvision:resnet18 (random weights, 32x32 synthetic, 16 images, m = 4),
+#      the exact unit path on 256 of its 2,880 channels drawn at random (--unit-sample);
 #   4. the gpu-marked tests.
 #   tools/gpu_criteria.sh [OUT_DIR] [SECONDS_FOR_2]
 #   RUNS="3:1 3:2 2:0" tools/gpu_criteria.sh ...   step 2 for these TARGET:SEED pairs only (default: all six)
 # On one H200 (2026-11-29): step 1 took about 4 minutes, each resnet56 run 25-50 s (18 runs in all), and step 3
-# more than its 150 s in the first try (now 600 s).
+# more than its 150 s in the first try, with the unit path on every channel (now 256 of them, in 600 s at most).
 # Needs Fashion-MNIST (apt-get install dataset-fashion-mnist, or its four .gz files in FMNIST_DIR) and the
 # project's dependencies; a machine without network can take wheels from WHEELS_DIR (pip --no-index).
 set -uo pipefail
@@ -50,7 +51,8 @@ done
 
 echo "== 3. SInGE paths on torchvision:resnet18"
 timeout 600 python3 tools/path_fidelity.py --device cuda --model torchvision:resnet18 --data synthetic \
-  --input-shape 1,3,32,32 --batch-size 16 --steps 4 --replicas 8 --no-rules --json "$out/paths-resnet18.json" \
+  --input-shape 1,3,32,32 --batch-size 16 --steps 4 --replicas 8 --unit-sample 256 --no-rules \
+  --json "$out/paths-resnet18.json" \
   2>&1 | quiet
 
 echo "== 4. gpu-marked tests"

@@ -13,6 +13,7 @@ Gauss-Legendre reference: how many passes the integral needs.
     python tools/path_fidelity.py --rules-only                       # only the quadrature sweep
     python tools/path_fidelity.py --oracle --calib-batches 1 --batch-size 64   # every criterion vs removal
     python tools/path_fidelity.py --device cuda --replicas 8 --no-rules      # the cost on a GPU, x Taylor
+    python tools/path_fidelity.py --model torchvision:resnet18 ... --unit-sample 256   # exact path on 256 channels
 
 `--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
 removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from bench_scoring import load  # tools/ is on the path when run as a script
-from singe_deploy.groups import all_groups, default_ignored
+from singe_deploy.groups import all_groups, default_ignored, param_names, slices
 from singe_deploy.importance import SInGE, make_criterion
 
 
@@ -67,13 +68,43 @@ def scores(model, groups, batches, path, steps, rule="riemann", crit=None):
     return [s.double().numpy() for s in per_group if s is not None], seconds
 
 
-def paths(model, groups, batches, steps, result, replicas=()):
+def sampled_unit_path(model, groups, batches, steps, n, seed=0):
+    """The exact unit path for n channels drawn at random (seeded) instead of all: per group, the drawn channel
+    indices and their scores, and the seconds. Its time, scaled by channels / n, estimates the whole path's."""
+    crit = SInGE(steps=steps, path="unit")
+    names = param_names(model)
+    group_slices = [slices(g, names) for g in groups]
+    units = [(i, j) for i, (g, gs) in enumerate(zip(groups, group_slices)) if gs for j in range(len(g[0].idxs))]
+    pick = sorted(torch.randperm(len(units), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+    drawn = {}
+    _sync(batches)
+    t = time.perf_counter()
+    for i, j in (units[k] for k in pick):
+        n_i = len(groups[i][0].idxs)
+        drawn.setdefault(i, []).append((j, crit._integrate(model, [group_slices[i]], [n_i], batches, [j])[0][j]))
+    _sync(batches)
+    seconds = time.perf_counter() - t
+    keep = [i for i, gs in enumerate(group_slices) if gs]  # scores() lists these groups, in this order
+    idx = [np.array([j for j, _ in drawn.get(i, [])], dtype=int) for i in keep]
+    ref = [np.array([float(v) for _, v in drawn.get(i, [])]) for i in keep]
+    return idx, ref, seconds, len(units)
+
+
+def paths(model, groups, batches, steps, result, replicas=(), unit_sample=None):
     """group and network paths (and the replicated unit paths) against the exact unit path, at `steps` Riemann
-    steps; seconds also as a multiple of Taylor's."""
+    steps; seconds also as a multiple of Taylor's. With unit_sample = n, the unit path covers n channels drawn at
+    random and every Spearman is taken over those channels."""
     scores(model, groups, batches, None, None, crit=make_criterion("taylor"))  # warm-up (CUDA, allocator)
     taylor = min(scores(model, groups, batches, None, None, crit=make_criterion("taylor"))[1] for _ in range(3))
     result["taylor_seconds"] = taylor
-    ref, ref_s = scores(model, groups, batches, "unit", steps)
+    if unit_sample:
+        idx, ref, ref_s, total = sampled_unit_path(model, groups, batches, steps, unit_sample)
+        result["unit_sample"] = {"channels": int(sum(len(i) for i in idx)), "of": total, "seconds": ref_s}
+        ref_s *= total / result["unit_sample"]["channels"]  # the whole path's time, estimated
+        pick = lambda s: [v[i] for v, i in zip(s, idx)]  # noqa: E731
+    else:
+        ref, ref_s = scores(model, groups, batches, "unit", steps)
+        pick = lambda s: s  # noqa: E731
     result["paths"]["unit"] = {"seconds": ref_s, "spearman_all": 1.0, "spearman_within_group_mean": 1.0}
     rivals = [(path, SInGE(steps=steps, path=path)) for path in ("group", "network")]
     for r in replicas:
@@ -82,7 +113,7 @@ def paths(model, groups, batches, steps, result, replicas=()):
         rivals.append((f"removal (measured), R = {r}", SInGE(variant="removal", replicas=r)))
     for label, crit in rivals:
         s, sec = scores(model, groups, batches, None, None, crit=crit)
-        result["paths"][label] = {"seconds": sec, **agreement(s, ref)}
+        result["paths"][label] = {"seconds": sec, **agreement(pick(s), ref)}
     for v in result["paths"].values():
         v["x_taylor"] = v["seconds"] / taylor
 
@@ -143,6 +174,9 @@ def main():
     ap.add_argument("--no-rules", action="store_true", help="skip the quadrature sweep")
     ap.add_argument("--replicas", default="", help="R,...: also the replicated unit paths, R units per pass")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--unit-sample", type=int, default=None, metavar="N",
+                    help="the exact unit path for N channels drawn at random (seed 0), not all; Spearman over those, "
+                         "its seconds scaled to all channels")
     args = ap.parse_args()
     model, data, shape = load(args)
     model.to(args.device)
@@ -159,8 +193,13 @@ def main():
         oracle(model, groups, batches, result)
         return write(args.json, result)
     if not args.rules_only:
-        paths(model, groups, batches, args.steps, result, [int(r) for r in args.replicas.split(",") if r])
+        paths(model, groups, batches, args.steps, result, [int(r) for r in args.replicas.split(",") if r],
+              args.unit_sample)
         print(header + f", m = {args.steps}; Taylor {result['taylor_seconds']:.3f} s")
+        if "unit_sample" in result:
+            u = result["unit_sample"]
+            print(f"unit path on {u['channels']} of {u['of']} channels drawn at random ({u['seconds']:.2f} s; "
+                  "its row: that time scaled to all channels, Spearman over the drawn ones)")
         print("| path | seconds | x Taylor | Spearman vs unit, all channels | mean within-group Spearman |")
         print("|---|---:|---:|---:|---:|")
         for path, v in result["paths"].items():

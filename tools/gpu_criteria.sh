@@ -6,7 +6,7 @@
 #      calibration batches), singe/l2/taylor, 3x then 2x fewer MACs, one process per target and seed, until the
 #      time given to it is spent;
 #   3. the same path measurement on torchvision:resnet18 (random weights, 32x32 synthetic, 16 images, m = 4),
-#      the exact unit path on 256 of its 2,880 channels drawn at random (--unit-sample);
+#      the exact unit path on 256 of its 2,880 channels drawn at random (--unit-sample), no replicated rows;
 #   4. the gpu-marked tests.
 #   tools/gpu_criteria.sh [OUT_DIR] [SECONDS_FOR_2]
 #   RUNS="3:1 3:2 2:0" tools/gpu_criteria.sh ...   step 2 for these TARGET:SEED pairs only (default: all six)
@@ -51,7 +51,7 @@ done
 
 echo "== 3. SInGE paths on torchvision:resnet18"
 timeout 600 python3 tools/path_fidelity.py --device cuda --model torchvision:resnet18 --data synthetic \
-  --input-shape 1,3,32,32 --batch-size 16 --steps 4 --replicas 8 --unit-sample 256 --no-rules \
+  --input-shape 1,3,32,32 --batch-size 16 --steps 4 --unit-sample 256 --no-rules \
   --json "$out/paths-resnet18.json" \
   2>&1 | quiet
 

@@ -61,6 +61,13 @@ def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options
     runs = json.loads((out / "compare.json").read_text())["runs"]
     assert len(runs) == 4 and runs[0] == first[0]
     assert (out / "runs" / first[0]["name"] / "report.json").read_text() == report
+    assert main(argv[:2] + ["l2"] + argv[3:] + ["--seeds", "2", "--resume"]) == 0  # another criterion, another seed
+    done = json.loads((out / "compare.json").read_text())
+    assert done["runs"][:4] == runs and [r["name"] for r in done["runs"][4:]] == ["l2-x1.5-s2-entwined"]
+    assert done["criteria"] == ["l1", "l2"] and done["seeds"] == [0, 1, 2]
+    assert len({r["dense_accuracy"] for r in done["runs"]}) == 1 and "| l2 |" in (out / "compare.md").read_text()
+    lat = ["--latency-reduction", "1.2", "--latency-iters", "5", "--latency-seconds", "0"]
+    assert main([a for a in argv if a not in ("--macs-reduction", "1.5")] + lat + ["--resume"]) == 2
 
 
 @needs_fashion

@@ -6,7 +6,8 @@ written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mea
 target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
 as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish, and picks a run
 that was interrupted after a pruning step up again from that step (compress --resume). --resume on a finished
-folder adds the runs it lacks (more seeds, criteria or --one-shot) if the shared options are the same.
+folder adds the runs it lacks (more seeds, criteria or --one-shot), keeping the earlier ones in the table, if the
+shared options are the same.
 """
 from __future__ import annotations
 
@@ -154,11 +155,18 @@ def run(args, log=print):
     base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
+    earlier = {}
     if extend:  # a finished comparison grows by the runs it lacks, under the options it was made with
-        _same_options(out, {k: base[k] for k in base if k not in PER_RUN})
+        earlier = json.loads((out / "compare.json").read_text())
+        if f"{metric}_reductions" not in earlier:
+            other = "latency" if metric == "macs" else "macs"
+            raise UserError(f"{out} compares at {other} targets; --resume adds runs there only with "
+                            f"--{other}-reduction, or choose another --out")
+        _same_options(out, earlier.get("options", {}), {k: base[k] for k in base if k not in PER_RUN})
         out.rename(work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    rows, dense = [], None  # every run starts from the same baseline: its accuracy is measured once
+    # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
+    rows, dense = [], (earlier.get("runs") or [{}])[0].get("dense_accuracy")
     for i, (name, flowchart, opts) in enumerate(runs, 1):
         folder = work / "runs" / name
         if not (folder / "report.json").is_file():
@@ -176,6 +184,12 @@ def run(args, log=print):
             log(f"[{i}/{len(runs)}] {name}: done earlier")
         rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))
         dense = rows[-1]["dense_accuracy"]
+    if earlier:  # runs of the earlier command(s) that this one did not name stay in the table
+        named = {r["name"] for r in rows}
+        rows = [r for r in earlier["runs"] if r["name"] not in named] + rows
+        criteria = _union(earlier.get("criteria", []), criteria)
+        reductions = _union(earlier.get(f"{metric}_reductions", []), reductions)
+        seeds = _union(earlier.get("seeds", []), seeds)
     result = {"runs": rows, "criteria": criteria, f"{metric}_reductions": reductions, "seeds": seeds,
               "options": {k: base[k] for k in base if k not in PER_RUN}}
     (work / "compare.json").write_text(json.dumps(result, indent=1))
@@ -188,8 +202,11 @@ def run(args, log=print):
     return result, out
 
 
-def _same_options(out, options):
-    before = json.loads((out / "compare.json").read_text()).get("options", {})
+def _union(first, then):
+    return list(first) + [v for v in then if v not in first]
+
+
+def _same_options(out, before, options):
     differ = [f"{k} {before[k]!r} there, {options[k]!r} now" for k in sorted(before.keys() & options.keys())
               if before[k] != options[k]]
     if differ:

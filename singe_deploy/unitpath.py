@@ -47,11 +47,11 @@ class UnitScaler:
             self.plan.append({u: list(sites.items()) for u, sites in per_unit.items()})
 
     def _plan_on(self, device):
-        """The plan with its index tensors on `device`, made once: a hook then runs no host-to-device copy
-        (each one waits for the GPU), and replica r's row index of a site is rows[r] (a filled tensor)."""
+        """The plan with its index tensors on `device`, moved once: a hook then runs no host-to-device copy
+        (each one waits for the GPU)."""
         if getattr(self, "_device", None) != device:
             self._device, self._placed = device, [
-                {u: [(site, (_to(chans, device), _RowCache(len(chans), device))) for site, chans in sites]
+                {u: [(site, chans.to(device, non_blocking=True)) for site, chans in sites]
                  for u, sites in per_unit.items()} for per_unit in self.plan]
         return self._placed
 
@@ -77,11 +77,12 @@ class UnitScaler:
         """For each (group index, root unit) in `units`, with that unit scaled by the matching alpha in its own
         replica of (x, y): d/dalpha of the replica's mean loss (grad=True), or the loss itself (grad=False)."""
         R = len(units)
-        alpha = _to(torch.tensor(alphas, dtype=x.dtype), x.device).requires_grad_(grad)
-        per_site = {}
+        alpha = torch.tensor(alphas, dtype=x.dtype).to(x.device, non_blocking=True).requires_grad_(grad)
+        replica = torch.arange(R, device=x.device)  # replica[r].expand(n): n copies of r, a view on the device
+        plan, per_site = self._plan_on(x.device), {}
         for r, (i, j) in enumerate(units):
-            for site, (chans, rows) in self._plan_on(x.device)[i][j]:
-                per_site.setdefault(site, []).append((rows[r], chans))
+            for site, chans in plan[i][j]:
+                per_site.setdefault(site, []).append((replica[r].expand(len(chans)), chans))
         handles = []
         modules = dict(model.named_modules())
         try:
@@ -121,22 +122,6 @@ def _channel_dim(module):
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
         return -1
     return None
-
-
-class _RowCache:
-    """rows[r]: a tensor of n copies of r on one device, made on first use."""
-
-    def __init__(self, n, device):
-        self.n, self.device, self.made = n, device, {}
-
-    def __getitem__(self, r):
-        if r not in self.made:
-            self.made[r] = torch.full((self.n,), r, dtype=torch.long, device=self.device)
-        return self.made[r]
-
-
-def _to(t, device):
-    return t if t.device == device else t.to(device, non_blocking=True)
 
 
 def _scaler(entries, alpha, R, dim):

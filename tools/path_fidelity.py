@@ -74,14 +74,14 @@ def sampled_unit_path(model, groups, batches, steps, n, seed=0):
     crit = SInGE(steps=steps, path="unit")
     names = param_names(model)
     group_slices = [slices(g, names) for g in groups]
-    units = [(i, j) for i, (g, gs) in enumerate(zip(groups, group_slices)) if gs for j in range(len(g[0].idxs))]
+    sizes = [len(g[0].idxs) for g in groups]
+    units = [(i, j) for i, gs in enumerate(group_slices) if gs for j in range(sizes[i])]
     pick = sorted(torch.randperm(len(units), generator=torch.Generator().manual_seed(seed))[:n].tolist())
     drawn = {}
     _sync(batches)
     t = time.perf_counter()
     for i, j in (units[k] for k in pick):
-        n_i = len(groups[i][0].idxs)
-        drawn.setdefault(i, []).append((j, crit._integrate(model, [group_slices[i]], [n_i], batches, [j])[0][j]))
+        drawn.setdefault(i, []).append((j, crit._integrate(model, [group_slices[i]], [sizes[i]], batches, [j])[0][j]))
     _sync(batches)
     seconds = time.perf_counter() - t
     keep = [i for i, gs in enumerate(group_slices) if gs]  # scores() lists these groups, in this order

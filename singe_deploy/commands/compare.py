@@ -155,14 +155,14 @@ def run(args, log=print):
     base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
-    earlier = {}
+    options, earlier = {k: base[k] for k in base if k not in PER_RUN}, {}
     if extend:  # a finished comparison grows by the runs it lacks, under the options it was made with
         earlier = json.loads((out / "compare.json").read_text())
         if f"{metric}_reductions" not in earlier:
             other = "latency" if metric == "macs" else "macs"
             raise UserError(f"{out} compares at {other} targets; --resume adds runs there only with "
                             f"--{other}-reduction, or choose another --out")
-        _same_options(out, earlier.get("options", {}), {k: base[k] for k in base if k not in PER_RUN})
+        _same_options(out, earlier.get("options", {}), options)
         out.rename(work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
     # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
@@ -191,7 +191,7 @@ def run(args, log=print):
         reductions = _union(earlier.get(f"{metric}_reductions", []), reductions)
         seeds = _union(earlier.get("seeds", []), seeds)
     result = {"runs": rows, "criteria": criteria, f"{metric}_reductions": reductions, "seeds": seeds,
-              "options": {k: base[k] for k in base if k not in PER_RUN}}
+              "options": options}
     (work / "compare.json").write_text(json.dumps(result, indent=1))
     (work / "compare.md").write_text(markdown(rows, base))
     plot(rows, work / "compare.png")

@@ -69,6 +69,17 @@ def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options
     lat = ["--latency-reduction", "1.2", "--latency-iters", "5", "--latency-seconds", "0"]
     assert main([a for a in argv if a not in ("--macs-reduction", "1.5")] + lat + ["--resume"]) == 2
 
+    def cut(cfg, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress, "run", cut)  # a growth interrupted, then resumed, keeps the earlier runs
+    assert main(argv + ["--seeds", "3", "--resume"]) == 130 and not out.exists()
+    monkeypatch.setattr(compress, "run", real)
+    assert main(argv + ["--seeds", "3", "--resume", "--lr", "0.01"]) == 2
+    assert main(argv + ["--seeds", "3", "--resume"]) == 0
+    grown = json.loads((out / "compare.json").read_text())
+    assert grown["runs"][:5] == done["runs"] and grown["seeds"] == [0, 1, 2, 3] and len(grown["runs"]) == 6
+
 
 @needs_fashion
 def test_compare_writes_json_markdown_and_plot(tmp_path, capsys):
@@ -109,8 +120,11 @@ def test_an_interrupted_comparison_resumes_with_the_runs_left(tmp_path, monkeypa
     assert f"--resume --out {out}" in capsys.readouterr().out
     cut = _merge_tool().finished_runs(tmp_path / ".cmp.partial")  # what tools/merge_compare.py reads of it
     calls.clear()
+    assert main(argv + ["--resume", "--lr", "0.01"]) == 2 and not calls  # not under other shared options
+    assert "lr 0.05 there, 0.01 now" in capsys.readouterr().err and (tmp_path / ".cmp.partial").is_dir()
     assert main(argv + ["--resume"]) == 0
     assert calls == ["l2"]  # l1 finished before the interruption
+    assert not (out / compare.STARTED).exists()
     done = json.loads((out / "compare.json").read_text())
     assert len(done["runs"]) == 2
     assert cut["runs"] == done["runs"][:1] and cut["options"] == done["options"]

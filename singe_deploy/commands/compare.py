@@ -6,8 +6,8 @@ written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mea
 target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
 as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish, and picks a run
 that was interrupted after a pruning step up again from that step (compress --resume). --resume on a finished
-folder adds the runs it lacks (more seeds, criteria or --one-shot), keeping the earlier ones in the table, if the
-shared options are the same.
+folder adds the runs it lacks (more seeds, criteria or --one-shot), keeping the earlier ones in the table. Either
+way --resume refuses other shared options than the folder was started with.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2,
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms",
            "seed") + WHERE_TO_WRITE
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
+STARTED = "started.json"  # an unfinished comparison's shared options, checked by --resume
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 
 
@@ -155,16 +156,23 @@ def run(args, log=print):
     base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
-    options, earlier = {k: base[k] for k in base if k not in PER_RUN}, {}
-    if extend:  # a finished comparison grows by the runs it lacks, under the options it was made with
-        earlier = json.loads((out / "compare.json").read_text())
-        if f"{metric}_reductions" not in earlier:
-            other = "latency" if metric == "macs" else "macs"
-            raise UserError(f"{out} compares at {other} targets; --resume adds runs there only with "
-                            f"--{other}-reduction, or choose another --out")
-        _same_options(out, earlier.get("options", {}), options)
+    options = {k: base[k] for k in base if k not in PER_RUN}
+    # a finished comparison grows by the runs it lacks, an interrupted one resumes (an interrupted growth: both),
+    # each only under the options it was started with
+    source = out if extend else work
+    earlier = json.loads((source / "compare.json").read_text()) if (source / "compare.json").is_file() else {}
+    started = json.loads((work / STARTED).read_text()) if not extend and (work / STARTED).is_file() else {}
+    if earlier or started:
+        was = started.get("metric") or ("latency" if "latency_reductions" in earlier else "macs")
+        if was != metric:
+            raise UserError(f"{source} compares at {was} targets; --resume adds runs there only with "
+                            f"--{was}-reduction, or choose another --out")
+        _same_options(source, (started or earlier).get("options", {}), options)
+    if extend:
         out.rename(work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
+    if not (work / STARTED).is_file():
+        (work / STARTED).write_text(json.dumps({"metric": metric, "options": options}, indent=1))
     # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
     rows, dense = [], (earlier.get("runs") or [{}])[0].get("dense_accuracy")
     for i, (name, flowchart, opts) in enumerate(runs, 1):
@@ -195,6 +203,7 @@ def run(args, log=print):
     (work / "compare.json").write_text(json.dumps(result, indent=1))
     (work / "compare.md").write_text(markdown(rows, base))
     plot(rows, work / "compare.png")
+    (work / STARTED).unlink(missing_ok=True)  # compare.json holds the same options now
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)

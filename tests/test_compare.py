@@ -38,6 +38,7 @@ def test_compare_at_equal_measured_latency_runs_every_planner_on_one_table(tmp_p
             result["runs"].index(r)]
     md = (out / "compare.md").read_text()
     assert "## entwined, 1.2x lower measured latency" in md and "| latency ms |" in md
+    assert {r["training"] for r in result["runs"]} == {"cpu fp32"} and "Fine-tuned on: cpu fp32." in md
 
 
 def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options(tmp_path, monkeypatch):
@@ -250,3 +251,39 @@ def test_merging_runs_with_and_without_distillation_keeps_them_apart(tmp_path):
         ("singe+distill-true-x2-s0-entwined", "singe:distill=true", 0.93)}
     rows, _, _, repeated = _merge_tool().merge(paths[:1] * 2)  # one setting: names as they were
     assert repeated == 1 and rows[0]["name"] == "singe-x2-s0-entwined"
+
+
+def test_coverage_counts_seeds_per_setting_and_merging_refuses_runs_fine_tuned_apart(tmp_path):
+    import json
+
+    def write(name, options, runs):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"options": dict({"export": False, "model": "builtin:resnet20"}, **options),
+                                    "runs": runs}))
+        return str(path)
+
+    def run(criterion, seed, x=2.0, flowchart="entwined", training="cpu fp32"):
+        return {"name": f"{compare.folder(criterion)}-x{x:g}-s{seed}-{flowchart}", "criterion": criterion,
+                "macs_reduction": x, "seed": seed, "flowchart": flowchart, "accuracy": 0.9, "macs": 1, "params": 1,
+                "score_seconds": 0.0, "target_hit": True, "training": training}
+
+    tool = _merge_tool()
+    short = write("short", {}, [run("singe", 0), run("singe", 1), run("l2", 0), run("singe:ranking=cost", 0)])
+    again = write("again", {}, [run("singe", 1), run("singe", 2, x=3.0)])  # seed 1 counted once
+    long = write("long", {"steps": 4, "round_to": 1}, [run("taylor", 0, flowchart="one-shot")])
+    gpu = write("gpu", {}, [run("l2", 1, training="cuda bf16")])
+    lines = tool.coverage([short, again, long, gpu]).splitlines()
+    assert lines[0] == "| model | setting | fine-tuned on | flowchart | target | singe | l2 | taylor |"
+    assert set(lines[2:]) == {
+        "| builtin:resnet20 | compare's defaults | cpu fp32 | entwined | 2x | 2 | 1 |  |",
+        "| builtin:resnet20 | compare's defaults | cpu fp32 | entwined | 3x | 1 |  |  |",
+        "| builtin:resnet20 | ranking=cost | cpu fp32 | entwined | 2x | 1 |  |  |",
+        "| builtin:resnet20 | round_to=1 steps=4 | cpu fp32 | one-shot | 2x |  |  | 1 |",
+        "| builtin:resnet20 | compare's defaults | cuda bf16 | entwined | 2x |  | 1 |  |"}
+    assert len(tool.merge([short, again])[0]) == 5
+    with pytest.raises(SystemExit, match="fine-tuned on cpu fp32 and cuda bf16"):
+        tool.merge([short, gpu])
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit, match="not a compare result"):
+        tool.coverage([str(bare)])

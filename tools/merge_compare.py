@@ -12,6 +12,11 @@ results); a run named twice (same criterion, target, seed and flowchart) is kept
 has it. Files run with and without --distill are labelled as `compare --distill-both` labels its runs
 (singe:distill=true), so the table keeps them apart.
 Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's accuracy by seed).
+
+    python tools/merge_compare.py --coverage docs/results/compare-*.json
+
+prints instead which settings (the options that differ among the files), flowcharts and targets each criterion
+was run at, and with how many seeds, over files of any set-ups; runs are counted once.
 """
 from __future__ import annotations
 
@@ -23,10 +28,12 @@ from pathlib import Path
 
 import yaml
 
-from singe_deploy.commands.compare import PER_RUN, folder, markdown, row
+from singe_deploy.commands import compare
+from singe_deploy.commands.compare import PER_RUN, folder, markdown, reduction, row
 from singe_deploy.config import defaults
 
 DEFAULTS = defaults()
+COMPARE_DEFAULTS = dict(DEFAULTS, **compare.DEFAULTS)  # what a compare run without flags uses
 
 RUN = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
 
@@ -81,10 +88,16 @@ def finished_runs(path):
     return {"runs": rows, "options": options}
 
 
+def _load(path):
+    data = finished_runs(path) if Path(path).is_dir() else json.loads(Path(path).read_text())
+    if not {"runs", "options"} <= set(data):
+        raise SystemExit(f"error: {path} is not a compare result (compare.json or merged .json: runs and options)")
+    return data
+
+
 def merge(paths):
     runs, options, sources, repeated = {}, None, [], 0
-    files = [(path, finished_runs(path) if Path(path).is_dir() else json.loads(Path(path).read_text()))
-             for path in paths]
+    files = [(path, _load(path)) for path in paths]
     both = len({bool(d["options"].get("distill")) for _, d in files}) > 1
     for path, data in files:
         skip = SPLIT + (EXPORT_ONLY if not data["options"].get("export", True) else ())
@@ -103,7 +116,36 @@ def merge(paths):
                 continue
             runs[run["name"]] = dict(run, source=str(path))
         sources.append(str(path))
+    tuned = sorted({r["training"] for r in runs.values() if r.get("training")})
+    if len(tuned) > 1:  # files older than the field say nothing and merge with either
+        raise SystemExit(f"error: the runs were fine-tuned on {' and '.join(tuned)}; merge like with like")
     return list(runs.values()), options, sources, repeated
+
+
+def coverage(paths):
+    """Which settings, flowcharts and targets each criterion has been run at, and with how many seeds, over
+    files of any set-ups: a setting is the options that differ among the files, where not at compare's defaults."""
+    files = [(path, _load(path)) for path in paths]
+    keys = sorted({k for _, d in files for k in d["options"] if k not in SPLIT + EXPORT_ONLY})
+    at = COMPARE_DEFAULTS  # an option absent from a file is at its default
+    opts = [{k: _value(dict(at, **d["options"]), k) for k in keys} for _, d in files]
+    varying = [k for k in keys if len({json.dumps(o[k]) for o in opts}) > 1]
+    seeds, criteria = {}, {}
+    for (_, data), o in zip(files, opts):
+        shown = [f"{k}={o[k]}" for k in varying if k != "model" and o[k] != _value(at, k)]
+        for r in data["runs"]:  # a labelled criterion (singe:ranking=cost) is the criterion in another setting
+            name, *pairs = r["criterion"].split(":")
+            key = (str(o["model"]), " ".join(shown + pairs) or "compare's defaults", r.get("training") or "unrecorded",
+                   r["flowchart"], f"{reduction(r):g}x")
+            seeds.setdefault(key, {}).setdefault(name, set()).add(r["seed"])
+            criteria[name] = None
+    names = [c for c in compare.CRITERIA if c in criteria] + sorted(c for c in criteria if c not in compare.CRITERIA)
+    lines = ["| model | setting | fine-tuned on | flowchart | target | " + " | ".join(names) + " |",
+             "|---|---|---|---|---:|" + "---:|" * len(names)]
+    for key in sorted(seeds):
+        cells = [str(len(seeds[key][c])) if c in seeds[key] else "" for c in names]
+        lines.append("| " + " | ".join(key) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def by_seed(rows):
@@ -122,8 +164,15 @@ def by_seed(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="compare.json files or compare folders (finished or cut short)")
-    ap.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
+    ap.add_argument("--out", help="OUT.json and OUT.md are written")
+    ap.add_argument("--coverage", action="store_true",
+                    help="print which settings each criterion was run at, with how many seeds (files of any set-ups)")
     args = ap.parse_args(argv)
+    if args.coverage:
+        print(coverage(args.files))
+        return 0
+    if not args.out:
+        ap.error("--out is required to merge")
     rows, options, sources, repeated = merge(args.files)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -234,7 +234,14 @@ def row(rep, name, flowchart, opts):
             "dense_accuracy": rep["dense"]["accuracy"], "macs": rep["pruned"]["macs"],
             "params": rep["pruned"]["params"], "achieved_reduction": rep["target"]["achieved"],
             "target_hit": rep["target"]["hit"], "score_seconds": round(sum(s["score_seconds"] for s in steps), 3),
-            "seconds": rep.get("timings", {}).get("total_s")}
+            "seconds": rep.get("timings", {}).get("total_s"), "training": training(rep)}
+
+
+def training(rep):
+    """Where and in what precision a run was fine-tuned ("cpu fp32", "cuda bf16"): runs that differ in it are
+    not one experiment."""
+    t = rep.get("schedule", {}).get("training") or {}
+    return f"{t['device'].split(':')[0]} {t['precision']}" if t.get("device") else None
 
 
 def _stats(values):
@@ -283,6 +290,9 @@ def markdown(rows, cfg):
     dense = _stats([r["dense_accuracy"] for r in rows])[0]
     if dense is not None:
         lines += [f"Dense accuracy: {dense:.4f}.", ""]
+    tuned = sorted({r["training"] for r in rows if r.get("training")})
+    if tuned:
+        lines += [f"Fine-tuned on: {', '.join(tuned)}.", ""]
     latency = by_latency(rows)
     what, extra = ("lower measured latency", " latency ms |") if latency else ("fewer MACs", "")
     for flowchart in dict.fromkeys(r["flowchart"] for r in rows):

@@ -171,7 +171,7 @@ def run(args, log=print):
     if extend:
         out.rename(work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    if not (work / STARTED).is_file():
+    if not started:
         (work / STARTED).write_text(json.dumps({"metric": metric, "options": options}, indent=1))
     # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
     rows, dense = [], (earlier.get("runs") or [{}])[0].get("dense_accuracy")

@@ -70,16 +70,22 @@ def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options
     lat = ["--latency-reduction", "1.2", "--latency-iters", "5", "--latency-seconds", "0"]
     assert main([a for a in argv if a not in ("--macs-reduction", "1.5")] + lat + ["--resume"]) == 2
 
-    def cut(cfg, *a, **k):
-        raise KeyboardInterrupt
+    def cut(cfg, *a, **k):  # the first new run finishes, the second is cut short
+        if cfg["seed"] == 4:
+            raise KeyboardInterrupt
+        return real(cfg, *a, **k)
 
     monkeypatch.setattr(compress, "run", cut)  # a growth interrupted, then resumed, keeps the earlier runs
-    assert main(argv + ["--seeds", "3", "--resume"]) == 130 and not out.exists()
+    assert main(argv + ["--seeds", "3,4", "--resume"]) == 130 and not out.exists()
+    cut_short = _merge_tool().finished_runs(tmp_path / ".cmp.partial")  # the earlier runs and the new one
+    assert sorted(r["name"] for r in cut_short["runs"]) == sorted([r["name"] for r in done["runs"]] +
+                                                                   ["l1-x1.5-s3-entwined"])
+    assert cut_short["options"] == done["options"]
     monkeypatch.setattr(compress, "run", real)
-    assert main(argv + ["--seeds", "3", "--resume", "--lr", "0.01"]) == 2
-    assert main(argv + ["--seeds", "3", "--resume"]) == 0
+    assert main(argv + ["--seeds", "3,4", "--resume", "--lr", "0.01"]) == 2
+    assert main(argv + ["--seeds", "3,4", "--resume"]) == 0
     grown = json.loads((out / "compare.json").read_text())
-    assert grown["runs"][:5] == done["runs"] and grown["seeds"] == [0, 1, 2, 3] and len(grown["runs"]) == 6
+    assert grown["runs"][:5] == done["runs"] and grown["seeds"] == [0, 1, 2, 3, 4] and len(grown["runs"]) == 7
 
 
 @needs_fashion

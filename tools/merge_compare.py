@@ -4,7 +4,8 @@
     python tools/merge_compare.py OUT/compare.json OUT2/.cut.partial --out merged   # and an interrupted compare
 
 An input may also be a compare output folder, or the hidden .NAME.partial folder an interrupted compare leaves:
-its finished runs count, rows as compare writes them, with the options of its entwined runs' config.yaml.
+its finished runs count, rows as compare writes them, with the options of its started.json (folders cut short
+before compare wrote one: of its entwined runs' config.yaml).
 
 Refuses files whose options differ (other than what each run was split by: criteria, reductions, seeds,
 distillation; and, for runs without export, the export, parity and latency options, which cannot change their
@@ -69,9 +70,10 @@ def _label(name):
 def finished_runs(path):
     """The runs a compare folder holds (finished, or cut short: its .NAME.partial folder), as compare.json has them."""
     path = Path(path)
-    if (path / "compare.json").is_file():
+    started = path / compare.STARTED  # only in a cut-short folder; an interrupted growth also holds the old compare.json
+    if (path / "compare.json").is_file() and not started.is_file():
         return json.loads((path / "compare.json").read_text())
-    rows, options = [], None
+    rows, options = [], json.loads(started.read_text())["options"] if started.is_file() else None
     for report in sorted((path / "runs").glob("*/report.json")):
         m = RUN.match(report.parent.name)
         if not m:
@@ -84,7 +86,8 @@ def finished_runs(path):
             cfg = yaml.safe_load((report.parent / "config.yaml").read_text())
             options = {k: v for k, v in cfg.items() if k not in PER_RUN}
     if options is None:
-        raise SystemExit(f"error: {path} holds no finished entwined run (runs/*/report.json); nothing to merge")
+        raise SystemExit(f"error: {path} has no {compare.STARTED} and no finished entwined run (runs/*/report.json); "
+                         "nothing to merge")
     return {"runs": rows, "options": options}
 
 

@@ -10,63 +10,28 @@ import importlib.util
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from . import bench, distributed, report
 from .config import PER_RUN, to_yaml
-from .data import make_data
 from .deploy import Deployed, DeploySettings, deploy
-from .errors import CheckFailed, UserError, first_line
+from .errors import CheckFailed, UserError
 from .files import partial
-from .quantize import QUANTIZED
 from .flops import CONVENTION, count
 from .importance import make_criterion
-from .models import (default_input_shape, is_dense_output, load_model, load_pruned, parse_spec, read_checkpoint,
-                     save_pruned, task_of)
+from .models import is_dense_output, load_pruned, parse_spec, read_checkpoint, save_pruned, task_of
 from .prune import Schedule, Target, check_reachable, in_window, prune
+from .quantize import QUANTIZED
+from .source import Source
 from .train import evaluate
 from .train import precision as train_precision
 from .trt import EngineOptions
 
-DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
-# the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
-BASELINES = {(DEMO_MODEL, DEMO_DATA): DEMO_ASSET, ("builtin:resnet56", "fashion-mnist"): "resnet56_fashion_mnist.pt"}
 STATE = "state.pt"
-
-
-def asset_path(name):
-    path = resources.files("singe_deploy").joinpath("assets", name)
-    if not path.is_file():
-        raise UserError(f"singe-deploy ships no asset '{name}'; reinstall the package or pass --checkpoint FILE")
-    return Path(str(path))
-
-
-def resolve_checkpoint(cfg):
-    ck = cfg["checkpoint"]
-    if ck in (None, "auto"):
-        asset = BASELINES.get((cfg["model"], cfg["data"]))
-        if asset and not cfg["pretrained"]:
-            return asset_path(asset)
-        return None
-    if str(ck).lower() == "none":
-        return None
-    if str(ck).startswith("asset:"):
-        return asset_path(ck.split(":", 1)[1])
-    return Path(ck)
-
-
-def sample_shape(cfg):
-    """(C, H, W) the model takes: --input-shape; else Fashion-MNIST's for builtin and file models on it;
-    else the model's own default."""
-    if cfg["input_shape"]:
-        return tuple(cfg["input_shape"][1:])
-    if parse_spec(cfg["model"])[0] in ("builtin", "file") and cfg["data"] == "fashion-mnist":
-        return (1, 28, 28)
-    return default_input_shape(cfg["model"])
 
 
 def check_target(cfg):
@@ -107,8 +72,22 @@ def default_out(cfg):
     return Path("singe-deploy-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+@dataclass
+class Prepared:
+    """What prepare() checked and loaded: the run's model, data and targets, and where it writes."""
+    model: torch.nn.Module
+    data: object  # data.Data
+    shape: tuple  # (C, H, W)
+    checkpoint: Path | None
+    out: Path
+    work: Path
+    criterion: object
+    target: Target
+    timer: object = None  # latency timer for latency targets, set once the input shape is final
+
+
 def prepare(cfg, log=print):
-    """All bad-input checks, in order; returns (model, data, shape, checkpoint, out, work)."""
+    """All bad-input checks, in order; returns a Prepared."""
     check_target(cfg)
     out = Path(cfg["out"]) if cfg["out"] else default_out(cfg)
     work = partial(out)
@@ -121,24 +100,9 @@ def prepare(cfg, log=print):
                         "interrupted run")
     if out.exists() and not cfg["force"] and main:
         raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
-    criterion = _make(cfg, None)  # options checked before any loading
+    _make(cfg, None)  # options checked before any loading
     target = _target(cfg)
-    kind = parse_spec(cfg["model"])[0]
-    shape = sample_shape(cfg)
-    data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
-                     cfg["val_limit"], cfg["num_classes"])
-    checkpoint = resolve_checkpoint(cfg)
-    chosen = str(cfg["checkpoint"]).lower() == "none"  # random init asked for by name
-    if data.real and checkpoint is None and not cfg["pretrained"] and kind != "file" and not chosen:
-        log(f"warning: {cfg['model']} starts from random weights (no --checkpoint, no --pretrained): its accuracy "
-            "will be near chance; pass --checkpoint FILE (a state dict of your trained model) or --pretrained")
-    classes = cfg["num_classes"] or (data.num_classes if data.real or kind == "builtin" else None)
-    torch.manual_seed(cfg["seed"])
-    model = load_model(cfg["model"], checkpoint, classes, shape[0], cfg["pretrained"], cfg["trust_checkpoint"])
-    outputs = check_forward(model, cfg["model"], shape, data.num_classes if data.real else None)
-    if not data.real and data.num_classes != outputs:  # random labels the model's head can score
-        data = make_data(cfg["data"], cfg["batch_size"], shape, cfg["data_dir"], cfg["seed"], cfg["train_limit"],
-                         cfg["val_limit"], outputs)
+    model, data, shape, checkpoint = Source.from_config(cfg).load(log)
     criterion = _make(cfg, data)
     if is_dense_output(model) and (data.real or criterion.uses_data):
         why = f"--data {cfg['data']}" if data.real else f"--criterion {criterion.name}"
@@ -150,8 +114,7 @@ def prepare(cfg, log=print):
         chosen = (f"; criterion {criterion.name} (data-free: random labels carry no signal; --criterion to choose)"
                   if cfg["criterion"] == "auto" else "")
         log(f"synthetic data: a latency-only run, no fine-tuning, accuracy is null{labels}{chosen}")
-    return dict(model=model, data=data, shape=shape, checkpoint=checkpoint, out=out, work=work,
-                criterion=criterion, target=target)
+    return Prepared(model, data, shape, checkpoint, out, work, criterion, target)
 
 
 # the default calibration budget when scoring runs on a CPU: criterion passes x MACs per sample; about a minute of
@@ -182,26 +145,6 @@ def criterion_options(cfg):
     return {}
 
 
-@torch.no_grad()
-def check_forward(model, spec, shape, classes):
-    model.eval()
-    try:
-        out = model(torch.zeros((1,) + tuple(shape)))
-    except Exception as e:
-        raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({first_line(e)}); "
-                        "pass an --input-shape the model takes") from None
-    dims = {"segmentation": 4, "detection": 3}.get(task_of(model))
-    if dims and isinstance(out, torch.Tensor) and out.dim() == dims:  # maps (N, classes, H, W); anchors (N, A, k)
-        return out.shape[1 if dims == 4 else 2]
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserError(f"{spec} must return (batch, classes) logits; it returned "
-                        f"{getattr(out, 'shape', type(out).__name__)}")
-    if classes and out.shape[1] != classes:
-        raise UserError(f"{spec} has {out.shape[1]} outputs but the data has {classes} classes; "
-                        "pass --num-classes or a checkpoint for these classes")
-    return out.shape[1]
-
-
 def _resume_state(cfg, work):
     if not cfg["resume"]:
         return None
@@ -227,15 +170,15 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     error, state = None, None
     try:  # every bad-input check, on every rank; then all ranks learn whether any failed
         p = prepare(cfg, log)
-        model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
+        model, data, shape, out, work = p.model, p.data, p.shape, p.out, p.work
         schedule = Schedule.from_config(
             cfg, epochs=cfg["epochs"] if data.real else 0,
             calib_macs=CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None)
         train_precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
         input_shape = [1] + list(shape)
-        if p["target"].metric != "latency":  # a latency target is checked against its table, once measured
-            check_reachable(model, input_shape, p["target"], schedule, _ignored(model, cfg["ignore_layers"]))
-        p["timer"] = _timer(cfg, input_shape)  # an unsupported target is bad input, before any work
+        if p.target.metric != "latency":  # a latency target is checked against its table, once measured
+            check_reachable(model, input_shape, p.target, schedule, _ignored(model, cfg["ignore_layers"]))
+        p.timer = _timer(cfg, input_shape)  # an unsupported target is bad input, before any work
         state = _resume_state(cfg, work) if ctx.main else None
     except UserError as e:
         error = e
@@ -289,8 +232,8 @@ def _training(schedule, device):
 
 
 def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None):
-    model, data, shape, out, work = p["model"], p["data"], p["shape"], p["out"], p["work"]
-    target, criterion = p["target"], p["criterion"]
+    model, data, shape, out, work = p.model, p.data, p.shape, p.out, p.work
+    target, criterion = p.target, p.criterion
     ctx = distributed.current()
     timings = {}
     dense_model = _clone(model)
@@ -319,7 +262,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
                    checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
-                   timer=p["timer"], latency_table=cfg["latency_table"],
+                   timer=p.timer, latency_table=cfg["latency_table"],
                    latency_unit=cfg["latency_unit"])
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
@@ -354,7 +297,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     rep = {
         "schema_version": 1, "tool": report.tool(),
         "model": {"spec": cfg["model"], "input_shape": input_shape,
-                  "checkpoint": str(p["checkpoint"]) if p["checkpoint"] else None,
+                  "checkpoint": str(p.checkpoint) if p.checkpoint else None,
                   "num_classes": _classes(model)},
         "data": {"spec": cfg["data"], "real": data.real},
         "dense": _cost(dense_costs, dense_acc), "pruned": dict(_cost(pruned_costs, pruned_acc),

@@ -107,15 +107,15 @@ def test_pruned_model_reloads_without_pickled_code(tmp_path, spec, shape, classe
 @needs_fashion
 @pytest.mark.parametrize("spec,least", [("builtin:resnet20", 0.93), ("builtin:resnet56", 0.90)])
 def test_shipped_baselines_load_for_their_model_and_data_and_are_trained(spec, least):
-    from singe_deploy.compress import BASELINES, resolve_checkpoint
+    from singe_deploy.source import BASELINES, Source
     from singe_deploy.config import defaults
     from singe_deploy.data import make_data
     from singe_deploy.train import evaluate
 
     cfg = dict(defaults(), model=spec)
-    path = resolve_checkpoint(cfg)
+    path = Source.from_config(cfg).checkpoint_path()
     assert path is not None and path.name == BASELINES[(spec, "fashion-mnist")]
-    assert resolve_checkpoint(dict(cfg, data="synthetic")) is None  # no baseline for other data
+    assert Source.from_config(dict(cfg, data="synthetic")).checkpoint_path() is None  # no baseline for other data
     model = load_model(spec, path, 10, 1)
     data = make_data("fashion-mnist", 256, (1, 28, 28), val_limit=1024)
     assert evaluate(model, data.val) >= least  # the README quotes the full test set: 94.21% and 91.61%

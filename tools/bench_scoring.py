@@ -13,18 +13,18 @@ import time
 
 import torch
 
-from singe_deploy.compress import prepare
 from singe_deploy.config import defaults, validate
 from singe_deploy.groups import all_groups, default_ignored
 from singe_deploy.importance import make_criterion
+from singe_deploy.source import Source
 
 
 def load(args):
     """Model, data and sample shape exactly as compress loads them (the demo's baseline for the demo)."""
     shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
     cfg = validate(dict(defaults(), model=args.model, data=args.data, batch_size=args.batch_size, input_shape=shape))
-    p = prepare(cfg, log=lambda *a: None)
-    return p["model"].eval(), p["data"], p["shape"]
+    model, data, shape, _ = Source.from_config(cfg).load(log=lambda *a: None)
+    return model.eval(), data, shape
 
 
 def main():

@@ -98,7 +98,7 @@ def main(argv=None):
     from onnxruntime import quantization as q
 
     from singe_deploy.bench import OnnxRuntime
-    from singe_deploy.compress import asset_path
+    from singe_deploy.source import asset_path
     from singe_deploy.data import make_data
     from singe_deploy.export import export_onnx, runtime_accuracy
     from singe_deploy.models import build_model

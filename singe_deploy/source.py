@@ -1,0 +1,111 @@
+"""The load stage: a model and its data from specs, checked against each other (Source.from_config(cfg).load())."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .data import make_data
+from .errors import UserError, first_line
+from .models import default_input_shape, load_model, parse_spec, task_of
+
+DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
+# the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
+BASELINES = {(DEMO_MODEL, DEMO_DATA): DEMO_ASSET, ("builtin:resnet56", "fashion-mnist"): "resnet56_fashion_mnist.pt"}
+
+
+def asset_path(name):
+    path = resources.files("singe_deploy").joinpath("assets", name)
+    if not path.is_file():
+        raise UserError(f"singe-deploy ships no asset '{name}'; reinstall the package or pass --checkpoint FILE")
+    return Path(str(path))
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the load stage needs from a run's options: model and data specs, weights, batch and limits."""
+    model: str = DEMO_MODEL
+    checkpoint: str | None = "auto"
+    pretrained: bool = False
+    trust_checkpoint: bool = False
+    data: str = DEMO_DATA
+    data_dir: str | None = None
+    input_shape: list | None = None  # 1,C,H,W; None: sample_shape decides
+    num_classes: int | None = None
+    batch_size: int = 128
+    train_limit: int | None = None
+    val_limit: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+    @property
+    def kind(self):
+        return parse_spec(self.model)[0]
+
+    def checkpoint_path(self):
+        """The state dict to load: --checkpoint; for 'auto', the shipped baseline of this model and data, if any."""
+        ck = self.checkpoint
+        if ck in (None, "auto"):
+            asset = BASELINES.get((self.model, self.data))
+            return asset_path(asset) if asset and not self.pretrained else None
+        if str(ck).lower() == "none":
+            return None
+        if str(ck).startswith("asset:"):
+            return asset_path(ck.split(":", 1)[1])
+        return Path(ck)
+
+    def sample_shape(self):
+        """(C, H, W) the model takes: --input-shape; else Fashion-MNIST's for builtin and file models on it;
+        else the model's own default."""
+        if self.input_shape:
+            return tuple(self.input_shape[1:])
+        if self.kind in ("builtin", "file") and self.data == "fashion-mnist":
+            return (1, 28, 28)
+        return default_input_shape(self.model)
+
+    def make_data(self, shape, classes=None):
+        return make_data(self.data, self.batch_size, shape, self.data_dir, self.seed, self.train_limit,
+                         self.val_limit, classes)
+
+    def load(self, log=print):
+        """(model, data, shape, checkpoint): every bad input (spec, file, shape, classes) is a UserError."""
+        shape = self.sample_shape()
+        data = self.make_data(shape, self.num_classes)
+        checkpoint = self.checkpoint_path()
+        chosen = str(self.checkpoint).lower() == "none"  # random init asked for by name
+        if data.real and checkpoint is None and not self.pretrained and self.kind != "file" and not chosen:
+            log(f"warning: {self.model} starts from random weights (no --checkpoint, no --pretrained): its accuracy "
+                "will be near chance; pass --checkpoint FILE (a state dict of your trained model) or --pretrained")
+        classes = self.num_classes or (data.num_classes if data.real or self.kind == "builtin" else None)
+        torch.manual_seed(self.seed)
+        model = load_model(self.model, checkpoint, classes, shape[0], self.pretrained, self.trust_checkpoint)
+        outputs = check_forward(model, self.model, shape, data.num_classes if data.real else None)
+        if not data.real and data.num_classes != outputs:  # random labels the model's head can score
+            data = self.make_data(shape, outputs)
+        return model, data, shape, checkpoint
+
+
+@torch.no_grad()
+def check_forward(model, spec, shape, classes):
+    """The model's number of outputs on one zero sample of `shape`; a UserError if it fails or does not fit."""
+    model.eval()
+    try:
+        out = model(torch.zeros((1,) + tuple(shape)))
+    except Exception as e:
+        raise UserError(f"{spec} fails on input shape 1,{','.join(map(str, shape))} ({first_line(e)}); "
+                        "pass an --input-shape the model takes") from None
+    dims = {"segmentation": 4, "detection": 3}.get(task_of(model))
+    if dims and isinstance(out, torch.Tensor) and out.dim() == dims:  # maps (N, classes, H, W); anchors (N, A, k)
+        return out.shape[1 if dims == 4 else 2]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"{spec} must return (batch, classes) logits; it returned "
+                        f"{getattr(out, 'shape', type(out).__name__)}")
+    if classes and out.shape[1] != classes:
+        raise UserError(f"{spec} has {out.shape[1]} outputs but the data has {classes} classes; "
+                        "pass --num-classes or a checkpoint for these classes")
+    return out.shape[1]

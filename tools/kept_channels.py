@@ -2,7 +2,7 @@
 
     python tools/kept_channels.py RUN_FOLDER_OR_COMPARE_FOLDER ... [--json OUT.json]
 
-Reads every run's report.json (its per-layer table), groups runs by model, criterion label, target and flowchart, and
+Reads every run's report.json (its per-layer table), groups runs by model (with its checkpoint), criterion label, target and flowchart, and
 prints mean +- std over seeds of: accuracy, params, and the kept fraction (pruned / dense output channels,
 summed over the conv layers of that dense width). In a ResNet the widths are its stages, so the table shows
 whether a criterion kept the early, high-resolution layers or the late ones. --json writes the per-run figures.
@@ -44,7 +44,8 @@ def runs(paths):
         rep = json.loads(report.read_text())
         label, seed = (m["label"], int(m["seed"])) if m else (rep["criterion"]["name"], None)
         flowchart = rep["schedule"]["flowchart"]
-        out.append({"run": str(report.parent), "model": rep["model"]["spec"], "criterion": label.replace("+", ":"), "seed": seed,
+        weights = Path(rep["model"]["checkpoint"]).name if rep["model"].get("checkpoint") else "no checkpoint"
+        out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})", "criterion": label.replace("+", ":"), "seed": seed,
                     "target": f"{rep['target']['reduction']:g}x {rep['target']['metric']}", "flowchart": flowchart,
                     "accuracy": rep["pruned"]["accuracy"], "params": rep["pruned"]["params"],
                     "kept": kept(rep)})

@@ -19,6 +19,12 @@ RUN = re.compile(r"^(?P<label>.+)-(?:x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<f
 CONV = ("Conv1d", "Conv2d", "Conv3d")
 
 
+def _label(name):
+    """compare's criterion label from its folder form: singe+ranking-cost -> singe:ranking=cost."""
+    head, *pairs = name.split("+")
+    return ":".join([head] + [p.replace("-", "=", 1) for p in pairs])
+
+
 def kept(report):
     """{dense width: kept fraction} over the report's conv layers."""
     dense, pruned = {}, {}
@@ -45,7 +51,7 @@ def runs(paths):
         label, seed = (m["label"], int(m["seed"])) if m else (rep["criterion"]["name"], None)
         flowchart = rep["schedule"]["flowchart"]
         weights = Path(rep["model"]["checkpoint"]).name if rep["model"].get("checkpoint") else "no checkpoint"
-        out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})", "criterion": label.replace("+", ":"), "seed": seed,
+        out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})", "criterion": _label(label), "seed": seed,
                     "target": f"{rep['target']['reduction']:g}x {rep['target']['metric']}", "flowchart": flowchart,
                     "accuracy": rep["pruned"]["accuracy"], "params": rep["pruned"]["params"],
                     "kept": kept(rep)})

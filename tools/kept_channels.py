@@ -2,10 +2,11 @@
 
     python tools/kept_channels.py RUN_FOLDER_OR_COMPARE_FOLDER ... [--json OUT.json]
 
-Reads every run's report.json (its per-layer table), groups runs by model (with its checkpoint), criterion label, target and flowchart, and
-prints mean +- std over seeds of: accuracy, params, and the kept fraction (pruned / dense output channels,
-summed over the conv layers of that dense width). In a ResNet the widths are its stages, so the table shows
-whether a criterion kept the early, high-resolution layers or the late ones. --json writes the per-run figures.
+Reads every run's report.json (its per-layer table), groups runs by model (with its checkpoint), criterion label,
+target and flowchart, and prints mean +- std over seeds of: accuracy, params, and the kept fraction (pruned / dense
+output channels, summed over the conv layers of that dense width). In a ResNet the widths are its stages, so the
+table shows whether a criterion kept the early, high-resolution layers or the late ones. --json writes the per-run
+figures.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def runs(paths):
         label, seed = (m["label"], int(m["seed"])) if m else (rep["criterion"]["name"], None)
         flowchart = rep["schedule"]["flowchart"]
         weights = Path(rep["model"]["checkpoint"]).name if rep["model"].get("checkpoint") else "no checkpoint"
-        out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})", "criterion": _label(label), "seed": seed,
+        out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})",
+                    "criterion": _label(label), "seed": seed,
                     "target": f"{rep['target']['reduction']:g}x {rep['target']['metric']}", "flowchart": flowchart,
                     "accuracy": rep["pruned"]["accuracy"], "params": rep["pruned"]["params"],
                     "kept": kept(rep)})
@@ -63,7 +65,8 @@ def _mean(values):
     if not values:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} +- {sd:.4f}" if max(values) <= 1 else f"{statistics.mean(values) / 1e3:.0f} K"
+    mean = statistics.mean(values)
+    return f"{mean:.4f} +- {sd:.4f}" if max(values) <= 1 else f"{mean / 1e3:.0f} K"
 
 
 def table(rows):
@@ -76,7 +79,8 @@ def table(rows):
              "|---|---|---|---|---:|---:|---:|" + "---:|" * len(widths)]
     for (model, target, flowchart, crit), rs in sorted(groups.items()):
         kept_cols = [f"{statistics.mean(r['kept'][w] for r in rs if w in r['kept']):.2f}" for w in widths]
-        lines.append(f"| {model} | {target} | {flowchart} | {crit} | {len(rs)} | {_mean([r['accuracy'] for r in rs])} | "
+        accuracy = _mean([r["accuracy"] for r in rs])
+        lines.append(f"| {model} | {target} | {flowchart} | {crit} | {len(rs)} | {accuracy} | "
                      f"{_mean([r['params'] for r in rs])} | " + " | ".join(kept_cols) + " |")
     return "\n".join(lines)
 

@@ -70,7 +70,7 @@ def _label(name):
 def finished_runs(path):
     """The runs a compare folder holds (finished, or cut short: its .NAME.partial folder), as compare.json has them."""
     path = Path(path)
-    started = path / compare.STARTED  # only in a cut-short folder; an interrupted growth also holds the old compare.json
+    started = path / compare.STARTED  # only in a cut-short folder; an interrupted growth holds an old compare.json
     if (path / "compare.json").is_file() and not started.is_file():
         return json.loads((path / "compare.json").read_text())
     rows, options = [], json.loads(started.read_text())["options"] if started.is_file() else None

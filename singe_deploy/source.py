@@ -68,14 +68,14 @@ class Source:
             return (1, 28, 28)
         return default_input_shape(self.model)
 
-    def make_data(self, shape, classes=None):
+    def _data(self, shape, classes=None):
         return make_data(self.data, self.batch_size, shape, self.data_dir, self.seed, self.train_limit,
                          self.val_limit, classes)
 
     def load(self, log=print):
         """(model, data, shape, checkpoint): every bad input (spec, file, shape, classes) is a UserError."""
         shape = self.sample_shape()
-        data = self.make_data(shape, self.num_classes)
+        data = self._data(shape, self.num_classes)
         checkpoint = self.checkpoint_path()
         chosen = str(self.checkpoint).lower() == "none"  # random init asked for by name
         if data.real and checkpoint is None and not self.pretrained and self.kind != "file" and not chosen:
@@ -86,7 +86,7 @@ class Source:
         model = load_model(self.model, checkpoint, classes, shape[0], self.pretrained, self.trust_checkpoint)
         outputs = check_forward(model, self.model, shape, data.num_classes if data.real else None)
         if not data.real and data.num_classes != outputs:  # random labels the model's head can score
-            data = self.make_data(shape, outputs)
+            data = self._data(shape, outputs)
         return model, data, shape, checkpoint
 
 

@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
-RUN = re.compile(r"^(?P<label>.+)-(?:x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
+from singe_deploy.commands.compare import RUN_NAME, label_of
+
 CONV = ("Conv1d", "Conv2d", "Conv3d")
-
-
-def _label(name):
-    """compare's criterion label from its folder form: singe+ranking-cost -> singe:ranking=cost."""
-    head, *pairs = name.split("+")
-    return ":".join([head] + [p.replace("-", "=", 1) for p in pairs])
 
 
 def kept(report):
@@ -47,26 +41,25 @@ def reports(paths):
 def runs(paths):
     out = []
     for report in reports(paths):
-        m = RUN.match(report.parent.name)
+        m = RUN_NAME.match(report.parent.name)
         rep = json.loads(report.read_text())
         label, seed = (m["label"], int(m["seed"])) if m else (rep["criterion"]["name"], None)
         flowchart = rep["schedule"]["flowchart"]
         weights = Path(rep["model"]["checkpoint"]).name if rep["model"].get("checkpoint") else "no checkpoint"
         out.append({"run": str(report.parent), "model": f"{rep['model']['spec']} ({weights})",
-                    "criterion": _label(label), "seed": seed,
+                    "criterion": label_of(label), "seed": seed,
                     "target": f"{rep['target']['reduction']:g}x {rep['target']['metric']}", "flowchart": flowchart,
                     "accuracy": rep["pruned"]["accuracy"], "params": rep["pruned"]["params"],
                     "kept": kept(rep)})
     return out
 
 
-def _mean(values):
+def _accuracy(values):
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    mean = statistics.mean(values)
-    return f"{mean:.4f} +- {sd:.4f}" if max(values) <= 1 else f"{mean / 1e3:.0f} K"
+    return f"{statistics.mean(values):.4f} +- {sd:.4f}"
 
 
 def table(rows):
@@ -79,9 +72,9 @@ def table(rows):
              "|---|---|---|---|---:|---:|---:|" + "---:|" * len(widths)]
     for (model, target, flowchart, crit), rs in sorted(groups.items()):
         kept_cols = [f"{statistics.mean(r['kept'][w] for r in rs if w in r['kept']):.2f}" for w in widths]
-        accuracy = _mean([r["accuracy"] for r in rs])
-        lines.append(f"| {model} | {target} | {flowchart} | {crit} | {len(rs)} | {accuracy} | "
-                     f"{_mean([r['params'] for r in rs])} | " + " | ".join(kept_cols) + " |")
+        accuracy, params = _accuracy([r["accuracy"] for r in rs]), statistics.mean(r["params"] for r in rs) / 1e3
+        lines.append(f"| {model} | {target} | {flowchart} | {crit} | {len(rs)} | {accuracy} | {params:.0f} K | "
+                     + " | ".join(kept_cols) + " |")
     return "\n".join(lines)
 
 

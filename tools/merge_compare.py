@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import yaml
 
 from singe_deploy.commands import compare
-from singe_deploy.commands.compare import PER_RUN, folder, markdown, reduction, row
+from singe_deploy.commands.compare import PER_RUN, RUN_NAME, folder, label_of, markdown, reduction, row
 from singe_deploy.config import defaults
 
 DEFAULTS = defaults()
 COMPARE_DEFAULTS = dict(DEFAULTS, **compare.DEFAULTS)  # what a compare run without flags uses
-
-RUN = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
 
 SPLIT = ("criteria", "macs_reductions", "seeds", "one_shot", "rankings", "distill", "out", "force", "resume",
          "config")
@@ -61,12 +58,6 @@ def _value(options, key):
     return None if value in (None, [], ()) else value
 
 
-def _label(name):
-    """compare's criterion label from its folder form (folder() backwards): singe+ranking-cost -> singe:ranking=cost."""
-    head, *pairs = name.split("+")
-    return ":".join([head] + [p.replace("-", "=", 1) for p in pairs])
-
-
 def finished_runs(path):
     """The runs a compare folder holds (finished, or cut short: its .NAME.partial folder), as compare.json has them."""
     path = Path(path)
@@ -75,10 +66,10 @@ def finished_runs(path):
         return json.loads((path / "compare.json").read_text())
     rows, options = [], json.loads(started.read_text())["options"] if started.is_file() else None
     for report in sorted((path / "runs").glob("*/report.json")):
-        m = RUN.match(report.parent.name)
+        m = RUN_NAME.match(report.parent.name)
         if not m:
             continue
-        metric, label = ("macs" if m["tag"] == "x" else "latency"), _label(m["label"])
+        metric, label = ("macs" if m["tag"] == "x" else "latency"), label_of(m["label"])
         opts = {"criterion": label.split(":")[0], "label": label, "seed": int(m["seed"]),
                 f"{metric}_reduction": float(m["x"])}
         rows.append(row(json.loads(report.read_text()), report.parent.name, m["flowchart"], opts))

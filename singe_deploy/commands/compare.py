@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import time
@@ -115,6 +116,16 @@ def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None, met
 def folder(label):
     """The file-name form of a criterion label: singe:distill=true -> singe+distill-true."""
     return label.replace(":", "+").replace("=", "-")
+
+
+# a run's folder name, as plan() writes it: LABEL-{x|lat}X-sSEED-FLOWCHART
+RUN_NAME = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
+
+
+def label_of(name):
+    """The criterion label from its file-name form (folder() backwards): singe+ranking-cost -> singe:ranking=cost."""
+    head, *pairs = name.split("+")
+    return ":".join([head] + [p.replace("-", "=", 1) for p in pairs])
 
 
 def _options(opts):

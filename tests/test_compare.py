@@ -13,7 +13,7 @@ FAST = ["--train-limit", "256", "--val-limit", "128", "--finetune-iters", "2", "
 
 
 def test_plan_covers_every_combination_in_a_fixed_order():
-    runs = compare.plan(["singe", "l1"], [2.0, 3.0], [0, 1], one_shot=True)
+    runs = compare.plan(["singe", "l1"], [2.0, 3.0], [0, 1], ["one-shot", "entwined"])
     assert len(runs) == 16 and len({name for name, _, _ in runs}) == 16
     one_shot = [opts for _, flowchart, opts in runs if flowchart == "one-shot"]
     assert len(one_shot) == 8 and all(o["steps"] == 1 and o["finetune_iters"] == 0 for o in one_shot)
@@ -86,6 +86,28 @@ def test_resume_adds_the_missing_runs_to_a_finished_comparison_under_its_options
     assert main(argv + ["--seeds", "3,4", "--resume"]) == 0
     grown = json.loads((out / "compare.json").read_text())
     assert grown["runs"][:5] == done["runs"] and grown["seeds"] == [0, 1, 2, 3, 4] and len(grown["runs"]) == 7
+
+
+def test_flowcharts_choose_which_runs_a_comparison_makes(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--criteria", "l1", "--macs-reduction", "1.5", "--seeds", "0", "--data", "synthetic",
+            "--model", "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--out", str(out)]
+    assert main(argv + ["--flowcharts", "one-shot,twice"]) == 2 and not out.exists()
+    real, calls = compress.run, []
+
+    def counted(cfg, *a, **k):
+        calls.append(cfg["steps"])
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(compress, "run", counted)
+    assert main(argv + ["--flowcharts", "one-shot"]) == 0 and calls == [1]  # the one-shot run only
+    result = json.loads((out / "compare.json").read_text())
+    assert [r["flowchart"] for r in result["runs"]] == ["one-shot"]
+    md = (out / "compare.md").read_text()
+    assert "## one-shot, 1.5x fewer MACs" in md and "## entwined" not in md
+    assert main(argv + ["--flowcharts", "entwined", "--resume"]) == 0 and calls == [1, 2]  # then the entwined one
+    assert sorted(r["flowchart"] for r in json.loads((out / "compare.json").read_text())["runs"]) == [
+        "entwined", "one-shot"]
 
 
 @needs_fashion
@@ -181,20 +203,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
 
 
 def test_entries_carry_their_own_options_and_rankings_cross_them():
-    runs = compare.plan(["singe:variant=completeness:path=unit", "l2"], [2.0], [0], one_shot=False,
-                        rankings=["global", "cost"])
+    runs = compare.plan(["singe:variant=completeness:path=unit", "l2"], [2.0], [0], rankings=["global", "cost"])
     labels = [opts["label"] for _, _, opts in runs]
     assert labels == ["singe:variant=completeness:path=unit:ranking=global",
                       "singe:variant=completeness:path=unit:ranking=cost", "l2:ranking=global", "l2:ranking=cost"]
     first = runs[0][2]
     assert first["singe_variant"] == "completeness" and first["singe_path"] == "unit" and first["ranking"] == "global"
     assert "/" not in runs[0][0] and ":" not in runs[0][0]
-    fixed = compare.plan(["l2:ranking=local"], [2.0], [0], False, rankings=["global", "cost"])
+    fixed = compare.plan(["l2:ranking=local"], [2.0], [0], rankings=["global", "cost"])
     assert [o["ranking"] for _, _, o in fixed] == ["local"]  # an entry's own ranking wins
 
 
 def test_distillation_crosses_every_criterion_so_its_effect_stands_apart():
-    runs = compare.plan(["singe", "l2"], [2.0], [0, 1], one_shot=False, rankings=["global"], distill=[False, True])
+    runs = compare.plan(["singe", "l2"], [2.0], [0, 1], rankings=["global"], distill=[False, True])
     labels = list(dict.fromkeys(opts["label"] for _, _, opts in runs))
     assert labels == ["singe:ranking=global:distill=false", "singe:ranking=global:distill=true",
                       "l2:ranking=global:distill=false", "l2:ranking=global:distill=true"]

@@ -6,7 +6,7 @@ written to DIR/runs/NAME/; DIR/compare.json lists them, DIR/compare.md gives mea
 target with the best marked, DIR/compare.png plots accuracy against MACs reduction. The folder is written
 as .DIR.partial and renamed at the end; --resume reruns only the runs that did not finish, and picks a run
 that was interrupted after a pruning step up again from that step (compress --resume). --resume on a finished
-folder adds the runs it lacks (more seeds, criteria or --one-shot), keeping the earlier ones in the table. Either
+folder adds the runs it lacks (more seeds, criteria or flowcharts), keeping the earlier ones in the table. Either
 way --resume refuses other shared options than the folder was started with.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
 STARTED = "started.json"  # an unfinished comparison's shared options, checked by --resume
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
+FLOWCHARTS = ("entwined", "one-shot")
 
 
 def add_compare_arguments(p):
@@ -50,11 +51,15 @@ def add_compare_arguments(p):
                    "one latency table for every run): criteria and rankings compared at equal measured latency")
     p.add_argument("--seeds", default="0,1,2", metavar="N[,N]", help="seeds (default: 0,1,2)")
     p.add_argument("--one-shot", action="store_true", help="also run each as one-shot pruning (S=1, K=0)")
+    p.add_argument("--flowcharts", metavar="NAME[,NAME]",
+                   help=f"the flowcharts to run ({', '.join(FLOWCHARTS)}; default: entwined, plus one-shot with "
+                   "--one-shot); 'one-shot' alone adds only the one-shot runs, e.g. to a folder whose entwined runs "
+                   "came from another comparison")
     p.add_argument("--out", metavar="DIR", help="output folder (default: singe-deploy-out/compare-<time>)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted comparison into the same --out, or add runs (seeds, criteria, "
-                        "--one-shot) to a finished one")
+                        "flowcharts) to a finished one")
     shared = [o for o in OPTIONS if o.name not in PER_RUN + ONE_PROCESS]
     add_arguments(p, shared, DEFAULTS)
 
@@ -88,12 +93,12 @@ def entry(text):
     return text, opts
 
 
-def plan(criteria, reductions, seeds, one_shot, rankings=None, distill=None, metric="macs"):
+def plan(criteria, reductions, seeds, flowcharts=("entwined",), rankings=None, distill=None, metric="macs"):
     """(run name, flowchart, per-run options) for every run, in a fixed order. Each criterion is a name or an
-    entry with options (see entry); with `rankings`, every criterion runs with each of them, and with `distill`
-    (a list of False/True) with and without distillation from the dense model. `metric`: what the reductions
-    reduce, macs or latency."""
-    flowcharts = ["entwined"] + (["one-shot"] if one_shot else [])
+    entry with options (see entry); `flowcharts` among FLOWCHARTS; with `rankings`, every criterion runs with each
+    of them, and with `distill` (a list of False/True) with and without distillation from the dense model.
+    `metric`: what the reductions reduce, macs or latency."""
+    flowcharts = [f for f in FLOWCHARTS if f in flowcharts]  # entwined first, whatever the order given
     entries = [entry(c) for c in criteria]
     for key, values in (("ranking", rankings), ("distill", distill)):
         if values:
@@ -163,7 +168,7 @@ def run(args, log=print):
     if work.exists() and not args.resume:
         shutil.rmtree(work)
     distill = [False, True] if getattr(args, "distill_both", False) else None
-    runs = plan(criteria, reductions, seeds, args.one_shot, rankings, distill, metric)
+    runs = plan(criteria, reductions, seeds, _flowcharts(args), rankings, distill, metric)
     base.update({k: None for k in TARGETS})  # each run has its own
     for name, flowchart, opts in runs:  # every run's options are checked before the first one starts
         validate(dict(base, **_options(opts)))
@@ -220,6 +225,14 @@ def run(args, log=print):
     work.rename(out)
     log(f"wrote {out}/ (compare.md, compare.json, compare.png, runs/)")
     return result, out
+
+
+def _flowcharts(args):
+    given = getattr(args, "flowcharts", None)
+    chosen = _list(given, str, "--flowcharts") if given else ["entwined"]
+    if any(f not in FLOWCHARTS for f in chosen):
+        raise UserError(f"--flowcharts must be among {', '.join(FLOWCHARTS)}, got {given}")
+    return chosen + (["one-shot"] if args.one_shot else [])
 
 
 def _union(first, then):

@@ -577,3 +577,27 @@ def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_tay
     assert sampled["unit_sample"] == {"channels": len(unit), "of": len(unit), "seconds": pytest.approx(
         sampled["unit_sample"]["seconds"])}
     assert sampled["paths"]["network"]["spearman_all"] == pytest.approx(rows["network"]["spearman_all"])
+
+
+def test_path_fidelity_calibration_sweep_ranks_a_drawn_subset_against_every_image(monkeypatch):
+    from .conftest import ROOT, load_tool
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    tool = load_tool("path_fidelity")
+    model, groups = _chain()
+    data = batches(2, size=8)
+    result = {}
+    tool.calibration_sweep(model, groups, data, [4, 16, 99], result, draws=2,
+                           criteria=(("singe", {"steps": 2}), ("taylor", {})))
+    rows = result["calibration"]["rows"]
+    assert result["calibration"]["images"] == 16 and [(r["criterion"], r["images"]) for r in rows] == [
+        ("singe", 4), ("taylor", 4)]  # sizes of all the images or more are not a subset
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    full = [s.numpy() for s in make_criterion("taylor").score(model, groups, data) if s is not None]
+    spearmans = []
+    for seed in range(2):
+        pick = torch.randperm(16, generator=torch.Generator().manual_seed(seed))[:4]
+        part = [s.numpy() for s in make_criterion("taylor").score(model, groups, [(x[pick], y[pick])]) if s is not None]
+        spearmans.append(tool.spearman(np.concatenate(part), np.concatenate(full)))
+    assert rows[1]["spearman_all"] == pytest.approx(np.mean(spearmans)) and rows[1]["spearman_all_min"] == min(spearmans)
+    assert -1 <= rows[0]["spearman_all"] < 1  # 4 images of 16 do not give the same ranking

@@ -14,11 +14,16 @@ Gauss-Legendre reference: how many passes the integral needs.
     python tools/path_fidelity.py --oracle --calib-batches 1 --batch-size 64   # every criterion vs removal
     python tools/path_fidelity.py --device cuda --replicas 8 --no-rules      # the cost on a GPU, x Taylor
     python tools/path_fidelity.py --model torchvision:resnet18 ... --unit-sample 256   # exact path on 256 channels
+    python tools/path_fidelity.py --calib-batches 4 --calib-sweep 16,40,128   # fewer images against all of them
 
 `--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
 removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
 SInGE forms and paths (spec, completeness; network, unit), Taylor, l1, l2. The completeness form on the
 unit path converges to the removal damage as m grows (integrated gradients' completeness axiom).
+
+`--calib-sweep N,...` asks what a smaller calibration set costs in ranking: each criterion (SInGE's default
+network path, Taylor) scores N images drawn at random (3 draws) and is ranked against its own scores on all
+calibration images.
 
 Every path's seconds are also given as a multiple of Taylor's (one pass per batch, timed after a warm-up pass).
 `--replicas R,...` adds the unit path in its completeness form, R units per pass (the form the replicas can
@@ -158,6 +163,29 @@ def oracle(model, groups, batches, result):
               f"{result['oracle'][label]['spearman_within_group_mean']:.4f} |", flush=True)
 
 
+SWEEP_CRITERIA = (("singe", {"steps": 8}), ("taylor", {}))
+
+
+def calibration_sweep(model, groups, batches, sizes, result, draws=3, criteria=SWEEP_CRITERIA):
+    """Each criterion on n images drawn at random (per n, `draws` seeded draws) against the same criterion on
+    every image of `batches`: how far a smaller calibration set moves the ranking."""
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    result["calibration"] = {"images": len(x), "draws": draws, "rows": []}
+    for name, opts in criteria:
+        ref, ref_s = scores(model, groups, batches, None, None, crit=make_criterion(name, **opts))
+        for n in sizes:
+            if n >= len(x):
+                continue
+            rows = []
+            for seed in range(draws):
+                pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+                s, sec = scores(model, groups, [(x[pick], y[pick])], None, None, crit=make_criterion(name, **opts))
+                rows.append(dict(agreement(s, ref), seconds=sec))
+            mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            result["calibration"]["rows"].append(dict(mean, criterion=name, images=n, reference_seconds=ref_s,
+                                                      spearman_all_min=min(r["spearman_all"] for r in rows)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin:resnet20")
@@ -177,6 +205,9 @@ def main():
     ap.add_argument("--unit-sample", type=int, default=None, metavar="N",
                     help="the exact unit path for N channels drawn at random (seed 0), not all; Spearman over those, "
                          "its seconds scaled to all channels")
+    ap.add_argument("--calib-sweep", default="", metavar="N,...",
+                    help="only this: SInGE (network path) and Taylor on N images drawn at random against the same "
+                         "criterion on every calibration image")
     args = ap.parse_args()
     model, data, shape = load(args)
     model.to(args.device)
@@ -186,6 +217,16 @@ def main():
     result = {"model": args.model, "data": args.data, "samples": args.calib_batches * args.batch_size,
               "steps": args.steps, "threads": torch.get_num_threads(), "device": where, "paths": {}, "rules": {}}
     header = f"{args.model} on {args.data}: {result['samples']} calibration samples, {where}"
+    if args.calib_sweep:
+        calibration_sweep(model, groups, batches, [int(n) for n in args.calib_sweep.split(",")], result)
+        print(header + f"; reference: each criterion on all {result['samples']} images; mean of "
+              f"{result['calibration']['draws']} random draws")
+        print("| criterion | images | seconds | Spearman vs all images (min of draws) | mean within-group Spearman |")
+        print("|---|---:|---:|---:|---:|")
+        for v in result["calibration"]["rows"]:
+            print(f"| {v['criterion']} | {v['images']} | {v['seconds']:.2f} | {v['spearman_all']:.4f} "
+                  f"({v['spearman_all_min']:.4f}) | {v['spearman_within_group_mean']:.4f} |")
+        return write(args.json, result)
     if args.oracle:
         print(header + "; reference: each channel's measured removal damage")
         print("| criterion | seconds | Spearman vs removal, all channels | mean within-group Spearman |")

@@ -307,6 +307,9 @@ def test_coverage_counts_seeds_per_setting_and_merging_refuses_runs_fine_tuned_a
         "| builtin:resnet20 | ranking=cost | cpu fp32 | entwined | 2x | 1 |  |  |",
         "| builtin:resnet20 | round_to=1 steps=4 | cpu fp32 | one-shot | 2x |  |  | 1 |",
         "| builtin:resnet20 | compare's defaults | cuda bf16 | entwined | 2x |  | 1 |  |"}
+    older = write("older", {}, [{k: v for k, v in run("l2", 2).items() if k != "training"}])
+    assert "| compare's defaults | unrecorded | entwined | 2x |  | 1 |" in tool.coverage([short, older])
+    assert "| compare's defaults | cpu fp32 | entwined | 2x | 2 | 2 |" in tool.coverage([short, older], "cpu fp32")
     assert len(tool.merge([short, again])[0]) == 5
     with pytest.raises(SystemExit, match="fine-tuned on cpu fp32 and cuda bf16"):
         tool.merge([short, gpu])
@@ -314,3 +317,27 @@ def test_coverage_counts_seeds_per_setting_and_merging_refuses_runs_fine_tuned_a
     bare.write_text(json.dumps({"runs": []}))
     with pytest.raises(SystemExit, match="not a compare result"):
         tool.coverage([str(bare)])
+
+
+def test_standing_ranks_one_criterion_in_every_cell_against_the_best_other(tmp_path):
+    import json
+
+    def run(criterion, seed, acc, x=2.0):
+        return {"name": f"{criterion}-x{x:g}-s{seed}-entwined", "criterion": criterion, "macs_reduction": x,
+                "seed": seed, "flowchart": "entwined", "accuracy": acc, "macs": 1, "params": 1, "score_seconds": 0.0,
+                "target_hit": True, "training": "cpu fp32"}
+
+    path = tmp_path / "a.json"
+    runs = [run("singe", 0, 0.90), run("singe", 1, 0.92), run("l2", 0, 0.91), run("l2", 1, 0.90),
+            run("random", 0, 0.80), run("random", 1, 0.82), run("singe", 0, 0.85, x=3.0), run("taylor", 0, 0.87, x=3.0),
+            run("l2", 0, 0.88, x=4.0)]  # 4x: no singe, no row
+    path.write_text(json.dumps({"options": {"export": False, "model": "builtin:resnet20"}, "runs": runs}))
+    again = tmp_path / "b.json"  # the same run met again (a merged file beside its sources) counts once
+    again.write_text(json.dumps({"options": {"export": False, "model": "builtin:resnet20"},
+                                 "runs": [run("singe", 1, 0.5)]}))
+    lines = _merge_tool().standing([str(path), str(again)], "singe").splitlines()
+    assert lines[2:] == [
+        "| builtin:resnet20 | compare's defaults | cpu fp32 | entwined | 2x | 0.9100 (2) | 1 of 3 | l2 0.9050 | +0.50 "
+        "| 1/2 | 0.8100 |",
+        "| builtin:resnet20 | compare's defaults | cpu fp32 | entwined | 3x | 0.8500 (1) | 2 of 2 | taylor 0.8700 | "
+        "-2.00 | 0/1 |  |"]

@@ -18,6 +18,11 @@ Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's ac
 
 prints instead which settings (the options that differ among the files), flowcharts and targets each criterion
 was run at, and with how many seeds, over files of any set-ups; runs are counted once.
+
+    python tools/merge_compare.py --standing singe docs/results/compare-*.json
+
+prints, over the same cells, where one criterion stands in each: its mean, its rank, the best other criterion,
+the gap in points, on how many shared seeds it is ahead of that one, and random's mean.
 """
 from __future__ import annotations
 
@@ -116,29 +121,68 @@ def merge(paths):
     return list(runs.values()), options, sources, repeated
 
 
-def coverage(paths):
-    """Which settings, flowcharts and targets each criterion has been run at, and with how many seeds, over
-    files of any set-ups: a setting is the options that differ among the files, where not at compare's defaults."""
+def _cells(paths, unrecorded="unrecorded"):
+    """Runs of files of any set-ups by cell: {(model, setting, fine-tuned on, flowchart, target): {criterion: {seed:
+    accuracy}}}, a run met twice counted once (the first), and the criteria in compare's order. A setting is the
+    options that differ among the files, where not at compare's defaults; `unrecorded` stands for where runs older
+    than the record were fine-tuned."""
     files = [(path, _load(path)) for path in paths]
     keys = sorted({k for _, d in files for k in d["options"] if k not in SPLIT + EXPORT_ONLY})
     at = COMPARE_DEFAULTS  # an option absent from a file is at its default
     opts = [{k: _value(dict(at, **d["options"]), k) for k in keys} for _, d in files]
     varying = [k for k in keys if len({json.dumps(o[k]) for o in opts}) > 1]
-    seeds, criteria = {}, {}
+    cells, criteria = {}, {}
     for (_, data), o in zip(files, opts):
         shown = [f"{k}={o[k]}" for k in varying if k != "model" and o[k] != _value(at, k)]
         for r in data["runs"]:  # a labelled criterion (singe:ranking=cost) is the criterion in another setting
             name, *pairs = r["criterion"].split(":")
-            key = (str(o["model"]), " ".join(shown + pairs) or "compare's defaults", r.get("training") or "unrecorded",
+            key = (str(o["model"]), " ".join(shown + pairs) or "compare's defaults", r.get("training") or unrecorded,
                    r["flowchart"], f"{reduction(r):g}x")
-            seeds.setdefault(key, {}).setdefault(name, set()).add(r["seed"])
+            cells.setdefault(key, {}).setdefault(name, {}).setdefault(r["seed"], r["accuracy"])
             criteria[name] = None
     names = [c for c in compare.CRITERIA if c in criteria] + sorted(c for c in criteria if c not in compare.CRITERIA)
-    lines = ["| model | setting | fine-tuned on | flowchart | target | " + " | ".join(names) + " |",
-             "|---|---|---|---|---:|" + "---:|" * len(names)]
-    for key in sorted(seeds):
-        cells = [str(len(seeds[key][c])) if c in seeds[key] else "" for c in names]
-        lines.append("| " + " | ".join(key) + " | " + " | ".join(cells) + " |")
+    return cells, names
+
+
+HEAD = "| model | setting | fine-tuned on | flowchart | target | "
+
+
+def coverage(paths, unrecorded="unrecorded"):
+    """Which settings, flowcharts and targets each criterion has been run at, and with how many seeds, over
+    files of any set-ups."""
+    cells, names = _cells(paths, unrecorded)
+    lines = [HEAD + " | ".join(names) + " |", "|---|---|---|---|---:|" + "---:|" * len(names)]
+    for key in sorted(cells):
+        cells_of = [str(len(cells[key][c])) if c in cells[key] else "" for c in names]
+        lines.append("| " + " | ".join(key) + " | " + " | ".join(cells_of) + " |")
+    return "\n".join(lines)
+
+
+def _mean(accs):
+    values = [a for a in accs.values() if a is not None]
+    return sum(values) / len(values) if values else None
+
+
+def standing(paths, name, unrecorded="unrecorded"):
+    """Where criterion `name` stands in every cell (see _cells) that has it and another criterion: its mean
+    accuracy, its rank among the criteria there, the best other one, the gap in points (100 x accuracy), on how
+    many seeds the two share it is ahead of that one, and random's mean where random ran."""
+    cells, _ = _cells(paths, unrecorded)
+    lines = [HEAD + f"{name} (seeds) | rank | best other | gap, points | ahead on seeds | random |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for key in sorted(cells):
+        means = {c: _mean(a) for c, a in cells[key].items() if _mean(a) is not None}
+        if name not in means or len(means) < 2:
+            continue
+        others = sorted((c for c in means if c != name), key=lambda c: -means[c])
+        best, own = others[0], cells[key][name]
+        shared = [s for s in own if s in cells[key][best] and None not in (own[s], cells[key][best][s])]
+        ahead = sum(own[s] > cells[key][best][s] for s in shared)
+        rank = 1 + sum(means[c] > means[name] for c in others)
+        rand = f"{means['random']:.4f}" if "random" in means and name != "random" else ""
+        lines.append("| " + " | ".join(key) + f" | {means[name]:.4f} ({len(own)}) | {rank} of {len(means)} | "
+                     f"{best} {means[best]:.4f} | {100 * (means[name] - means[best]):+.2f} | {ahead}/{len(shared)} | "
+                     f"{rand} |")
     return "\n".join(lines)
 
 
@@ -161,9 +205,18 @@ def main(argv=None):
     ap.add_argument("--out", help="OUT.json and OUT.md are written")
     ap.add_argument("--coverage", action="store_true",
                     help="print which settings each criterion was run at, with how many seeds (files of any set-ups)")
+    ap.add_argument("--standing", metavar="CRITERION",
+                    help="print where CRITERION stands in every setting, flowchart and target (files of any set-ups): "
+                         "its rank, the best other criterion and the gap")
+    ap.add_argument("--unrecorded-as", default="unrecorded", metavar="WHERE",
+                    help="with --coverage or --standing: where runs fine-tuned before compare recorded it ran (e.g. "
+                         "'cpu fp32'), so that they share cells with later runs of the same setting")
     args = ap.parse_args(argv)
     if args.coverage:
-        print(coverage(args.files))
+        print(coverage(args.files, args.unrecorded_as))
+        return 0
+    if args.standing:
+        print(standing(args.files, args.standing, args.unrecorded_as))
         return 0
     if not args.out:
         ap.error("--out is required to merge")

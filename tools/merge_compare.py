@@ -171,7 +171,7 @@ def standing(paths, name, unrecorded="unrecorded"):
     lines = [HEAD + f"{name} (seeds) | rank | best other | gap, points | ahead on seeds | random |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for key in sorted(cells):
-        means = {c: _mean(a) for c, a in cells[key].items() if _mean(a) is not None}
+        means = {c: m for c, a in cells[key].items() if (m := _mean(a)) is not None}
         if name not in means or len(means) < 2:
             continue
         others = sorted((c for c in means if c != name), key=lambda c: -means[c])

@@ -124,7 +124,8 @@ def folder(label):
 
 
 # a run's folder name, as plan() writes it: LABEL-{x|lat}X-sSEED-FLOWCHART
-RUN_NAME = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)-(?P<flowchart>entwined|one-shot)$")
+RUN_NAME = re.compile(r"^(?P<label>.+)-(?P<tag>x|lat)(?P<x>[0-9.]+)-s(?P<seed>-?\d+)"
+                      rf"-(?P<flowchart>{'|'.join(FLOWCHARTS)})$")
 
 
 def label_of(name):

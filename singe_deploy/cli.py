@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -119,9 +120,21 @@ def _main(argv):
         print(f"singe-deploy: check failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _ignore_interrupts()  # a second Ctrl-C while this one is handled ends nothing more
         print("singe-deploy: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as e:
+    except MemoryError as e:
+        return _out_of_memory(e, args)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return _unexpected(e)
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"singe-deploy: error: {os.strerror(e.errno).lower()}{where}; free space or choose another --out",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line; the traceback goes to a file, not over the user's screen
+        if _is_oom(e):
+            return _out_of_memory(e, args)
         from . import launch
 
         lost = ("closed by peer", "timed out", "timeout", "connection reset")
@@ -129,7 +142,48 @@ def _main(argv):
             print(f"singe-deploy: error: rank {os.environ.get('RANK', '?')} stopped because another rank failed or "
                   f"did not answer ({first_line(e, 120)})", file=sys.stderr)
             return 1
-        raise
+        return _unexpected(e)
+
+
+def _unexpected(e):
+    """A bug, most likely: one line, and the traceback in a file (SINGE_DEPLOY_TRACEBACK=1 prints it instead)."""
+    if os.environ.get("SINGE_DEPLOY_TRACEBACK"):
+        raise e
+    where = getattr(e, "kept", None) or _traceback_file(e)
+    print(f"singe-deploy: error: {e.__class__.__name__}: {first_line(e, 200)} (unexpected; the traceback is in "
+          f"{where}: please report it)", file=sys.stderr)
+    return 1
+
+
+def _ignore_interrupts():
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _is_oom(e):
+    return e.__class__.__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def _out_of_memory(e, args):
+    size = getattr(args, "batch_size", None) or (128 if args.command in ("compress", "compare") else None)
+    hint = f"--batch-size {max(1, int(size) // 2)}" if size else "a smaller --batch-size"
+    print(f"singe-deploy: error: out of memory ({first_line(e, 100)}); try {hint}"
+          + (" and --resume to continue from the last checkpoint" if args.command == "compress" else ""),
+          file=sys.stderr)
+    return 2
+
+
+def _traceback_file(e):
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="singe-deploy-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(traceback.format_exception(e)))
+    return path
 
 
 def entry():

@@ -1,29 +1,32 @@
 """`compress`: load, score, prune (entwined), fine-tune, export, check, time, report.
 
 Everything that can be bad input is checked before the first minute of work and before anything
-is written. Work happens in a hidden sibling folder (<out>/../.<name>.partial) that is renamed to
-<out> at the end; a checkpoint after each pruning step there lets `--resume` pick a run up again.
+is written. Work happens in a hidden sibling folder (<out>/../.<name>.partial, see outdir.py) that is renamed to
+<out> at the end; one resume state there (state.pt, written atomically after each pruning step, every
+--checkpoint-minutes of fine-tuning and after the final fine-tuning) lets `--resume` continue a run where it was.
+A failure once there is something to resume keeps the work folder, with a partial report that names the stage.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
+import signal
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from . import bench, distributed, report
+from . import bench, distributed, outdir, report
 from .config import PER_RUN, to_yaml
 from .deploy import Deployed, DeploySettings, deploy
-from .errors import CheckFailed, UserError
-from .files import partial
+from .errors import CheckFailed, UserError, first_line
+from .files import partial, save_torch, write_json, write_text
 from .flops import CONVENTION, count
 from .importance import make_criterion
-from .models import is_dense_output, load_pruned, parse_spec, read_checkpoint, save_pruned, task_of
+from .models import is_dense_output, load_pruned, parse_spec, pruned_dict, read_checkpoint, save_pruned, task_of
 from .prune import Schedule, Target, check_reachable, in_window, prune
 from .quantize import QUANTIZED
 from .source import Source
@@ -32,6 +35,10 @@ from .train import precision as train_precision
 from .trt import EngineOptions
 
 STATE = "state.pt"
+# options that only the export stage reads: a run whose export failed resumes with them changed
+EXPORT_ONLY = ("opset", "batch_sizes", "latency_iters", "latency_seconds", "parity_atol", "parity_rtol",
+               "parity_top1", "parity_batches", "parity_samples", "quantize", "quantize_method", "quant_top1",
+               "quant_accuracy_drop", "trt_precision", "trt_tf32", "trt_workspace_gb", "trt_timing_cache", "export")
 
 
 def check_target(cfg):
@@ -98,12 +105,15 @@ def prepare(cfg, log=print):
         done = f"{out} holds a finished run" if out.exists() else f"no interrupted run was found in {work}"
         raise UserError(f"--resume: {done}; drop --resume to start a new run, or pass the --out of the "
                         "interrupted run")
-    if out.exists() and not cfg["force"] and main:
-        raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
+    if main:
+        outdir.check(out, cfg["force"], cfg["resume"])
     _make(cfg, None)  # options checked before any loading
     target = _target(cfg)
     model, data, shape, checkpoint = Source.from_config(cfg).load(log)
     criterion = _make(cfg, data)
+    if data.real and (cfg["finetune_iters"] or cfg["epochs"]) and len(data.train) == 0:
+        raise UserError(f"the training data ({cfg['data']}) gives no batch of --batch-size {cfg['batch_size']}; "
+                        "lower --batch-size or raise --train-limit")
     if is_dense_output(model) and (data.real or criterion.uses_data):
         why = f"--data {cfg['data']}" if data.real else f"--criterion {criterion.name}"
         raise UserError(f"{cfg['model']} is a {task_of(model)} model and {why} needs a loss, which singe-deploy "
@@ -149,7 +159,12 @@ def _resume_state(cfg, work):
     if not cfg["resume"]:
         return None
     state = read_checkpoint(work / STATE)  # prepare() refused --resume without it
-    free = PER_RUN + ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn", "train_device")
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{work / STATE} was written by an older singe-deploy and cannot be resumed; pass --force "
+                        "without --resume to start over")
+    free = PER_RUN + ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn", "train_device", "checkpoint_minutes")
+    if state.get("phase") == "finetuned":  # only the export is left: its options may change (the cause of a failure)
+        free += EXPORT_ONLY
     keep = {k: v for k, v in cfg.items() if k not in free}
     old = {k: v for k, v in state["config"].items() if k not in free}
     diff = sorted(k for k in keep if keep[k] != old.get(k))
@@ -185,27 +200,85 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     distributed.agree(error)
     if ctx.active:  # rank 0's weights and resume state everywhere (no shared filesystem needed)
         distributed.broadcast_model(model)
-        state = distributed.broadcast_object(
-            (state, read_checkpoint(work / "checkpoint.pt")) if state is not None else None)
-    elif state is not None:
-        state = (state, None)
+        state = distributed.broadcast_object(state)
+    made_parent = False
     if ctx.main:
-        if state is None and work.exists():
-            shutil.rmtree(work)
-        parent_existed = work.parent.exists()
-        work.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy)
-    except UserError:
-        if ctx.main:
-            shutil.rmtree(work, ignore_errors=True)
-            if not parent_existed and not any(work.parent.iterdir()):
-                work.parent.rmdir()
-        raise
-    except KeyboardInterrupt:
+        work, made_parent = outdir.begin(out, resume=state is not None)
+    live = {"stage": "prune", "model": model, "records": [], "input_shape": input_shape}
+    with _sigterm_as_interrupt():
+        try:
+            return _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, live)
+        except BaseException as e:
+            if not ctx.main:
+                raise
+            _failed(cfg, p, schedule, live, e, made_parent, resume_hint, log)
+            raise
+
+
+def _failed(cfg, p, schedule, live, e, made_parent, resume_hint, log):
+    """Keep what was computed: with something to resume, the work folder stays, with a partial report naming the
+    stage that failed and a traceback file for an unexpected error; with nothing, it is removed."""
+    with _no_second_interrupt():
+        outdir.release(p.work)
+        _keep(cfg, p, schedule, live, e, made_parent, resume_hint, log)
+
+
+def _keep(cfg, p, schedule, live, e, made_parent, resume_hint, log):
+    work, out = p.work, p.out
+    if not outdir.has_state(work):
+        outdir.discard(work, made_parent)
+        return
+    hint = f"rerun the same command plus --resume --out {out}"
+    if isinstance(e, KeyboardInterrupt):
         if resume_hint:
-            print(f"interrupted; to continue, rerun with the same options plus --resume --out {out}")
-        raise
+            print(f"interrupted; to continue, {hint}")
+        return
+    try:
+        if not isinstance(e, (UserError, CheckFailed, OSError)):
+            write_text(work / "traceback.txt", "".join(traceback.format_exception(e)))
+            e.kept = work / "traceback.txt"  # the CLI names it in its one line
+        rep = _report(cfg, p, schedule, live, failed={"stage": live["stage"], "error": first_line(e, 300),
+                                                      "exit_code": getattr(e, "exit_code", 1), "resume": hint})
+        _write_report(work, rep, cfg)
+    except Exception as inner:  # noqa: BLE001 - the state file is what matters; say why the report is missing
+        log(f"(no partial report: {first_line(inner)})")
+    log(f"{live['stage']} failed; what was computed is kept in {work} (report.md says what failed); fix the cause "
+        f"and {hint}")
+
+
+class _no_second_interrupt:
+    """Ctrl-C pressed again while a failure is being handled waits until the work folder is in order."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        return False
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (a scheduler's kill, `timeout`) ends the run as Ctrl-C does: the resume state stays, a hint is
+    printed. Only in the main thread, where Python delivers signals."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, _interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _ignored(model, names):
@@ -231,19 +304,23 @@ def _training(schedule, device):
             "channels_last": channels_last}
 
 
-def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None):
+def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, live):
     model, data, shape, out, work = p.model, p.data, p.shape, p.out, p.work
     target, criterion = p.target, p.criterion
     ctx = distributed.current()
     timings = {}
     dense_model = _clone(model)
     dense_costs = count(model, input_shape)
+    live.update(dense_costs=dense_costs, dense_acc=None, timings=timings)
+    resume = {}
     if state:
-        state, saved = state
         dense_acc = state["dense_accuracy"]
-        model = load_pruned(work / "checkpoint.pt", saved)
+        model = load_pruned(work / STATE, state["model"])
         records, start, dense_channels = state["records"], state["step"], state["dense_channels"]
-        log(f"resuming {work} after step {start}/{schedule.steps}")
+        resume = dict(state.get("extra") or {}, phase=state["phase"])
+        log(f"resuming {work} after step {start}/{schedule.steps}"
+            + {"step-finetune": ", inside the next step's fine-tuning", "final-finetune": ", inside the final "
+               "fine-tuning", "finetuned": ", at the export"}.get(state["phase"], ""))
     else:
         t = time.time()
         dense_acc = dense_accuracy if dense_accuracy is not None else evaluate(model, data.val) if data.real else None
@@ -251,27 +328,35 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
         records, start, dense_channels = [], 0, {}
         log(f"dense {cfg['model']}: {dense_costs.macs:,} MACs, {dense_costs.params:,} params, "
             f"accuracy {_fmt(dense_acc)}")
+    live.update(model=model, records=records, dense_acc=dense_acc)
     ignored = _ignored(model, cfg["ignore_layers"])
 
-    def checkpoint(step, m, recs, phase="prune"):
-        save_pruned(m, work / "checkpoint.pt", cfg["model"], _classes(m), shape[0], input_shape)
-        torch.save({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
-                    "dense_channels": dense_channels}, work / STATE)
+    def checkpoint(step, m, recs, phase="prune", extra=None):
+        """One atomic file holds the model and where the run is: a kill leaves the old state or the new one."""
+        live.update(stage="finetune" if phase == "final-finetune" else "export" if phase == "finetuned" else "prune",
+                    model=m, records=recs)
+        saved = pruned_dict(m, cfg["model"], _classes(m), shape[0], input_shape)
+        if extra and extra.get("train"):  # inside fine-tuning: the weights as they were before the iteration resumed
+            train = dict(extra["train"])
+            saved["state_dict"] = train.pop("weights")
+            extra = dict(extra, train=train)
+        save_torch({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
+                    "dense_channels": dense_channels, "extra": extra, "model": saved}, work / STATE)
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
     result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
                    checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
-                   timer=p.timer, latency_table=cfg["latency_table"],
-                   latency_unit=cfg["latency_unit"])
+                   timer=p.timer, latency_table=cfg["latency_table"], latency_unit=cfg["latency_unit"],
+                   resume=resume, save_every=60 * cfg["checkpoint_minutes"])
     records = result.steps
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds
-    acc_before = records[-1]["accuracy"] if records else None
-    pruned_acc = evaluate(model, data.val) if data.real else None
+    live.update(stage="export", records=records, result=result,
+                pruned_acc=evaluate(model, data.val) if data.real else None)
     pruned_costs = count(model, input_shape)
     log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
-        f"{pruned_costs.params:,} params, accuracy {_fmt(pruned_acc)}")
+        f"{pruned_costs.params:,} params, accuracy {_fmt(live['pruned_acc'])}")
     if not ctx.main:  # the last collective is behind us: rank 0 alone exports, measures and writes
         return None, out
 
@@ -280,60 +365,89 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy=None
     deployed = deploy(dense_model, model, work / "pruned.pt", data, input_shape, work,
                       DeploySettings.from_config(cfg), {"dense": dense_costs, "pruned": pruned_costs}, cfg["model"],
                       log) if cfg["export"] else Deployed()
-    exports, failures = deployed.exports, deployed.failures
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
+    live["stage"] = "report"
+    rep = _report(cfg, p, schedule, live, deployed)
+    failures = rep["checks"]["failures"]
+    _write_report(work, rep, cfg)
+    (work / STATE).unlink(missing_ok=True)
+    outdir.publish(work, out)
+    files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
+    quantized = "".join(f", {e['path']}" for e in deployed.exports if e.get("precision") in QUANTIZED)
+    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
+        f"{quantized})")
+    if failures:
+        raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
+    return rep, out
 
-    if result.latency is not None:  # measured against the dense model at the end of prune()
+
+def _write_report(work, rep, cfg):
+    report.validate(rep)
+    write_json(work / "report.json", rep)
+    write_text(work / "report.md", report.markdown(rep))
+    write_text(work / "config.yaml", to_yaml(cfg))
+
+
+def _report(cfg, p, schedule, live, deployed=None, failed=None):
+    """report.json's content from what the run computed so far (`live`); `failed`: the stage that failed and why,
+    for the partial report a failure leaves in the work folder."""
+    ctx = distributed.current()
+    deployed = deployed or Deployed()
+    model, records, input_shape = live["model"], live["records"], live["input_shape"]
+    dense_costs, result = live["dense_costs"], live.get("result")
+    pruned_costs = count(model, input_shape)
+    pruned_acc = live.get("pruned_acc", records[-1]["accuracy"] if records else None)
+    failures = list(deployed.failures)
+    target = p.target
+    if result is not None and result.latency is not None:  # measured against the dense model at the end of prune()
         lat = result.latency
         target, achieved, hit = Target("latency", lat["reduction"]), lat["achieved"], lat["hit"]
         window = "measured pruned <= measured dense/X*1.03"
+    elif target.metric == "latency":
+        achieved, hit, window = None, False, "measured pruned <= measured dense/X*1.03"
     else:
         before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
         achieved, hit = before / after, in_window(after, before, target.reduction)
         window = "dense/X*0.9 <= pruned <= dense/X*1.03"
-    if not hit:
+    if failed:
+        failures.append(f"{failed['stage']} failed: {failed['error']}")
+    elif not hit:
         failures.append(f"target {target.metric} / {target.reduction:g} missed: got / {achieved:.3f}")
     rep = {
         "schema_version": 1, "tool": report.tool(),
         "model": {"spec": cfg["model"], "input_shape": input_shape,
                   "checkpoint": str(p.checkpoint) if p.checkpoint else None,
                   "num_classes": _classes(model)},
-        "data": {"spec": cfg["data"], "real": data.real},
-        "dense": _cost(dense_costs, dense_acc), "pruned": dict(_cost(pruned_costs, pruned_acc),
-                                                              accuracy_before_finetune=acc_before),
+        "data": {"spec": cfg["data"], "real": p.data.real, **_skipped(p.data)},
+        "dense": _cost(dense_costs, live["dense_acc"]),
+        "pruned": dict(_cost(pruned_costs, pruned_acc), accuracy_before_finetune=records[-1]["accuracy"]
+                       if records else None),
         "reduction": {"macs": dense_costs.macs / pruned_costs.macs, "params": dense_costs.params / pruned_costs.params},
         "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
-                   "window": window, **({"latency": result.latency} if result.latency else {})},
-        "criterion": {"name": criterion.name, "options": dict(criterion.options, ranking=cfg["ranking"],
-                                                              calib_batches=cfg["calib_batches"])},
+                   "window": window, **({"latency": result.latency} if result is not None and result.latency else {})},
+        "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
+                                                                calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
                      **schedule.__dict__, "training": _training(schedule, ctx.device)},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
-        "exports": exports, "latency": deployed.latency, "deployables": deployed.deployables,
+        "exports": deployed.exports, "latency": deployed.latency, "deployables": deployed.deployables,
         "checks": {"passed": not failures, "failures": failures},
-        "timings": timings, "convention": CONVENTION,
+        "timings": live.get("timings", {}), "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
                         "sync_bn": ctx.sync_bn},
         "environment": report.environment(cfg["threads"] or bench.default_threads()),
     }
-    report.validate(rep)
-    (work / "report.json").write_text(json.dumps(rep, indent=2))
-    (work / "report.md").write_text(report.markdown(rep))
-    (work / "config.yaml").write_text(to_yaml(cfg))
-    for stale in (STATE, "checkpoint.pt"):
-        (work / stale).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-    files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
-    quantized = "".join(f", {e['path']}" for e in exports if e.get("precision") in QUANTIZED)
-    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
-        f"{quantized})")
-    if failures:
-        raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
-    return rep, out
+    if failed:
+        rep["failed"] = failed
+    return rep
+
+
+def _skipped(data):
+    """Unreadable images skipped while loading (image folders), when any were."""
+    found = data.skipped.summary() if getattr(data, "skipped", None) is not None else {"count": 0}
+    return {"skipped_images": found} if found["count"] else {}
 
 
 def _clone(model):

@@ -103,6 +103,10 @@ OPTIONS = [
            "an engine built from each, int8 from the QDQ graph); int8 calibrates on the scoring batches (default: none)"),
     Option("quantize_method", "str", "minmax", "int8 calibration method", ("minmax", "entropy", "percentile")),
     Option("opset", "int", 18, "ONNX opset (>= 18)"),
+    Option("quant_top1", "float", 0.95, "smallest top-1 agreement of a quantized file (int8, fp16) with the pruned "
+           "fp32 file over the validation set accepted (real data only)"),
+    Option("quant_accuracy_drop", "float", 0.01, "largest accuracy drop of a quantized file against the pruned fp32 "
+           "file accepted (absolute, 0.01 = 1 point; real data only)"),
     Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
            "the TensorRT profile spans them"),
     Option("threads", "int", None, "onnxruntime/torch threads for latency (default: physical cores)"),
@@ -130,6 +134,8 @@ OPTIONS = [
     Option("out", "str", None, "output folder (default: singe-deploy-out/<model>-<time>)"),
     Option("force", "bool", False, "replace the output folder if it exists"),
     Option("resume", "bool", False, "continue an interrupted run into the same --out"),
+    Option("checkpoint_minutes", "float", 5.0, "save the resume state at least this often during fine-tuning "
+           "(minutes; 0: every iteration), besides after every pruning step"),
 ]
 BY_NAME = {o.name: o for o in OPTIONS}
 TARGETS = ("macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms")  # one of them
@@ -338,6 +344,12 @@ def validate(cfg):
                         "--target onnx or trt and --export")
     if cfg["batch_sizes"] is None:
         cfg["batch_sizes"] = [1, 8, 32] if cfg["target"] == "trt" else [1]
+    if cfg["opset"] < 18:
+        raise UserError(f"--opset {cfg['opset']} is too old for the exporter; use 18 or newer")
+    if cfg["checkpoint_minutes"] < 0:
+        raise UserError(f"--checkpoint-minutes must be >= 0, got {cfg['checkpoint_minutes']:g}")
+    if not 0 <= cfg["quant_top1"] <= 1 or not 0 <= cfg["quant_accuracy_drop"] <= 1:
+        raise UserError("--quant-top1 and --quant-accuracy-drop must be between 0 and 1")
     if cfg["dist_timeout"] <= 0:
         raise UserError(f"--dist-timeout must be > 0 seconds, got {cfg['dist_timeout']:g}")
     if cfg["trt_workspace_gb"] <= 0:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .errors import UserError
+from .errors import UserError, first_line
 
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_FILES = {
@@ -38,6 +38,7 @@ class Data:
 
     calib: object | None = None  # a fixed, unaugmented loader over training data
     sharded: bool = False  # under torchrun: the loaders yield this rank's share of each batch already
+    skipped: object = None  # Skipped: unreadable images met while loading (image folders)
 
     def calibration(self, n):
         """The same n training batches every time it is called (for scoring)."""
@@ -197,7 +198,7 @@ def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, tr
         shape = tuple(sample_shape or (1, 28, 28))
         common = dict(shape=shape, mean=(FASHION_MEAN,), std=(FASHION_STD,))
         train = TensorLoader(xt, yt, batch_size, shuffle=True, augment=True, seed=seed,
-                             drop_last=True, **common)
+                             drop_last=len(yt) > batch_size, **common)  # a set under one batch is one batch
         val = TensorLoader(xv, yv, 256, **common)
         calib = _Fixed(TensorLoader(xt, yt, batch_size, shuffle=True, seed=seed + 1, **common))
         return Data(spec, train, val, 10, shape, True, calib)
@@ -220,6 +221,71 @@ class _ListLoader(list):
     pass
 
 
+class Stream:
+    """Training batches pass after pass (each pass a new, seeded epoch of the loader), whose position can be saved
+    and restored: a resumed run sees the batches the uninterrupted run would have seen next."""
+
+    def __init__(self, loader):
+        self.loader, self.it, self.pos, self.token = loader, None, 0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self.it is None:
+                self.token, self.pos = _pass_token(self.loader), 0
+                self.it = iter(self.loader)
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                self.it = None
+                if self.pos == 0:
+                    raise UserError("the training data gives no batch; check --train-limit and the data "
+                                    "folder") from None
+                continue
+            self.pos += 1
+            return batch
+
+    def state(self):
+        """Where the stream is: the loader's state at the start of the current pass and the batches taken from it."""
+        if self.it is None:
+            return {"token": _pass_token(self.loader), "pos": 0, "started": False}
+        return {"token": self.token, "pos": self.pos, "started": True}
+
+    def restore(self, state):
+        """Continue from state(): the pass is started again from the same loader state and its first `pos` batches
+        are drawn and dropped (their augmentation draws random numbers too)."""
+        _set_pass_token(self.loader, state["token"])
+        self.it = None
+        if state["started"]:
+            self.token, self.it, self.pos = state["token"], iter(self.loader), 0
+            for _ in range(state["pos"]):
+                next(self.it)
+            self.pos = state["pos"]
+        return self
+
+
+def _pass_token(loader):
+    """What makes a loader's next pass what it is: its epoch counter, or its shuffling generator's state."""
+    if hasattr(loader, "epoch"):
+        return ("epoch", loader.epoch)
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        return ("generator", gen.get_state())
+    return None
+
+
+def _set_pass_token(loader, token):
+    if token is None:
+        return
+    kind, value = token
+    if kind == "epoch":
+        loader.epoch = value
+    else:
+        loader.generator.set_state(value)
+
+
 class _Fixed:
     """Iterates a TensorLoader always from its first epoch, so each pass yields the same batches."""
 
@@ -232,7 +298,7 @@ class _Fixed:
 
 
 def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers):
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     root = Path(root)
     for split in ("train", "val"):
@@ -246,30 +312,127 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
                                           transforms.ToTensor(), norm if c == 3 else transforms.Normalize([0.5] * c, [0.25] * c)])
     val_tf = transforms.Compose(to_c + [transforms.Resize((int(h * 8 / 7), int(w * 8 / 7))), transforms.CenterCrop((h, w)),
                                         transforms.ToTensor(), norm if c == 3 else transforms.Normalize([0.5] * c, [0.25] * c)])
-    train_set = datasets.ImageFolder(root / "train", train_tf)
-    val_set = datasets.ImageFolder(root / "val", val_tf)
+    skipped = Skipped()
+    train_set = _folder(root / "train", train_tf, skipped)
+    val_set = _folder(root / "val", val_tf, skipped)
     if train_set.classes != val_set.classes:
         raise UserError(f"{root}/train and {root}/val have different class folders; make them match")
+    calib_set = _folder(root / "train", val_tf, skipped)
     if train_limit:
         train_set = torch.utils.data.Subset(train_set, range(min(train_limit, len(train_set))))
+        calib_set = torch.utils.data.Subset(calib_set, range(min(train_limit, len(calib_set))))
     if val_limit:
         val_set = torch.utils.data.Subset(val_set, range(min(val_limit, len(val_set))))
+    _check_images(train_set, val_set)
     classes = len(val_set.dataset.classes if val_limit else val_set.classes)
+    collate = _collate_present
     ctx = distributed.current()
     if ctx.active:  # each rank decodes only its share: a sampler per rank, batch_size / world per rank
         per_rank = max(1, batch_size // ctx.world)
         sampler = torch.utils.data.distributed.DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True,
                                                                   seed=seed, drop_last=True)
         train = _Epochs(torch.utils.data.DataLoader(train_set, per_rank, sampler=sampler, num_workers=workers,
-                                                    drop_last=len(train_set) > batch_size), sampler)
+                                                    drop_last=len(train_set) > batch_size, collate_fn=collate),
+                        sampler)
         mine = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
-        val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers), None)
-        return Data(spec, train, val, classes, (c, h, w), True, sharded=True)
+        val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers, collate_fn=collate), None)
+        return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped)
     gen = torch.Generator().manual_seed(seed)
-    train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen,
-                                        num_workers=workers, drop_last=len(train_set) > batch_size)
-    val = torch.utils.data.DataLoader(val_set, batch_size, num_workers=workers)
-    return Data(spec, train, val, classes, (c, h, w), True)
+    train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen, num_workers=workers,
+                                        drop_last=len(train_set) > batch_size, collate_fn=collate)
+    val = torch.utils.data.DataLoader(val_set, batch_size, num_workers=workers, collate_fn=collate)
+    # scoring and int8 calibration see the same unaugmented training batches every time, whatever ran before
+    calib = _Reseeded(torch.utils.data.DataLoader(calib_set, batch_size, shuffle=True, num_workers=workers,
+                                                  generator=torch.Generator(), collate_fn=collate), seed + 1)
+    return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped)
+
+
+class Skipped:
+    """Images that could not be read while loading, counted across loader workers (they are skipped)."""
+
+    def __init__(self):
+        import multiprocessing
+
+        self.count = multiprocessing.Value("i", 0)
+        self.first = multiprocessing.Array("c", 512)
+
+    def add(self, path):
+        with self.count.get_lock():
+            if self.count.value == 0:
+                self.first.value = str(path).encode()[:511]
+            self.count.value += 1
+
+    def summary(self):
+        return {"count": self.count.value, "first": self.first.value.decode() or None}
+
+
+def _folder(path, transform, skipped):
+    """An ImageFolder whose unreadable images are skipped and counted, with one-line errors for bad layouts."""
+    from torchvision import datasets
+
+    class Folder(datasets.ImageFolder):
+        def __getitem__(self, i):
+            try:
+                return super().__getitem__(i)
+            except (OSError, ValueError, SyntaxError):  # PIL's errors for unreadable or truncated files
+                skipped.add(self.samples[i][0])
+                return None
+
+    classes = sorted(d for d in Path(path).iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{path} has no class folders; imagefolder:DIR needs DIR/train/<class>/ and DIR/val/<class>/")
+    for d in classes:
+        if not any(f.suffix.lower() in datasets.folder.IMG_EXTENSIONS for f in d.rglob("*") if f.is_file()):
+            raise UserError(f"class folder {d} holds no image; every class folder needs at least one image (or "
+                            "remove the folder from train/ and val/)")
+    try:
+        return Folder(path, transform)
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: {first_line(e)}; every class folder needs at least one image") from None
+
+
+def _check_images(*sets, limit=20000):
+    """Open every image's header (small sets only: a large one is checked as it loads, unreadable images skipped
+    and counted): a file that is not an image is bad input, named."""
+    from PIL import Image
+
+    paths = [p for s in sets for p, _ in _samples(s)]
+    if len(paths) > limit:
+        return
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - reading the header is the check
+        except (OSError, ValueError, SyntaxError) as e:
+            why = "not an image file" if "cannot identify image" in str(e) else first_line(e, 80)
+            raise UserError(f"image {path} cannot be read ({why}); remove or replace it") from None
+
+
+def _samples(s):
+    if isinstance(s, torch.utils.data.Subset):
+        return [s.dataset.samples[i] for i in s.indices]
+    return s.samples
+
+
+def _collate_present(batch):
+    """default_collate over the samples that loaded (unreadable ones come back as None)."""
+    from torch.utils.data import default_collate
+
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return default_collate(batch)
+
+
+class _Reseeded:
+    """A DataLoader whose shuffle starts from the same seed on every pass: the same batches each time."""
+
+    def __init__(self, loader, seed):
+        self.loader, self.seed = loader, seed
+
+    def __iter__(self):
+        self.loader.generator.manual_seed(self.seed)
+        return iter(self.loader)
 
 
 class _Epochs:

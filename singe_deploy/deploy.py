@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields
 
-from . import bench, export, onnx_flops
+from . import bench, export, faults, onnx_flops
 from .data import first_samples
 from .errors import CheckFailed
 from .flops import compare, disagreement
@@ -35,6 +35,8 @@ class DeploySettings:
     parity_top1: float = 0.99
     parity_batches: int = 4
     parity_samples: int | None = None
+    quant_top1: float = 0.95  # quantized files: smallest top-1 agreement with PyTorch fp32
+    quant_accuracy_drop: float = 0.01  # and largest accuracy drop against pruned fp32 (its runtime's)
     quantize: tuple = ()  # extra precisions of pruned.onnx: fp16, int8
     quantize_method: str = "minmax"
     calib_batches: int = 4  # int8 calibrates on the scoring batches
@@ -82,6 +84,7 @@ def deploy(dense, pruned, pruned_pt, data, input_shape, work, s, costs, spec, lo
     """Exports of `dense` and `pruned` (pruned_pt: the pruned model's saved file) into `work`, with parity against
     PyTorch and MACs counted again on each graph, then latency of every runner and each deployable's accuracy.
     costs: {"dense": Costs, "pruned": Costs}; spec: the model spec, written into the ONNX metadata."""
+    faults.point("export")
     out = Deployed()
     batches = parity_batches(s, data, costs["dense"].macs, log)
     variants = {"dense": dense, "pruned": pruned}
@@ -103,7 +106,7 @@ def deploy(dense, pruned, pruned_pt, data, input_shape, work, s, costs, spec, lo
     elif s.target == "torch":
         for variant, m in variants.items():
             runners[variant] = bench.Torch(copy.deepcopy(m).eval(), s.device, s.threads, s.engine.cuda_graph)
-    _check_parity(s, out)
+    _check_parity(s, out, data.real)
     for batch in s.batch_sizes:
         _time(runners, input_shape, batch, s, out, log)
         bar.update(len(runners))
@@ -131,12 +134,20 @@ def _onnx(variant, model, input_shape, work, s, batches, cost, spec, out, log):
     return runner
 
 
-def _check_parity(s, out):
+def _check_parity(s, out, real=True):
     for e in out.exports:
-        if e.get("precision") in QUANTIZED:
-            continue  # a lower precision changes the outputs by design: its accuracy is what is measured
         q, atol = e["parity"], e.get("atol", s.parity_atol)
-        if q["beyond_rtol"] > atol or q["top1_agreement"] < s.parity_top1:
+        name = f"{e['format']} {e['variant']}" + (f" {e['precision']}" if e.get("precision") else "")
+        if q.get("nonfinite"):
+            out.failures.append(f"{name} parity: {q['nonfinite']} NaN or infinite outputs")
+            continue
+        if e.get("precision") in QUANTIZED:  # a lower precision changes the outputs by design: its own thresholds,
+            # checked on the whole validation set with the deployables' accuracy (_check_accuracy)
+            e["thresholds"] = ({"top1_agreement": s.quant_top1, "accuracy_drop": s.quant_accuracy_drop} if real else
+                               "not checked: synthetic data (int8 calibrated on noise)")
+            continue
+        e["thresholds"] = {"top1_agreement": s.parity_top1, "beyond_rtol": atol}
+        if not (q["beyond_rtol"] <= atol and q["top1_agreement"] >= s.parity_top1):
             out.failures.append(f"{e['format']} {e['variant']} parity: max |diff| {q['max_abs_diff']:.2e}, "
                                 f"{q['beyond_rtol']:.2e} beyond {q['rtol']:g} x the largest |output| (<= {atol:g}), "
                                 f"top-1 {q['top1_agreement']:.4f} (>= {s.parity_top1:g})")
@@ -230,14 +241,15 @@ def _deployables(runners, data, costs, work, s, out, log):
     """One row per deployable (dense and pruned, each precision): its accuracy as its runtime computes it on the
     whole validation set (None on synthetic data), top-1 agreement with PyTorch, MACs, params, file size and
     latency per batch size."""
-    rows = []
+    rows, predicted = [], {}
     for name, runner in runners.items():
         variant, precision = s.variant_of(name)
         fmt = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}.get(runner.name, "torch")
         e = next((x for x in out.exports if x["format"] == fmt and x.get("variant") == variant
                   and x.get("precision", s.variant_of(variant)[1]) == precision), None)
         path = work / e["path"] if e else None
-        accuracy = export.runtime_accuracy(runner, data.val) if data.real else None
+        predicted[name] = []
+        accuracy = export.runtime_accuracy(runner, data.val, predictions=predicted[name]) if data.real else None
         rows.append({"name": name, "variant": variant, "format": fmt, "precision": precision,
                      "path": e["path"] if e else None, "accuracy": accuracy,
                      "top1_agreement": e["parity"]["top1_agreement"] if e else None,
@@ -248,4 +260,27 @@ def _deployables(runners, data, costs, work, s, out, log):
                                     and x["backend"] == runner.name}})
         if accuracy is not None:
             log(f"accuracy of {name} ({fmt}, {precision}, run by {runner.name}): {accuracy:.4f}")
+    _check_accuracy(rows, s, out, predicted)
     return rows
+
+
+def _check_accuracy(rows, s, out, predicted):
+    """A quantized deployable agrees with the pruned fp32 file its runtime runs on at least s.quant_top1 of the
+    validation images and loses at most s.quant_accuracy_drop of accuracy against it (the whole set: the parity
+    batches can be a handful of images on a CPU)."""
+    base = {r["format"]: r for r in rows if r["variant"] == "pruned" and r["precision"] not in QUANTIZED}
+    for r in rows:
+        ref = base.get(r["format"])
+        if r["precision"] not in QUANTIZED or r["accuracy"] is None or ref is None or ref["accuracy"] is None:
+            continue
+        mine, theirs = predicted[r["name"]], predicted[ref["name"]]
+        r["agreement_with_fp32"] = sum(a == b for a, b in zip(mine, theirs)) / max(len(mine), 1)
+        r["accuracy_drop"] = ref["accuracy"] - r["accuracy"]
+        name = r["path"] or r["name"]
+        if not r["agreement_with_fp32"] >= s.quant_top1:
+            out.failures.append(f"{name}: top-1 agreement {r['agreement_with_fp32']:.4f} with {ref['path']} on "
+                                f"{len(mine)} images (>= {s.quant_top1:g}, --quant-top1)")
+        if not r["accuracy_drop"] <= s.quant_accuracy_drop:
+            out.failures.append(f"{name}: accuracy {r['accuracy']:.4f}, {r['accuracy_drop']:.4f} below "
+                                f"{ref['path']}'s {ref['accuracy']:.4f} (<= {s.quant_accuracy_drop:g}, "
+                                "--quant-accuracy-drop)")

@@ -67,9 +67,9 @@ def check_onnx(path):
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def runtime_accuracy(backend, loader, limit=None):
+def runtime_accuracy(backend, loader, limit=None, predictions=None):
     """Top-1 accuracy of an `infer` backend (the deployable as its runtime runs it) over (x, y) batches, on the
-    first `limit` images when given."""
+    first `limit` images when given; `predictions`, a list, gets every image's top class."""
     right = seen = 0
     for x, y in loader:
         if limit is not None and seen >= limit:
@@ -77,7 +77,10 @@ def runtime_accuracy(backend, loader, limit=None):
         x, y = np.asarray(x), np.asarray(y)
         if limit is not None:
             x, y = x[:limit - seen], y[:limit - seen]
-        right += int((np.asarray(backend.infer(x)).argmax(1) == y).sum())
+        top = np.asarray(backend.infer(x)).argmax(1)
+        if predictions is not None:
+            predictions.extend(top.reshape(len(y), -1)[:, 0].tolist())
+        right += int((top == y).sum())
         seen += len(y)
     return right / max(seen, 1)
 
@@ -89,12 +92,15 @@ def parity(reference, candidate, batches, reference_name, tie=0.0, rtol=0.0):
     pixels, averaged over samples; detection outputs (N, anchors, k): the share of anchors. `beyond_rtol`: the
     largest |diff| - rtol x (the sample's largest |reference| output), which an absolute tolerance then bounds:
     float32 errors grow with the scale of the values a sample's outputs are computed from, not with each output."""
-    max_diff, beyond, agree, total = 0.0, 0.0, 0, 0
+    max_diff, beyond, agree, total, nonfinite = 0.0, 0.0, 0, 0, 0
     for x in batches:
         x = x.numpy() if isinstance(x, torch.Tensor) else x
         a, b = np.asarray(reference.infer(x)), np.asarray(candidate.infer(x))
         if a.shape != b.shape:
             raise CheckFailed(f"output shapes differ: {reference_name} {a.shape} vs {b.shape}")
+        bad = ~(np.isfinite(a) & np.isfinite(b))
+        nonfinite += int(bad.sum())  # NaN or inf in either: a failed check, never a difference of 0
+        a, b = np.where(bad, 0, a), np.where(bad, 0, b)
         diff = np.abs(a.astype(np.float64) - b)
         max_diff = max(max_diff, float(diff.max()))
         scale = np.abs(a.astype(np.float64)).reshape(len(a), -1).max(1).reshape((-1,) + (1,) * (a.ndim - 1))
@@ -102,5 +108,5 @@ def parity(reference, candidate, batches, reference_name, tie=0.0, rtol=0.0):
         agree += float(top1_agreement(a, b, tie).sum())
         total += a.shape[0]
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "reference": reference_name,
-            "samples": total, "rtol": rtol, "beyond_rtol": max(beyond, 0.0)}
+            "samples": total, "rtol": rtol, "beyond_rtol": max(beyond, 0.0), "nonfinite": nonfinite}
 

@@ -285,11 +285,17 @@ def load_model(spec, checkpoint=None, num_classes=None, in_channels=3, pretraine
     return load_weights(model, state_dict_of(obj, checkpoint), checkpoint, spec)
 
 
+def pruned_dict(model, spec, num_classes, in_channels, input_shape):
+    """A (pruned) model as spec + state dict: what save_pruned writes and load_pruned reads."""
+    return {"format": PRUNED_FORMAT, "spec": spec, "num_classes": num_classes, "in_channels": in_channels,
+            "input_shape": list(input_shape), "state_dict": model.state_dict()}
+
+
 def save_pruned(model, path, spec, num_classes, in_channels, input_shape):
-    """Save a (pruned) model as spec + state dict, loadable with weights_only=True."""
-    torch.save({"format": PRUNED_FORMAT, "spec": spec, "num_classes": num_classes,
-                "in_channels": in_channels, "input_shape": list(input_shape),
-                "state_dict": model.state_dict()}, path)
+    """Save a (pruned) model as spec + state dict, loadable with weights_only=True (atomically)."""
+    from .files import save_torch
+
+    save_torch(pruned_dict(model, spec, num_classes, in_channels, input_shape), path)
 
 
 def load_pruned(path, obj=None, spec=None):

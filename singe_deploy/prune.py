@@ -133,15 +133,18 @@ def in_window(pruned, dense, reduction):
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
           history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None, timer=None,
-          latency_table=None, latency_unit="layer"):
+          latency_table=None, latency_unit="layer", resume=None, save_every=None):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
     {"params_reduction": X}. schedule: a Schedule or a dict of its fields. data: a `Data`
     (calibration batches, fine-tuning and evaluation) or None (scoring needs no data and nothing is
-    fine-tuned). on_step(step, model, records, phase="prune") is called after each step and after
-    the final fine-tuning (phase "finetuned"), to checkpoint; start_step, history, finetuned and
-    dense_channels (the dict this run fills) resume from such a checkpoint. teacher: the dense model, which
+    fine-tuned). on_step(step, model, records, phase, extra) is called after each step (phase "prune", extra
+    {"stream": the fine-tuning data's place}), every `save_every` seconds of fine-tuning (phase "step-finetune" with
+    extra {"pending": the step's plan record, "train": train_iters' state}, or "final-finetune" with {"train": ...})
+    and after the final fine-tuning (phase "finetuned"), to checkpoint; start_step, history, finetuned,
+    dense_channels (the dict this run fills) and resume (the phase and extra of such a checkpoint) continue from it
+    as the uninterrupted run would have gone on. teacher: the dense model, which
     fine-tuning distils from when schedule.distill (prune() copies `model` when it is not given).
     A latency target needs `timer` (latency.timer_for) and measures a latency table first, or reads it from
     `latency_table` (a path) when that holds one for this model and timer (`latency_unit`: latency.UNITS); the
@@ -168,39 +171,56 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     real = data is not None and data.real
     sharded = getattr(data, "sharded", False)  # the loaders already yield this rank's share
     finetune_batches = cycle(data.train) if real else None
-    def one_step(s, step_target, label, correction=False):
-        """Score, plan to step_target, prune and fine-tune; returns whether the plan reached the target."""
-        names = {id(m): n for n, m in model.named_modules()}
-        t0 = time.time()
-        graph, groups = all_groups(model, example, ignored)
-        batches = data.calibration(schedule.calib_batches) if data is not None else []
-        batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape,
-                                       log if s == start_step else None)
-        scores = criterion.score(model, groups, batches, sharded)
-        t1 = time.time()
-        costs = None
-        if schedule.ranking == "cost":
-            costs = table.channel_costs(groups, names) if table else channel_costs(model, groups, shape, target.metric)
-        planner = Planner(model, groups, scores, dense_channels, schedule, names, costs)
-        plan, cost, reached, timed = search(planner, model, example, shape, target.metric, step_target,
-                                        desc=f"plan step {label}",
-                                        predict=(lambda c, p=planner: table.predict(p, c)) if table else None,
-                                        timed=_timed(timer, dense_model, table) if table else None)
-        if s == 0 and not reached and schedule.steps == 1:
-            _unreachable(target, dense_cost, cost)
-        apply_plan(model, plan, example, graph)
-        predicted = getattr(planner, "predicted", None)
-        del graph, groups, planner
+    resume = resume or {}
+    if finetune_batches is not None and resume.get("stream"):
+        finetune_batches.restore(resume["stream"])
+    pending0 = resume.get("pending")  # a step interrupted in its fine-tuning: its plan is applied already
+
+    def one_step(s, step_target, label, correction=False, pending=None, train_state=None):
+        """Score, plan to step_target, prune and fine-tune; returns whether the plan reached the target. pending
+        and train_state: continue a step that was interrupted in its fine-tuning."""
+        if pending is None:
+            names = {id(m): n for n, m in model.named_modules()}
+            t0 = time.time()
+            graph, groups = all_groups(model, example, ignored)
+            batches = data.calibration(schedule.calib_batches) if data is not None else []
+            batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape,
+                                           log if s == start_step else None)
+            scores = criterion.score(model, groups, batches, sharded)
+            t1 = time.time()
+            costs = None
+            if schedule.ranking == "cost":
+                costs = (table.channel_costs(groups, names) if table
+                         else channel_costs(model, groups, shape, target.metric))
+            planner = Planner(model, groups, scores, dense_channels, schedule, names, costs)
+            plan, cost, reached, timed = search(planner, model, example, shape, target.metric, step_target,
+                                                desc=f"plan step {label}",
+                                                predict=(lambda c, p=planner: table.predict(p, c)) if table else None,
+                                                timed=_timed(timer, dense_model, table) if table else None)
+            if s == 0 and not reached and schedule.steps == 1:
+                _unreachable(target, dense_cost, cost)
+            apply_plan(model, plan, example, graph)
+            pending = {"s": s, "removed": sum(len(i) for _, _, i in plan), "cost": cost, "reached": reached,
+                       "timed": timed, "predicted": getattr(planner, "predicted", None),
+                       "score_s": round(t1 - t0, 3), "plan_s": round(time.time() - t1, 3), "n_calib": n_calib,
+                       "finetune_s": 0.0}
+            del graph, groups, planner
         t2 = time.time()
         if real and schedule.finetune_iters > 0:
+            def save(train):
+                on_step(s, model, records, "step-finetune",
+                        {"pending": dict(pending, finetune_s=pending["finetune_s"] + time.time() - t2), "train": train})
+
             train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
-                        desc=f"fine-tune step {label}", sharded=sharded, recipe=recipe)
+                        desc=f"fine-tune step {label}", sharded=sharded, recipe=recipe, resume=train_state,
+                        save=save if on_step and not correction else None, save_every=save_every)
         t3 = time.time()
         acc = evaluate(model, data.val) if real and (schedule.step_eval or s + 1 >= schedule.steps) else None
         macs = count(model, shape).macs
         params = sum(p.numel() for p in model.parameters())
-        rec = StepRecord(s + 1, step_target, macs, params, acc, sum(len(i) for _, _, i in plan),
-                         round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), n_calib).__dict__
+        cost, reached, timed, predicted = pending["cost"], pending["reached"], pending["timed"], pending["predicted"]
+        rec = StepRecord(s + 1, step_target, macs, params, acc, pending["removed"], pending["score_s"],
+                         pending["plan_s"], round(pending["finetune_s"] + t3 - t2, 3), pending["n_calib"]).__dict__
         rec["dense"] = dense_cost
         if table is not None:
             rec["latency_predicted_ms"] = predicted
@@ -212,17 +232,21 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                 rec["correction"] = True
         records.append(rec)
         if on_step:
-            on_step(s + 1, model, records)
+            on_step(s + 1, model, records, "prune", {"stream": finetune_batches.state() if finetune_batches else None})
         how = (", measured" if timed else ", predicted") if table else ""
         log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense "
             f"(target {step_target / dense_cost:.3f}{how}), removed {rec['removed_channels']} channels, "
-            f"accuracy {_fmt(acc)}; score {t1 - t0:.1f} s, plan {t2 - t1:.1f} s, fine-tune {t3 - t2:.1f} s")
+            f"accuracy {_fmt(acc)}; score {rec['score_seconds']:.1f} s, plan {rec['plan_seconds']:.1f} s, "
+            f"fine-tune {rec['finetune_seconds']:.1f} s")
         return reached and rec["removed_channels"] > 0
 
-    for s in range(start_step, schedule.steps):
-        one_step(s, dense_cost / target.reduction ** ((s + 1) / schedule.steps), f"{s + 1}/{schedule.steps}")
+    in_final = resume.get("phase") == "final-finetune"
+    for s in range(start_step, schedule.steps if not in_final else 0):
+        resumed = pending0 is not None and pending0["s"] == s
+        one_step(s, dense_cost / target.reduction ** ((s + 1) / schedule.steps), f"{s + 1}/{schedule.steps}",
+                 pending=pending0 if resumed else None, train_state=resume.get("train") if resumed else None)
     checked = None  # the check the loop ended on: (dense ms, ms), reported as it stands (fine-tuning keeps the shapes)
-    for k in range(CORRECTIONS if table is not None and not finetuned else 0):
+    for k in range(CORRECTIONS if table is not None and not finetuned and not in_final else 0):
         dense_ms, measured = _latency_pair(timer, dense_model, model, table, rounds=3)
         if LATENCY_SLACK < measured * target.reduction / dense_ms <= NEAR_MISS:
             # a few percent over may be the machine's noise (the level was chosen as the first one timed under the
@@ -241,10 +265,16 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     finetune_seconds = 0.0
     if real and schedule.epochs > 0 and not finetuned:
         t = time.time()
-        train_epochs(model, data.train, schedule.epochs, schedule.lr, desc="final fine-tune", recipe=recipe)
+
+        def save(train):
+            on_step(schedule.steps, model, records, "final-finetune", {"train": train})
+
+        train_epochs(model, data.train, schedule.epochs, schedule.lr, desc="final fine-tune", recipe=recipe,
+                     resume=resume.get("train") if in_final else None, save=save if on_step else None,
+                     save_every=save_every)
         finetune_seconds = round(time.time() - t, 2)
         if on_step:
-            on_step(schedule.steps, model, records, "finetuned")
+            on_step(schedule.steps, model, records, "finetuned", {})
     if table is not None:
         info = _latency_result(timer, dense_model, model, table, records, target, checked)
         return PruneResult(model, records, info["hit"], finetune_seconds, info)

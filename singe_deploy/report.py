@@ -84,6 +84,13 @@ def markdown(r):
              f"| other ops | {d['other_ops']:,} | {p['other_ops']:,} | {_pct(p['other_ops'], d['other_ops'])} |",
              f"| accuracy | {_acc(d['accuracy'])} | {_acc(p['accuracy'])} | |", "",
              f"Counting convention: {r['convention']}", ""]
+    if r.get("failed"):
+        f = r["failed"]
+        lines[2:2] = [f"**This run did not finish: the {f['stage']} stage failed** ({f['error']}). What it computed "
+                      f"is below; to continue, {f['resume']}.", ""]
+    failures = r.get("checks", {}).get("failures", [])
+    lines += (["## Checks", ""] + [f"- FAILED: {x}" for x in failures] + [""]) if failures else \
+        ["## Checks", "", "All checks passed.", ""]
     steps = r.get("steps", [])
     if steps:
         lines += ["## Accuracy per step", "", "| step | MACs / dense | params | accuracy | channels removed | "

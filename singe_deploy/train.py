@@ -5,14 +5,15 @@ batch (see distributed.py); with one process they are plain loops."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from . import distributed
-from .data import nchw
-from .errors import UserError
+from . import distributed, faults
+from .data import Stream, nchw
+from .errors import CheckFailed, UserError
 from .progress import progress
 
 
@@ -38,9 +39,12 @@ def evaluate(model, loader, limit=None):
 
 
 def cycle(loader):
-    """Batches from a loader forever (each pass is a new, seeded epoch)."""
-    while True:
-        yield from loader
+    """Batches from a loader forever (each pass is a new, seeded epoch), as a Stream whose place can be saved."""
+    return Stream(loader)
+
+
+class Diverged(CheckFailed):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -102,14 +106,20 @@ def make_optimizer(model, lr, weight_decay=5e-4, momentum=0.9):
 
 
 def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", desc="fine-tune",
-                batches=None, sharded=None, recipe=None):
+                batches=None, sharded=None, recipe=None, resume=None, save=None, save_every=None):
     """SGD for `iters` iterations over `loader` (cycled); returns the mean training loss (this rank's).
 
     On the device of distributed.current(); under torchrun, DDP over this rank's share of every global
     batch (`sharded`: the loader already yields this rank's share), each rank's summed loss divided by
     the global batch size, so the averaged gradient is the global batch's mean gradient. `recipe` (a Recipe)
     overrides weight_decay and adds label smoothing, momentum, distillation, mixed precision and channels-last
-    (see precision()); the model comes back in fp32 with contiguous weights."""
+    (see precision()); the model comes back in fp32 with contiguous weights.
+
+    save(state) is called every `save_every` seconds (0: every iteration) with what `resume` takes to continue
+    exactly where it was: the next iteration, the optimizer, the gradient scaler, the data stream's place and the
+    random generator, and the model's state dict then ("weights", for the caller to save with the model). A NaN or
+    infinite loss raises Diverged before the step is taken, so the last saved state is
+    the last good one."""
     if iters <= 0:
         return None
     recipe = recipe or Recipe(weight_decay=weight_decay)
@@ -126,15 +136,32 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
     if teacher is not None:
         teacher_home = next(teacher.parameters()).device
         teacher.to(ctx.device, memory_format=fmt).eval().requires_grad_(False)
-    total = 0.0
+    total, first = 0.0, 0
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        scaler.load_state_dict(resume["scaler"])
+        total, first = resume["total"], resume["i"]
+        if isinstance(batches, Stream):
+            batches.restore(resume["stream"])
+        torch.set_rng_state(resume["rng"])
+    saved_at = time.monotonic()
     with distributed.data_parallel(model) as net:
         net.train()
-        bar = progress(range(iters), desc=desc, unit="it")
+        bar = progress(range(first, iters), desc=desc, unit="it", total=iters - first)
         for i in bar:
+            due = save is not None and i > first and time.monotonic() - saved_at >= (save_every or 0)
+            if due:  # where the run is before iteration i (BatchNorm's statistics included: the forward pass moves
+                # them), saved once this iteration's loss is known to be finite
+                place = {"i": i, "total": total, "stream": batches.state() if isinstance(batches, Stream) else None,
+                         "rng": torch.get_rng_state(),
+                         "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             if schedule == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / iters))
+            faults.point("finetune")
             x, y = next(batches)
+            while len(y) == 0:  # every image of the batch was unreadable (data.Skipped counts them)
+                x, y = next(batches)
             if not sharded:
                 x, y = distributed.shard(x, y)
             x, y = nchw(x).to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -148,6 +175,12 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
                 logits = net(x)
             loss = recipe_loss(logits.float(), y, recipe,
                                teacher_logits.float() if teacher is not None else None) * (ctx.world / n)
+            if not torch.isfinite(loss):
+                raise Diverged(f"{desc} diverged: the loss is {loss.item()} at iteration {i + 1} of {iters} (learning "
+                               f"rate {lr:g}); rerun with a lower --lr, e.g. {lr / 10:g}")
+            if due:  # the weights and optimizer are still those before iteration i: a state that trains on
+                save(dict(place, opt=opt.state_dict(), scaler=scaler.state_dict()))
+                saved_at = time.monotonic()
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -161,7 +194,7 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
     return total / iters
 
 
-def train_epochs(model, loader, epochs, lr, weight_decay=5e-4, desc="train", recipe=None):
-    """Cosine-scheduled SGD over whole epochs of `loader`."""
+def train_epochs(model, loader, epochs, lr, weight_decay=5e-4, desc="train", recipe=None, **saving):
+    """Cosine-scheduled SGD over whole epochs of `loader` (`saving`: train_iters' resume, save and save_every)."""
     iters = int(round(epochs * len(loader)))
-    return train_iters(model, loader, iters, lr, weight_decay, desc=desc, recipe=recipe)
+    return train_iters(model, loader, iters, lr, weight_decay, desc=desc, recipe=recipe, **saving)

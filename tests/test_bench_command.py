@@ -178,3 +178,19 @@ def test_interleaved_timing_takes_turns_and_keeps_the_ratio(compressed, tmp_path
     assert schemas.errors(data, "latency") == []
     assert [(e["variant"], e["batch_size"]) for e in data["latency"]] == [
         ("dense", 1), ("pruned", 1), ("dense", 2), ("pruned", 2)]
+
+
+def test_an_engine_with_a_dynamic_batch_profile_takes_every_batch_size_in_it(tmp_path):
+    from argparse import Namespace
+
+    from singe_deploy.commands.bench import engine_shape, input_shape
+    from singe_deploy.errors import UserError
+
+    info = {"input_shape": [1, 3, 32, 32], "profile": {"min_batch": 1, "opt_batch": 8, "max_batch": 32}}
+    path = tmp_path / "pruned.engine"
+    declared = engine_shape(info, Namespace(batch_sizes="1,8,32"), path)
+    assert declared == [None, 3, 32, 32] and input_shape(declared, None, [1, 8, 32], path) == [1, 3, 32, 32]
+    with pytest.raises(UserError, match="built for batch sizes 1 to 32; --batch-sizes 64 is outside"):
+        engine_shape(info, Namespace(batch_sizes="8,64"), path)
+    fixed = dict(info, profile={"min_batch": 4, "opt_batch": 4, "max_batch": 4})
+    assert engine_shape(fixed, Namespace(batch_sizes="4"), path) == [4, 3, 32, 32]

@@ -104,3 +104,76 @@ def test_real_fashion_mnist_sizes():
     d = make_data("fashion-mnist")
     assert len(d.train.labels) == 60000 and len(d.val.labels) == 10000
     assert find_fashion_mnist()[0].is_dir()
+
+
+def _folder(root, classes=("cat", "dog"), n=3):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((20, 24, 3), i * 40, dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_an_empty_class_folder_and_an_unreadable_image_are_named(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "val" / "bird").mkdir()
+    with pytest.raises(UserError, match=r"class folder .*train/bird holds no image"):
+        make_data(f"imagefolder:{tmp_path}", workers=0)
+    for split in ("train", "val"):
+        (tmp_path / split / "bird").rmdir()
+    (tmp_path / "val" / "dog" / "9.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"image .*val/dog/9.png cannot be read"):
+        make_data(f"imagefolder:{tmp_path}", workers=0)
+
+
+def test_an_image_that_breaks_while_loading_is_skipped_and_counted(tmp_path, monkeypatch):
+    from singe_deploy import data as D
+
+    _folder(tmp_path)
+    bad = tmp_path / "train" / "cat" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # a readable header, truncated pixels
+    monkeypatch.setattr(D, "_check_images", lambda *sets: None)  # as for a set too large to check up front
+    d = make_data(f"imagefolder:{tmp_path}", batch_size=6, sample_shape=(3, 16, 16), workers=0)
+    x, y = next(iter(d.calib))
+    assert len(y) == 5 and d.skipped.summary() == {"count": 1, "first": str(bad)}
+
+
+def test_imagefolder_calibration_batches_do_not_depend_on_what_ran_before(tmp_path):
+    _folder(tmp_path, n=4)
+    d = make_data(f"imagefolder:{tmp_path}", batch_size=4, sample_shape=(3, 16, 16), workers=0)
+    first = d.calibration(2)
+    for _ in d.train:  # training moves the training loader's shuffle on; calibration stays put
+        pass
+    again = d.calibration(2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+
+
+def test_a_stream_restored_mid_pass_gives_the_batches_the_uninterrupted_one_gives(tmp_path):
+    from singe_deploy.data import Stream
+
+    _fake_fashion(tmp_path)
+    for spec in ("fashion-mnist", f"imagefolder:{tmp_path / 'img'}"):
+        if spec.startswith("imagefolder"):
+            _folder(tmp_path / "img", n=5)
+        kw = dict(data_dir=tmp_path) if spec == "fashion-mnist" else dict(sample_shape=(3, 16, 16), workers=0)
+        whole = Stream(make_data(spec, batch_size=4, seed=3, **kw).train)
+        for _ in range(5):
+            next(whole)
+        saved = whole.state()
+        expected = [next(whole) for _ in range(12)]  # across the end of a pass
+        fresh = Stream(make_data(spec, batch_size=4, seed=3, **kw).train).restore(saved)
+        got = [next(fresh) for _ in range(12)]
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got)), spec
+
+
+def test_a_training_set_smaller_than_a_batch_is_one_batch_not_a_hang(tmp_path):
+    from singe_deploy.data import Stream
+
+    _fake_fashion(tmp_path, n=10)
+    d = make_data("fashion-mnist", batch_size=128, data_dir=tmp_path)
+    assert len(d.train) == 1 and len(next(Stream(d.train))[1]) == 10
+    with pytest.raises(UserError, match="gives no batch"):
+        next(Stream([]))

@@ -130,3 +130,47 @@ def test_a_relative_tolerance_scales_with_each_samples_largest_output():
     q = parity(big, off, [np.zeros(1)], "a", rtol=1e-5)
     assert q["max_abs_diff"] > 4e3
     assert q["beyond_rtol"] == pytest.approx(2e-3, rel=1e-2)  # the small sample keeps its own scale
+
+
+def test_nan_outputs_are_counted_and_fail_the_parity_check_never_a_difference_of_0():
+    from singe_deploy.deploy import Deployed, DeploySettings, _check_parity
+
+    class Fixed:
+        def __init__(self, out):
+            self.out = out
+
+        def infer(self, x):
+            return self.out
+
+    good = np.array([[1.0, 2.0], [3.0, 0.5]], dtype=np.float32)
+    bad = good.copy()
+    bad[1, 0] = np.nan
+    q = parity(Fixed(good), Fixed(bad), [np.zeros((2, 1))], "pytorch")
+    assert q["nonfinite"] == 1 and q["max_abs_diff"] == 0.0
+    out = Deployed(exports=[{"format": "onnx", "variant": "pruned", "path": "pruned.onnx", "parity": q}])
+    _check_parity(DeploySettings(), out)
+    assert out.failures == ["onnx pruned parity: 1 NaN or infinite outputs"]
+
+
+def test_quantized_files_are_held_to_their_own_thresholds_on_real_data():
+    from singe_deploy.deploy import Deployed, DeploySettings, _check_accuracy, _check_parity
+
+    q = {"max_abs_diff": 0.4, "top1_agreement": 0.5, "beyond_rtol": 0.4, "rtol": 0.0, "nonfinite": 0}
+    s = DeploySettings(quant_top1=0.98, quant_accuracy_drop=0.005)
+    out = Deployed(exports=[{"format": "onnx", "variant": "pruned", "precision": "int8", "path": "pruned.int8.onnx",
+                             "parity": q}])
+    _check_parity(s, out)  # the parity batches' few images do not decide: the validation set does
+    assert out.failures == [] and out.exports[0]["thresholds"] == {"top1_agreement": 0.98, "accuracy_drop": 0.005}
+    rows = [{"name": "pruned", "variant": "pruned", "format": "onnx", "precision": "fp32", "accuracy": 0.93,
+             "path": "pruned.onnx"},
+            {"name": "pruned.int8", "variant": "pruned", "format": "onnx", "precision": "int8", "accuracy": 0.92,
+             "path": "pruned.int8.onnx"}]
+    predicted = {"pruned": [0] * 97 + [1, 2, 3], "pruned.int8": [0] * 100}
+    _check_accuracy(rows, s, out, predicted)
+    assert rows[1]["agreement_with_fp32"] == 0.97 and abs(rows[1]["accuracy_drop"] - 0.01) < 1e-12
+    assert out.failures == [
+        "pruned.int8.onnx: top-1 agreement 0.9700 with pruned.onnx on 100 images (>= 0.98, --quant-top1)",
+        "pruned.int8.onnx: accuracy 0.9200, 0.0100 below pruned.onnx's 0.9300 (<= 0.005, --quant-accuracy-drop)"]
+    synthetic = Deployed(exports=[dict(out.exports[0])])
+    _check_parity(s, synthetic, real=False)
+    assert synthetic.failures == [] and synthetic.exports[0]["thresholds"].startswith("not checked: synthetic")

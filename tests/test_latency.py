@@ -142,11 +142,28 @@ def test_budgets_that_cannot_be_met_are_bad_input(tmp_path):
         prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_reduction": 2}, Schedule())
 
 
-def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figures(tmp_path, capsys):
+def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figures(tmp_path, capsys, monkeypatch):
     import jsonschema
 
+    from singe_deploy import bench, latency
     from singe_deploy.cli import main
     from singe_deploy.schemas import load
+
+    # real exports and onnxruntime sessions, timed by a stand-in clock: a graph's ms is its size, so that the outcome
+    # is one (target hit), whatever else the machine runs
+    opened = latency._opened
+
+    def tagged(blob, name, open_runner):
+        runner = opened(blob, name, open_runner)
+        runner.fake_ms = len(blob) / 1e5
+        return runner
+
+    def stats(runner):
+        return {"median_ms": runner.fake_ms, "cv": 0.0}
+
+    monkeypatch.setattr(latency, "_opened", tagged)
+    monkeypatch.setattr(bench, "measure", lambda runner, *a, **k: stats(runner))
+    monkeypatch.setattr(bench, "measure_interleaved", lambda runners, *a, **k: [stats(r) for r in runners])
 
     out, table = tmp_path / "run", tmp_path / "table.json"
     argv = ["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--model",
@@ -154,7 +171,7 @@ def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figur
             "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table),
             "--latency-iters", "10", "--latency-seconds", "0"]
     code = main(argv)
-    assert code in (0, 1)  # 1: the timed model missed the target, which a busy machine can cause
+    assert code == 0
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, load("report"))
     target = report["target"]

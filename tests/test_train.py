@@ -132,3 +132,34 @@ def test_amp_and_channels_last_on_cuda():
         weights, seen = _train_seen(Recipe(amp=amp), "cuda")
         assert seen[0][2] in (torch.bfloat16, torch.float16) and seen[0][1]  # autocast and channels-last
         assert torch.isfinite(weights).all() and torch.allclose(weights, plain, atol=0.05)
+
+
+def test_a_diverging_loss_stops_training_and_the_last_saved_state_is_a_good_one():
+    from singe_deploy.train import Diverged
+
+    model, saved = TinyNet(), []
+    diverged = r"fine-tune diverged: the loss is (nan|inf) at iteration \d+ of 50 .*lower --lr"
+    with pytest.raises(Diverged, match=diverged):
+        train_iters(model, batches(8), 50, lr=1e9, save=saved.append, save_every=0)
+    assert saved, "diverged before any state was saved"
+    last = saved[-1]
+    good = TinyNet()
+    good.load_state_dict(last["weights"])
+    x, y = batches(1)[0]
+    assert torch.isfinite(F.cross_entropy(good.train()(x), y))
+
+
+def test_training_resumed_from_a_saved_state_ends_with_the_same_weights():
+    from singe_deploy.data import Stream
+
+    data = batches(3)
+    whole, states = TinyNet(), []
+    torch.manual_seed(0)
+    # the optimizer's state dict holds its live buffers: a copy of each state, as writing it to a file makes
+    train_iters(whole, None, 8, lr=0.05, batches=Stream(data), save=lambda s: states.append(copy.deepcopy(s)),
+                save_every=0)
+    state = states[3]  # before iteration 4
+    resumed = TinyNet()
+    resumed.load_state_dict(state["weights"])
+    train_iters(resumed, None, 8, lr=0.05, batches=Stream(data), resume=state)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))

@@ -258,8 +258,9 @@ def test_trt_target_builds_an_engine_from_each_quantized_file_and_runs_it_for_it
     monkeypatch.setattr(trt, "TensorRT", Engine)
     monkeypatch.setattr(compress, "check_target", lambda cfg: None)
     out = tmp_path / "run"
-    argv = ["compress", "--target", "trt", "--criterion", "l2", "--quantize", "int8,fp16", "--batch-sizes", "1,2"]
-    assert main(argv + FAST + ["--out", str(out)]) in (0, 1)
+    argv = ["compress", "--target", "trt", "--criterion", "l2", "--quantize", "int8,fp16", "--batch-sizes", "1,2",
+            "--quant-top1", "0", "--quant-accuracy-drop", "1"]  # this test is about the engines built, not int8's loss
+    assert main(argv + FAST + ["--out", str(out)]) == 0
     assert sorted(builds) == [("dense.onnx", "fp32"), ("pruned.fp16.onnx", "fp16"), ("pruned.int8.onnx", "int8"),
                               ("pruned.onnx", "fp32")]
     int8 = onnx.load(str(out / "pruned.int8.engine")).graph  # the stand-in engine is its QDQ graph

@@ -122,6 +122,22 @@ def input_shape(declared, given, batches, path):
     return shape
 
 
+def engine_shape(info, args, path):
+    """An engine's input as compress recorded it beside the engine (PATH.json), its batch left free when the
+    engine's optimisation profile spans several batch sizes; a batch size outside that range is bad input."""
+    shape, profile = info.get("input_shape"), info.get("profile")
+    if not shape or not profile:
+        return shape
+    low, high = profile["min_batch"], profile["max_batch"]
+    wanted = _ints(args.batch_sizes, "--batch-sizes")
+    outside = [b for b in wanted if not low <= b <= high]
+    if outside:
+        raise UserError(f"{path.name} was built for batch sizes {low} to {high}; --batch-sizes "
+                        f"{','.join(map(str, outside))} is outside them: choose sizes in that range or rebuild the "
+                        "engine (compress --batch-sizes)")
+    return ([None] if low != high else [low]) + list(shape[1:])
+
+
 def runner_for(path, backend, args):
     """(runner, declared input shape, metadata the file carries) for one file."""
     from .. import bench
@@ -139,8 +155,8 @@ def runner_for(path, backend, args):
         from .. import trt
 
         record = Path(str(path) + ".json")
-        shape = json.loads(record.read_text()).get("input_shape") if record.is_file() else None
-        return trt.TensorRT(path, args.cuda_graph), shape, {}
+        info = json.loads(record.read_text()) if record.is_file() else {}
+        return trt.TensorRT(path, args.cuda_graph), engine_shape(info, args, path), {}
     if args.device == "cuda":
         _need_cuda_torch("--device cuda")
     else:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import time
 from pathlib import Path
 
 from ..config import OPTIONS, add_arguments
 from ..config import PER_RUN as WHERE_TO_WRITE
+from .. import outdir
 from ..errors import CheckFailed, UserError
+from ..files import write_atomic, write_json, write_text
 
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
@@ -164,10 +165,8 @@ def run(args, log=print):
     out = Path(args.out) if args.out else Path("singe-deploy-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     work = partial(out)
     extend = args.resume and not args.force and (out / "compare.json").is_file() and not work.exists()
-    if out.exists() and not args.force and not extend:
-        raise UserError(f"output folder {out} exists; pass --force to replace it or choose another --out")
-    if work.exists() and not args.resume:
-        shutil.rmtree(work)
+    if not extend:
+        outdir.check(out, args.force, args.resume, resumable=work.is_dir() and any(work.iterdir()))
     distill = [False, True] if getattr(args, "distill_both", False) else None
     runs = plan(criteria, reductions, seeds, _flowcharts(args), rankings, distill, metric)
     base.update({k: None for k in TARGETS})  # each run has its own
@@ -187,45 +186,47 @@ def run(args, log=print):
         _same_options(source, (started or earlier).get("options", {}), options)
     if extend:
         out.rename(work)
-    (work / "runs").mkdir(parents=True, exist_ok=True)
-    if not started:
-        (work / STARTED).write_text(json.dumps({"metric": metric, "options": options}, indent=1))
-    # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
-    rows, dense = [], (earlier.get("runs") or [{}])[0].get("dense_accuracy")
-    for i, (name, flowchart, opts) in enumerate(runs, 1):
-        folder = work / "runs" / name
-        if not (folder / "report.json").is_file():
-            again = args.resume and (partial(folder) / STATE).is_file()
-            log(f"[{i}/{len(runs)}] {name}" + (": resuming from its last pruning step" if again else ""))
-            cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=again))
-            try:
-                compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense, resume_hint=False)
-            except CheckFailed:  # a missed target is a result, recorded with the run
-                pass
-            except KeyboardInterrupt:
-                log(f"interrupted; to continue, rerun the same command plus --resume --out {out}")
-                raise
-        else:
-            log(f"[{i}/{len(runs)}] {name}: done earlier")
-        rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))
-        dense = rows[-1]["dense_accuracy"]
-    if earlier:  # runs of the earlier command(s) that this one did not name stay in the table
-        named = {r["name"] for r in rows}
-        rows = [r for r in earlier["runs"] if r["name"] not in named] + rows
-        criteria = _union(earlier.get("criteria", []), criteria)
-        reductions = _union(earlier.get(f"{metric}_reductions", []), reductions)
-        seeds = _union(earlier.get("seeds", []), seeds)
-    result = {"runs": rows, "criteria": criteria, f"{metric}_reductions": reductions, "seeds": seeds,
-              "options": options}
-    (work / "compare.json").write_text(json.dumps(result, indent=1))
-    (work / "compare.md").write_text(markdown(rows, base))
-    plot(rows, work / "compare.png")
-    (work / STARTED).unlink(missing_ok=True)  # compare.json holds the same options now
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-    log(f"wrote {out}/ (compare.md, compare.json, compare.png, runs/)")
-    return result, out
+    outdir.begin(out, resume=args.resume)
+    try:
+        (work / "runs").mkdir(parents=True, exist_ok=True)
+        if not started:
+            write_json(work / STARTED, {"metric": metric, "options": options}, indent=1)
+        # every run starts from the same baseline: its accuracy is measured once (or taken from the earlier runs)
+        rows, dense = [], (earlier.get("runs") or [{}])[0].get("dense_accuracy")
+        for i, (name, flowchart, opts) in enumerate(runs, 1):
+            folder = work / "runs" / name
+            if not (folder / "report.json").is_file():
+                again = args.resume and (partial(folder) / STATE).is_file()
+                log(f"[{i}/{len(runs)}] {name}" + (": resuming from its last pruning step" if again else ""))
+                cfg = validate(dict(base, **_options(opts), out=str(folder), force=True, resume=again))
+                try:
+                    compress(cfg, log=lambda *a, **k: None, dense_accuracy=dense, resume_hint=False)
+                except CheckFailed:  # a missed target is a result, recorded with the run
+                    pass
+                except KeyboardInterrupt:
+                    log(f"interrupted; to continue, rerun the same command plus --resume --out {out}")
+                    raise
+            else:
+                log(f"[{i}/{len(runs)}] {name}: done earlier")
+            rows.append(row(json.loads((folder / "report.json").read_text()), name, flowchart, opts))
+            dense = rows[-1]["dense_accuracy"]
+        if earlier:  # runs of the earlier command(s) that this one did not name stay in the table
+            named = {r["name"] for r in rows}
+            rows = [r for r in earlier["runs"] if r["name"] not in named] + rows
+            criteria = _union(earlier.get("criteria", []), criteria)
+            reductions = _union(earlier.get(f"{metric}_reductions", []), reductions)
+            seeds = _union(earlier.get("seeds", []), seeds)
+        result = {"runs": rows, "criteria": criteria, f"{metric}_reductions": reductions, "seeds": seeds,
+                  "options": options}
+        write_json(work / "compare.json", result, indent=1)
+        write_text(work / "compare.md", markdown(rows, base))
+        write_atomic(work / "compare.png", lambda tmp: plot(rows, tmp))
+        (work / STARTED).unlink(missing_ok=True)  # compare.json holds the same options now
+        outdir.publish(work, out, command="compare")
+        log(f"wrote {out}/ (compare.md, compare.json, compare.png, runs/)")
+        return result, out
+    finally:
+        outdir.release(work)  # a later command in this process may take the folder
 
 
 def _flowcharts(args):

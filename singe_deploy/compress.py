@@ -333,8 +333,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
 
     def checkpoint(step, m, recs, phase="prune", extra=None):
         """One atomic file holds the model and where the run is: a kill leaves the old state or the new one."""
-        live.update(stage="finetune" if phase == "final-finetune" else "export" if phase == "finetuned" else "prune",
-                    model=m, records=recs)
+        final = phase == "final-finetune" or (phase == "prune" and step >= schedule.steps)  # what runs next
+        live.update(stage="export" if phase == "finetuned" else "finetune" if final else "prune", model=m,
+                    records=recs)
         saved = pruned_dict(m, cfg["model"], _classes(m), shape[0], input_shape)
         if extra and extra.get("train"):  # inside fine-tuning: the weights as they were before the iteration resumed
             train = dict(extra["train"])

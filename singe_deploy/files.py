@@ -27,7 +27,7 @@ def staged(path, write):
         return tmp
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:  # a failed write() names no file: name the one being written
+        if e.filename is None and e.errno is not None:  # a failed write() names no file: name the one written
             e.filename = str(path)
         raise
     except BaseException:

@@ -73,7 +73,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, uni
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_keep_the_state_and_say_how_to_resume(tmp_path, uninterrupted, sig):
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # each line as it is printed
     p = subprocess.Popen([sys.executable, "-m", "singe_deploy", "compress", "--out", str(out), *ARGS], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
@@ -94,7 +94,7 @@ def test_ctrl_c_and_sigterm_keep_the_state_and_say_how_to_resume(tmp_path, unint
 @pytest.mark.slow
 def test_an_interrupt_before_anything_is_resumable_leaves_nothing_and_no_hint(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # each line as it is printed
     p = subprocess.Popen([sys.executable, "-m", "singe_deploy", "compress", "--out", str(out), *ARGS,
                           "--checkpoint-minutes", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)

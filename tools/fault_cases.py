@@ -37,8 +37,8 @@ def run(args, cwd, env=None, **kw):
 
 
 def popen(args, cwd):
-    return subprocess.Popen(CLI + args, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(CLI + args, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def until(p, prefix):

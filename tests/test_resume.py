@@ -29,6 +29,12 @@ def _compress(out, *extra, fault=None, **kw):
                           env=env, capture_output=True, text=True, **kw)
 
 
+def _interruptible():
+    """Ctrl-C as a terminal delivers it: a shell running this suite in the background ignores SIGINT, and its
+    children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _result(out):
     report = json.loads((out / "report.json").read_text())
     weights = torch.load(out / "pruned.pt", weights_only=True)["state_dict"]
@@ -75,7 +81,7 @@ def test_ctrl_c_and_sigterm_keep_the_state_and_say_how_to_resume(tmp_path, unint
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # each line as it is printed
     p = subprocess.Popen([sys.executable, "-m", "singe_deploy", "compress", "--out", str(out), *ARGS], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     lines = []
     for line in p.stdout:  # the first step is checkpointed when its line is printed
         lines.append(line)
@@ -97,7 +103,7 @@ def test_an_interrupt_before_anything_is_resumable_leaves_nothing_and_no_hint(tm
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # each line as it is printed
     p = subprocess.Popen([sys.executable, "-m", "singe_deploy", "compress", "--out", str(out), *ARGS,
                           "--checkpoint-minutes", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=_interruptible)
     for line in p.stdout:
         if line.startswith("dense "):  # the work folder exists, no state yet
             time.sleep(0.2)

@@ -38,7 +38,8 @@ def run(args, cwd, env=None, **kw):
 
 def popen(args, cwd):
     return subprocess.Popen(CLI + args, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
 
 
 def until(p, prefix):

@@ -417,7 +417,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         failures.append(f"target {target.metric} / {target.reduction:g} missed: got / {achieved:.3f}")
     rep = {
         "schema_version": 1, "tool": report.tool(),
-        "model": {"spec": cfg["model"], "input_shape": input_shape,
+        "model": {"spec": cfg["model"], "input_shape": input_shape, "input_shape_from": p.data.shape_from,
                   "checkpoint": str(p.checkpoint) if p.checkpoint else None,
                   "num_classes": _classes(model)},
         "data": {"spec": cfg["data"], "real": p.data.real, **_skipped(p.data)},

@@ -32,7 +32,9 @@ OPTIONS = [
     Option("trust_checkpoint", "bool", False, "allow checkpoints that unpickle code (only for files you trust)"),
     Option("data", "str", "fashion-mnist", "data spec: fashion-mnist, imagefolder:DIR, synthetic"),
     Option("data_dir", "str", None, "folder with the Fashion-MNIST IDX files"),
-    Option("input_shape", "ints", None, "model input as 1,C,H,W (default: the data's, or the model's)"),
+    Option("input_shape", "ints", None, "model input as 1,C,H,W (default: Fashion-MNIST's 28x28 for builtin and "
+           "file models; an image folder's most common image size, or a zoo model's own size where the images are "
+           "larger or the model takes no other; else the model's own size)"),
     Option("num_classes", "int", None, "classes of the model's head (default: the data's)"),
     Option("batch_size", "int", 128, "training, calibration and parity batch size"),
     Option("train_limit", "int", None, "use only the first N training samples"),

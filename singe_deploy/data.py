@@ -39,6 +39,7 @@ class Data:
     calib: object | None = None  # a fixed, unaugmented loader over training data
     sharded: bool = False  # under torchrun: the loaders yield this rank's share of each batch already
     skipped: object = None  # Skipped: unreadable images met while loading (image folders)
+    shape_from: str | None = None  # where sample_shape came from, in words (set by source.Source.load)
 
     def calibration(self, n):
         """The same n training batches every time it is called (for scoring)."""
@@ -345,6 +346,28 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     calib = _Reseeded(torch.utils.data.DataLoader(calib_set, batch_size, shuffle=True, num_workers=workers,
                                                   generator=torch.Generator(), collate_fn=collate), seed + 1)
     return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped)
+
+
+def folder_image_size(root, limit=256):
+    """((H, W) most common among the first `limit` training images of an image folder, how many sizes they have)."""
+    from collections import Counter
+
+    from PIL import Image
+
+    sizes = Counter()
+    for path in sorted(Path(root, "train").rglob("*")):
+        if len(sizes) and sum(sizes.values()) >= limit:
+            break
+        if not path.is_file():
+            continue
+        try:
+            with Image.open(path) as im:
+                sizes[(im.height, im.width)] += 1
+        except (OSError, ValueError, SyntaxError):
+            continue  # named by the layout check when the data is loaded
+    if not sizes:
+        return None, 0
+    return sizes.most_common(1)[0][0], len(sizes)
 
 
 class Skipped:

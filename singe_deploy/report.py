@@ -76,7 +76,8 @@ def markdown(r):
     lines = [f"# singe-deploy report: {r['model']['spec']}", "",
              f"Criterion **{r['criterion']['name']}** ({_opts(r['criterion'].get('options', {}))}), "
              f"target {r['target']['metric']} / {r['target']['reduction']:g}, "
-             f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}, data "
+             f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}"
+             + (f" ({r['model']['input_shape_from']})" if r["model"].get("input_shape_from") else "") + ", data "
              f"{r.get('data', {}).get('spec', 'n/a')}.", "",
              "## Costs", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|",
              f"| MACs | {d['macs']:,} | {p['macs']:,} | {_pct(p['macs'], d['macs'])} |",

@@ -60,13 +60,33 @@ class Source:
         return Path(ck)
 
     def sample_shape(self):
-        """(C, H, W) the model takes: --input-shape; else Fashion-MNIST's for builtin and file models on it;
-        else the model's own default."""
+        """(C, H, W) the model takes: see shape_and_why."""
+        return self.shape_and_why()[0]
+
+    def shape_and_why(self):
+        """((C, H, W) the model takes, where it comes from, in words): --input-shape; else Fashion-MNIST's for builtin
+        and file models on it; for an image folder its images' most common size (a zoo model's own size where the
+        images are larger: photos are cropped to it as the model was trained); else the model's own default."""
         if self.input_shape:
-            return tuple(self.input_shape[1:])
+            return tuple(self.input_shape[1:]), "--input-shape"
         if self.kind in ("builtin", "file") and self.data == "fashion-mnist":
-            return (1, 28, 28)
-        return default_input_shape(self.model)
+            return (1, 28, 28), "Fashion-MNIST's images"
+        default = default_input_shape(self.model)
+        if self.data.startswith("imagefolder:"):
+            from .data import folder_image_size
+
+            size, kinds = folder_image_size(self.data.split(":", 1)[1])
+            if size is None:
+                return default, f"{self.model}'s own size"
+            mixed = f"; images of {kinds} sizes are resized to it" if kinds > 1 else ""
+            if self.kind in ("builtin", "file") or max(size) <= max(default[1:]):
+                return (default[0],) + size, f"the images' {'most common ' if kinds > 1 else ''}size{mixed}"
+            return default, (f"{self.model}'s own size; the {size[0]}x{size[1]} images are cropped and resized to "
+                             "it (--input-shape to choose)")
+        if self.data == "fashion-mnist":
+            return default, (f"{self.model}'s own size: Fashion-MNIST's 28x28 images are resized to "
+                             f"{default[1]}x{default[2]} (--input-shape 1,{default[0]},28,28 runs them as they are)")
+        return default, f"{self.model}'s own size"
 
     def _data(self, shape, classes=None):
         return make_data(self.data, self.batch_size, shape, self.data_dir, self.seed, self.train_limit,
@@ -74,7 +94,7 @@ class Source:
 
     def load(self, log=print):
         """(model, data, shape, checkpoint): every bad input (spec, file, shape, classes) is a UserError."""
-        shape = self.sample_shape()
+        shape, why = self.shape_and_why()
         data = self._data(shape, self.num_classes)
         checkpoint = self.checkpoint_path()
         chosen = str(self.checkpoint).lower() == "none"  # random init asked for by name
@@ -84,10 +104,28 @@ class Source:
         classes = self.num_classes or (data.num_classes if data.real or self.kind == "builtin" else None)
         torch.manual_seed(self.seed)
         model = load_model(self.model, checkpoint, classes, shape[0], self.pretrained, self.trust_checkpoint)
+        default = default_input_shape(self.model)
+        if why.startswith("the images'") and shape != default and not _takes(model, shape):
+            why = (f"{self.model}'s own size: it does not take the images' {shape[1]}x{shape[2]}, so they are resized "
+                   "to it (--input-shape to choose)")
+            shape = default
+            data = self._data(shape, self.num_classes)
+        log(f"input 1,{','.join(map(str, shape))} ({why})")
+        data.shape_from = why
         outputs = check_forward(model, self.model, shape, data.num_classes if data.real else None)
         if not data.real and data.num_classes != outputs:  # random labels the model's head can score
             data = self._data(shape, outputs)
+            data.shape_from = why
         return model, data, shape, checkpoint
+
+
+@torch.no_grad()
+def _takes(model, shape):
+    try:
+        model.eval()(torch.zeros((1,) + tuple(shape)))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means this size is not the model's
+        return False
 
 
 @torch.no_grad()

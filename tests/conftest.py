@@ -72,6 +72,24 @@ def wide_factory(num_classes=4, in_channels=1):
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
 
 
+class Fixed224(nn.Module):
+    """A model that, like a ViT, takes only its own input size (224x224)."""
+
+    def __init__(self, num_classes=4, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3, stride=8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        if x.shape[-2:] != (224, 224):
+            raise ValueError(f"input size must be 224x224, got {tuple(x.shape[-2:])}")
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def fixed224_factory(num_classes=4, in_channels=3):
+    return Fixed224(num_classes, in_channels)
+
+
 @pytest.fixture
 def tiny():
     return TinyNet().eval()

@@ -349,22 +349,21 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
 
 
 def folder_image_size(root, limit=256):
-    """((H, W) most common among the first `limit` training images of an image folder, how many sizes they have)."""
+    """((H, W) most common among about `limit` training images of an image folder (the first of each class), how
+    many sizes they have)."""
     from collections import Counter
 
     from PIL import Image
 
     sizes = Counter()
-    for path in sorted(Path(root, "train").rglob("*")):
-        if len(sizes) and sum(sizes.values()) >= limit:
-            break
-        if not path.is_file():
-            continue
-        try:
-            with Image.open(path) as im:
-                sizes[(im.height, im.width)] += 1
-        except (OSError, ValueError, SyntaxError):
-            continue  # named by the layout check when the data is loaded
+    classes = sorted(d for d in Path(root, "train").iterdir() if d.is_dir()) if Path(root, "train").is_dir() else []
+    for d in classes:  # a few images of every class, without listing a large set whole
+        for path in sorted(f for f in d.iterdir() if f.is_file())[:max(1, limit // len(classes))]:
+            try:
+                with Image.open(path) as im:
+                    sizes[(im.height, im.width)] += 1
+            except (OSError, ValueError, SyntaxError):
+                continue  # named by the layout check when the data is loaded
     if not sizes:
         return None, 0
     return sizes.most_common(1)[0][0], len(sizes)

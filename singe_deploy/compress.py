@@ -205,7 +205,8 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
     if ctx.main:
         work, made_parent = outdir.begin(out, resume=state is not None)
     live = {"stage": "prune", "model": model, "records": [], "input_shape": input_shape}
-    with _sigterm_as_interrupt():
+    # SIGTERM (a scheduler's kill, `timeout`) ends the run as Ctrl-C does: the resume state stays, a hint is printed
+    with _handling(signal.SIGTERM, _interrupt):
         try:
             return _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, live)
         except BaseException as e:
@@ -218,13 +219,15 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
 def _failed(cfg, p, schedule, live, e, made_parent, resume_hint, log):
     """Keep what was computed: with something to resume, the work folder stays, with a partial report naming the
     stage that failed and a traceback file for an unexpected error; with nothing, it is removed."""
-    with _no_second_interrupt():
+    with _handling(signal.SIGINT, signal.SIG_IGN):  # a second Ctrl-C waits until the work folder is in order
         outdir.release(p.work)
         _keep(cfg, p, schedule, live, e, made_parent, resume_hint, log)
 
 
 def _keep(cfg, p, schedule, live, e, made_parent, resume_hint, log):
     work, out = p.work, p.out
+    if live["stage"] == "publish":  # a finished run that could not be put in place: it stays where it is, whole
+        return
     if not outdir.has_state(work):
         outdir.discard(work, made_parent)
         return
@@ -246,34 +249,20 @@ def _keep(cfg, p, schedule, live, e, made_parent, resume_hint, log):
         f"and {hint}")
 
 
-class _no_second_interrupt:
-    """Ctrl-C pressed again while a failure is being handled waits until the work folder is in order."""
+class _handling:
+    """Signal `sig` handled by `handler` inside the block; only in the main thread, where Python delivers signals."""
+
+    def __init__(self, sig, handler):
+        self.sig, self.handler, self.old = sig, handler, None
 
     def __enter__(self):
-        self.old = None
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self.old = signal.signal(self.sig, self.handler)
         return self
 
     def __exit__(self, *exc):
         if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-        return False
-
-
-class _sigterm_as_interrupt:
-    """SIGTERM (a scheduler's kill, `timeout`) ends the run as Ctrl-C does: the resume state stays, a hint is
-    printed. Only in the main thread, where Python delivers signals."""
-
-    def __enter__(self):
-        self.old = None
-        if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, _interrupt)
-        return self
-
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+            signal.signal(self.sig, self.old)
         return False
 
 
@@ -355,7 +344,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     timings["finetune_s"] = result.finetune_seconds
     live.update(stage="export", records=records, result=result,
                 pruned_acc=evaluate(model, data.val) if data.real else None)
-    pruned_costs = count(model, input_shape)
+    pruned_costs = live["pruned_costs"] = count(model, input_shape)
     log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
         f"{pruned_costs.params:,} params, accuracy {_fmt(live['pruned_acc'])}")
     if not ctx.main:  # the last collective is behind us: rank 0 alone exports, measures and writes
@@ -373,6 +362,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     failures = rep["checks"]["failures"]
     _write_report(work, rep, cfg)
     (work / STATE).unlink(missing_ok=True)
+    live["stage"] = "publish"
     outdir.publish(work, out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
     quantized = "".join(f", {e['path']}" for e in deployed.exports if e.get("precision") in QUANTIZED)
@@ -397,7 +387,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
     deployed = deployed or Deployed()
     model, records, input_shape = live["model"], live["records"], live["input_shape"]
     dense_costs, result = live["dense_costs"], live.get("result")
-    pruned_costs = count(model, input_shape)
+    pruned_costs = live.get("pruned_costs") or count(model, input_shape)
     pruned_acc = live.get("pruned_acc", records[-1]["accuracy"] if records else None)
     failures = list(deployed.failures)
     target = p.target

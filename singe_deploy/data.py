@@ -6,6 +6,7 @@ has no labels worth learning, so the pipeline skips fine-tuning and reports accu
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 from dataclasses import dataclass
@@ -318,7 +319,8 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     val_set = _folder(root / "val", val_tf, skipped)
     if train_set.classes != val_set.classes:
         raise UserError(f"{root}/train and {root}/val have different class folders; make them match")
-    calib_set = _folder(root / "train", val_tf, skipped)
+    calib_set = copy.copy(train_set)  # the same files, listed once, read without augmentation
+    calib_set.transform = val_tf
     if train_limit:
         train_set = torch.utils.data.Subset(train_set, range(min(train_limit, len(train_set))))
         calib_set = torch.utils.data.Subset(calib_set, range(min(train_limit, len(calib_set))))

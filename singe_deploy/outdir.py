@@ -124,16 +124,20 @@ def check(out, force, resume=False, what="output folder", resumable=None):
     return work
 
 
-def _probe_lock(work, out):
+def _lock(work, out):
+    """An open descriptor of `work` holding its exclusive lock; UserError when another run holds it."""
     fd = os.open(work, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
+        os.close(fd)
         raise UserError(f"another singe-deploy run is writing --out {out} (its work folder {work} is locked); wait "
                         "for it to end or choose another --out") from None
-    finally:
-        os.close(fd)
+    return fd
+
+
+def _probe_lock(work, out):
+    os.close(_lock(work, out))  # closing the descriptor releases the lock
 
 
 def begin(out, resume=False):
@@ -143,14 +147,7 @@ def begin(out, resume=False):
     work = partial(out)
     made_parent = not work.parent.exists()
     work.mkdir(parents=True, exist_ok=True)
-    fd = os.open(work, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"another singe-deploy run is writing --out {out} (its work folder {work} is locked); wait "
-                        "for it to end or choose another --out") from None
-    _locks[str(work)] = fd
+    _locks[str(work)] = _lock(work, out)
     for e in work.iterdir():  # ours (check() refused anything else): a discarded run's files, or on resume the
         # temporaries of writes a kill cut short (files.staged names them .NAME.*)
         if not resume or (e.name.startswith(".") and e.name != MARKER):

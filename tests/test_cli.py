@@ -371,3 +371,20 @@ def test_out_of_memory_and_unexpected_errors_are_one_line(tmp_path, monkeypatch,
         assert code == 1 and "RuntimeError: something nobody expected" in err
         trace = err.split("the traceback is in ")[1].split(":")[0]
         assert "Traceback" in open(trace).read()
+
+
+@needs_fashion
+def test_a_finished_run_that_cannot_be_put_in_place_stays_whole_in_the_work_folder(tmp_path, monkeypatch, capsys):
+    from singe_deploy import outdir
+    from singe_deploy.errors import UserError
+
+    def refused(work, out, command="compress"):
+        raise UserError(f"{out} gained files singe-deploy did not write while it ran (mine.txt); nothing was "
+                        f"replaced: the finished run is in {work}")
+
+    monkeypatch.setattr(outdir, "publish", refused)
+    work = tmp_path / ".run.partial"
+    assert main(["compress", "--criterion", "l2", "--no-export", "--out", str(tmp_path / "run")] + FAST) == 2
+    assert "the finished run is in" in capsys.readouterr().err
+    report = json.loads((work / "report.json").read_text())
+    assert "failed" not in report and (work / "pruned.pt").is_file() and report["checks"]["passed"]

@@ -146,10 +146,6 @@ def gpu_info():
     return info
 
 
-# latency whose coefficient of variation (std / mean of the timed calls) exceeds this is reported as noisy
-NOISY_CV = 0.025
-
-
 def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters=10, min_iters=50,
             min_seconds=2.0, seed=0):
     """Latency statistics of a backend on random inputs of (batch_size, *input_shape[1:])."""
@@ -159,7 +155,35 @@ def measure(backend, input_shape, batch_size=1, warmup_seconds=0.2, warmup_iters
         times, warm, wall, extra = _timed_on_gpu(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
     else:
         times, warm, wall, extra = _timed_on_host(backend, x, warmup_seconds, warmup_iters, min_iters, min_seconds)
-    return _stats(backend, batch_size, times, warm, wall, extra)
+    return dict(_stats(backend, batch_size, times, warm, wall, extra), calls_ms=times)
+
+
+def speedup(base, other, draws=1000, seed=0):
+    """{"speedup", "ci95", "verdict", "paired"}: base's median over other's (stats of measure or
+    measure_interleaved), with a 95% bootstrap interval. Interleaved calls are resampled by round, so that drift
+    shared by both sides cancels; separately timed calls are resampled apart. An interval that holds 1.0 is
+    "no measurable speedup"."""
+    a, b = np.asarray(base["calls_ms"]), np.asarray(other["calls_ms"])
+    paired = bool(base.get("paired") and other.get("paired")) and len(a) == len(b)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(draws // 100):  # in blocks: a thousand resamples of 20k calls at once would take 160 MB
+        i = rng.integers(0, len(a), (100, len(a)))
+        j = i if paired else rng.integers(0, len(b), (100, len(b)))
+        ratios.append(np.median(a[i], axis=1) / np.median(b[j], axis=1))
+    ratios = np.concatenate(ratios)
+    low, high = (float(v) for v in np.percentile(ratios, [2.5, 97.5]))
+    value = float(np.median(a) / np.median(b))
+    return {"speedup": value, "ci95": [low, high], "paired": paired,
+            "verdict": "faster" if low > 1 else "slower" if high < 1 else "no measurable speedup"}
+
+
+def says(s):
+    """'1.85x (95%: 1.80-1.90)', or 'no measurable speedup (0.97-1.04)', for a speedup() entry."""
+    low, high = s["ci95"]
+    if s["verdict"] == "no measurable speedup":
+        return f"no measurable speedup (95%: {low:.2f}-{high:.2f}x)"
+    return f"{s['speedup']:.2f}x (95%: {low:.2f}-{high:.2f})"
 
 
 def _stats(backend, batch_size, times, warm, wall, extra):
@@ -180,11 +204,13 @@ def _stats(backend, batch_size, times, warm, wall, extra):
 def measure_interleaved(backends, input_shape, batch_size=1, warmup_iters=10, min_iters=50, min_seconds=2.0, seed=0):
     """measure() for several host backends at once, their calls interleaved (one call of each per round, the order
     rotating), so that a machine whose speed drifts slows them all alike and their ratios hold. Returns one stats
-    dict per backend, in order. onnxruntime sessions should not spin (OnnxRuntime(..., spinning=False)): an idle
-    session's spinning threads slow the others' calls."""
+    dict per backend, in order, each with its calls' times by round ("calls_ms": paired across backends).
+    input_shape: one shape for all, or a list of one per backend. onnxruntime sessions should not spin
+    (OnnxRuntime(..., spinning=False)): an idle session's spinning threads slow the others' calls."""
     dtype = [getattr(b, "dtype", np.float32) for b in backends]
-    shape = [batch_size] + list(input_shape[1:])
-    x = [np.random.default_rng(seed).standard_normal(shape).astype(d) for d in dtype]
+    shapes = input_shape if isinstance(input_shape[0], (list, tuple)) else [input_shape] * len(backends)
+    x = [np.random.default_rng(seed).standard_normal([batch_size] + list(s[1:])).astype(d)
+         for d, s in zip(dtype, shapes)]
     for b, xi in zip(backends, x):
         for _ in range(warmup_iters):
             b.infer(xi)
@@ -201,7 +227,8 @@ def measure_interleaved(backends, input_shape, batch_size=1, warmup_iters=10, mi
             spent[i] += dt
         rounds += 1
     extra = {"timer": "host clock, input and output copies included; calls interleaved with the other files'"}
-    return [_stats(b, batch_size, ms, warmup_iters, wall, extra) for b, ms, wall in zip(backends, times, spent)]
+    return [dict(_stats(b, batch_size, ms, warmup_iters, wall, extra), calls_ms=ms, paired=True)
+            for b, ms, wall in zip(backends, times, spent)]
 
 
 def _loop(step, warmup_seconds, warmup_iters, min_iters, min_seconds):

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -74,6 +74,22 @@ def _timer(cfg, input_shape):
                      engine=EngineOptions.from_config(cfg), **limits)
 
 
+def _alignment(cfg, model, input_shape, state, log):
+    """{round_to, source, ...}: --round-to as given, the resumed run's, or measured on the --target (alignment)."""
+    if state and state.get("alignment"):
+        return state["alignment"]
+    if cfg["round_to"] != "auto":
+        return {"round_to": cfg["round_to"], "source": "option"}
+    from . import alignment
+
+    if cfg["target"] == "trt":
+        value = 32 if "int8" in (cfg["quantize"] or []) else 8
+        log(f"round-to auto: {value} (TensorRT's tensor cores want channel multiples of {value} at this precision)")
+        return {"round_to": value, "source": "rule", "why": f"TensorRT: channel multiples of {value}"}
+    return alignment.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], cfg["device"], cfg["threads"],
+                             log=log, cuda_graph=cfg["cuda_graph"])[1]
+
+
 def default_out(cfg):
     name = parse_spec(cfg["model"])[2].replace("/", "_")
     return Path("singe-deploy-out") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -91,6 +107,7 @@ class Prepared:
     criterion: object
     target: Target
     timer: object = None  # latency timer for latency targets, set once the input shape is final
+    alignment: dict | None = None  # the channel alignment (round_to) and how it was chosen
 
 
 def prepare(cfg, log=print):
@@ -191,16 +208,20 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
             calib_macs=CPU_CALIB_MACS if cfg["calib_samples"] is None and _scores_on_cpu(cfg) else None)
         train_precision(cfg["amp"], cfg["channels_last"], ctx.device)  # fp16 on a CPU is bad input, before any work
         input_shape = [1] + list(shape)
-        if p.target.metric != "latency":  # a latency target is checked against its table, once measured
-            check_reachable(model, input_shape, p.target, schedule, _ignored(model, cfg["ignore_layers"]))
         p.timer = _timer(cfg, input_shape)  # an unsupported target is bad input, before any work
         state = _resume_state(cfg, work) if ctx.main else None
+        p.alignment = _alignment(cfg, model, input_shape, state, log) if ctx.main else None
+        if p.target.metric != "latency":  # a latency target is checked against its table, once measured
+            check_reachable(model, input_shape, p.target, replace(schedule, round_to=p.alignment["round_to"])
+                            if p.alignment else schedule, _ignored(model, cfg["ignore_layers"]))
     except UserError as e:
         error = e
     distributed.agree(error)
-    if ctx.active:  # rank 0's weights and resume state everywhere (no shared filesystem needed)
+    if ctx.active:  # rank 0's weights, resume state and alignment everywhere (no shared filesystem needed)
         distributed.broadcast_model(model)
         state = distributed.broadcast_object(state)
+        p.alignment = distributed.broadcast_object(p.alignment)
+    schedule = replace(schedule, round_to=p.alignment["round_to"])
     made_parent = False
     if ctx.main:
         work, made_parent = outdir.begin(out, resume=state is not None)
@@ -331,7 +352,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
             saved["state_dict"] = train.pop("weights")
             extra = dict(extra, train=train)
         save_torch({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
-                    "dense_channels": dense_channels, "extra": extra, "model": saved}, work / STATE)
+                    "dense_channels": dense_channels, "extra": extra, "model": saved,
+                    "alignment": p.alignment}, work / STATE)
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
@@ -417,6 +439,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "reduction": {"macs": dense_costs.macs / pruned_costs.macs, "params": dense_costs.params / pruned_costs.params},
         "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
                    "window": window, **({"latency": result.latency} if result is not None and result.latency else {})},
+        "alignment": p.alignment or {"round_to": schedule.round_to, "source": "option"},
         "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
                                                                 calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",

@@ -85,7 +85,12 @@ OPTIONS = [
            "divided by the group mean; raw = across groups, scores as they are; cost = across groups, score per "
            "MAC (per param for a params target) a channel costs; local = the same fraction of every group",
            ("global", "raw", "cost", "local")),
-    Option("round_to", "int", 8, "keep every pruned channel count a multiple of N (1: any count)"),
+    Option("round_to", "str", "auto", "keep every pruned channel count a multiple of N (1: any count); auto = the "
+           "alignment that runs fastest on the --target, measured by a short probe of the model's convolutions and "
+           "cached (TensorRT: 8, or 32 with int8)"),
+    Option("narrow_layers", "str", "halve", "layers narrower than twice --round-to: halve the alignment for them until "
+           "it fits twice (they can be pruned, possibly off the fastest kernels) or keep them whole (every kept "
+           "count aligned; the other layers lose more)", ("halve", "keep")),
     Option("max_layer_ratio", "float", 0.9, "never remove more than this fraction of a layer's channels"),
     Option("calib_batches", "int", 4, "calibration batches B for data-driven criteria"),
     Option("calib_samples", "int", None, "calibration samples at most (default: all of the calibration batches, "
@@ -268,7 +273,7 @@ def _help(o, defaults=None):
 
 METAVARS = {"model": "SPEC", "data": "SPEC", "checkpoint": "FILE", "data_dir": "DIR", "out": "DIR",
             "input_shape": "1,C,H,W", "ignore_layers": "NAME[,NAME]", "trt_timing_cache": "FILE",
-            "singe_batch_steps": "N|auto"}
+            "singe_batch_steps": "N|auto", "round_to": "N|auto"}
 
 
 def _metavar(o):
@@ -327,14 +332,11 @@ def validate(cfg):
                             f"{']' if high > 1 else ')'}, got {cfg[key]:g}")
     if cfg["weight_decay"] < 0 or cfg["distill_t"] <= 0:
         raise UserError("--weight-decay must be >= 0 and --distill-t > 0")
-    if cfg["round_to"] is not None and cfg["round_to"] < 1:
-        raise UserError(f"--round-to must be >= 1, got {cfg['round_to']}")
+    cfg["round_to"] = round_to(cfg["round_to"])
     if not 0 < cfg["max_layer_ratio"] < 1:
         raise UserError(f"--max-layer-ratio must be between 0 and 1, got {cfg['max_layer_ratio']}")
     if cfg["input_shape"] is not None and len(cfg["input_shape"]) != 4:
         raise UserError(f"--input-shape must be 1,C,H,W (4 numbers), got {','.join(map(str, cfg['input_shape']))}")
-    if cfg["target"] == "trt" and cfg["round_to"] is None:
-        cfg["round_to"] = 8
     if cfg["cuda_graph"] and not (cfg["target"] == "trt" or (cfg["target"] == "torch" and cfg["device"] == "cuda")):
         raise UserError("--cuda-graph times CUDA-graph replay on a GPU; use it with --target trt or "
                         "--target torch --device cuda")
@@ -357,6 +359,18 @@ def validate(cfg):
     if cfg["trt_workspace_gb"] <= 0:
         raise UserError(f"--trt-workspace-gb must be > 0, got {cfg['trt_workspace_gb']:g}")
     return cfg
+
+
+def round_to(value):
+    """--round-to's value: 'auto' or a positive integer (none: 1, any count)."""
+    if value is None:
+        return 1
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--round-to must be 'auto' or a positive integer, got {value!r}")
+    return int(text)
 
 
 # where a run goes and whether it replaces or resumes one: not part of what a saved config reruns

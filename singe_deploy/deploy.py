@@ -119,7 +119,7 @@ def _onnx(variant, model, input_shape, work, s, batches, cost, spec, out, log):
     path = work / f"{variant}.onnx"
     export.export_onnx(model, input_shape, path, s.opset, metadata={"model": spec, "variant": variant})
     opset = export.check_onnx(path)
-    runner = bench.OnnxRuntime(path, s.threads)
+    runner = bench.OnnxRuntime(path, s.threads, spinning=False)  # timed interleaved (bench.measure_interleaved)
     q = export.parity(bench.Torch(model), runner, batches, "pytorch", s.parity_atol, s.parity_rtol)
     g = compare(model, cost, onnx_flops.count(path, input_shape))
     graph = {k: g[k] for k in ("macs", "params", "macs_rel_diff", "macs_agree", "folded_norms", "params_expected",
@@ -154,21 +154,28 @@ def _check_parity(s, out, real=True):
 
 
 def _time(runners, input_shape, batch, s, out, log):
-    timed = {}
-    for name, runner in runners.items():
-        stats = bench.measure(runner, input_shape, batch, min_iters=s.latency_iters, min_seconds=s.latency_seconds)
+    """Every runner timed at `batch`: on a CPU all in one loop, one call of each in turn (drift slows them alike),
+    on a GPU one after the other; each speedup over dense with its 95% interval (bench.speedup)."""
+    names = list(runners)
+    if all(r.device == "cpu" for r in runners.values()):
+        stats = bench.measure_interleaved([runners[n] for n in names], input_shape, batch,
+                                          min_iters=s.latency_iters, min_seconds=s.latency_seconds)
+    else:
+        stats = [bench.measure(runners[n], input_shape, batch, min_iters=s.latency_iters,
+                               min_seconds=s.latency_seconds) for n in names]
+    timed, how = dict(zip(names, stats)), "interleaved" if stats[0].get("paired") else "one after the other"
+    for name, st in timed.items():
         variant, precision = s.variant_of(name)
-        out.latency.append(dict(stats, variant=variant, precision=precision,
+        entry = {k: v for k, v in st.items() if k not in ("calls_ms", "paired")}
+        if name != "dense":
+            entry["speedup"] = bench.speedup(timed["dense"], st)
+        out.latency.append(dict(entry, variant=variant, precision=precision,
                                 **({"quantized": True} if "." in name else {})))
-        timed[name] = out.latency[-1]
-    d = timed["dense"]["median_ms"]
-    noisy = max(x["cv"] for x in timed.values())
-    note = (f" (noisy: coefficient of variation {100 * noisy:.0f}% > {100 * bench.NOISY_CV:g}%)"
-            if noisy > bench.NOISY_CV else "")
-    others = ", ".join(f"{name} {x['median_ms']:.3f} ms, {d / x['median_ms']:.2f}x"
-                       for name, x in timed.items() if name != "dense")
-    last = out.latency[-1]
-    log(f"latency ({last['backend']}, {last['device']}, batch {batch}): dense {d:.3f} ms, {others}{note}")
+    first = out.latency[-len(names)]
+    others = ", ".join(f"{x['variant']}{'.' + x['precision'] if x.get('quantized') else ''} {x['median_ms']:.3f} ms, "
+                       f"{bench.says(x['speedup'])}" for x in out.latency[-len(names):] if "speedup" in x)
+    log(f"latency ({first['backend']}, {first['device']}, batch {batch}, {how}): dense {first['median_ms']:.3f} ms, "
+        f"{others}")
 
 
 def _quantized(model, data, batches, work, s, out, log):
@@ -190,7 +197,7 @@ def _quantized(model, data, batches, work, s, out, log):
             out.failures.append(str(e))
             log(f"{path.name}: not written: {e}")
             continue
-        runner = runners[f"pruned.{precision}"] = bench.OnnxRuntime(path, s.threads)
+        runner = runners[f"pruned.{precision}"] = bench.OnnxRuntime(path, s.threads, spinning=False)
         q = export.parity(bench.Torch(model), runner, batches, "pytorch (fp32)", s.parity_atol, s.parity_rtol)
         out.exports.append({"format": "onnx", "variant": "pruned", "precision": precision, "path": path.name,
                             "parity": q, "size_bytes": path.stat().st_size})
@@ -255,13 +262,18 @@ def _deployables(runners, data, costs, work, s, out, log):
                      "top1_agreement": e["parity"]["top1_agreement"] if e else None,
                      "macs": costs[variant].macs, "params": costs[variant].params,
                      "size_bytes": path.stat().st_size if path and path.is_file() else None,
-                     "latency_ms": {str(x["batch_size"]): x["median_ms"] for x in out.latency
-                                    if x["variant"] == variant and x["precision"] == precision
-                                    and x["backend"] == runner.name}})
+                     **_timings(out.latency, variant, precision, runner.name)})
         if accuracy is not None:
             log(f"accuracy of {name} ({fmt}, {precision}, run by {runner.name}): {accuracy:.4f}")
     _check_accuracy(rows, s, out, predicted)
     return rows
+
+
+def _timings(latency, variant, precision, backend):
+    """A deployable's median ms and speedup over dense (with its 95% interval) per batch size."""
+    mine = [x for x in latency if x["variant"] == variant and x["precision"] == precision and x["backend"] == backend]
+    return {"latency_ms": {str(x["batch_size"]): x["median_ms"] for x in mine},
+            "speedup": {str(x["batch_size"]): x["speedup"] for x in mine if "speedup" in x}}
 
 
 def _check_accuracy(rows, s, out, predicted):

@@ -228,20 +228,17 @@ class LatencyTable:
         timer(model)  # warm-up
         dense = statistics.median(timer(model) for _ in range(3))
         dense_layers, inputs = _layers(model, example)
-        alone = {}  # (name, weight shape, input shape) -> ms
-
-        def time_layer(name, layer, shape):
-            k = (name, tuple(layer.weight.shape), tuple(shape))
-            if k not in alone:
-                alone[k] = timer.with_shape(shape)(copy.deepcopy(layer))
-            return alone[k]
-
+        alone = LayerTimes.read(timer)
+        timed_before = len(alone.ms)
         groups = {}
         for name, width, kept, narrowed in _narrowed(planner, model, example, trials):
             layers, shapes = _layers(narrowed, example)
-            delta = sum(time_layer(n, m, shapes[n]) - time_layer(n, dense_layers[n], inputs[n])
+            delta = sum(alone(m, shapes[n]) - alone(dense_layers[n], inputs[n])
                         for n, m in layers.items() if tuple(m.weight.shape) != tuple(dense_layers[n].weight.shape))
             groups.setdefault(name, [[width, dense]]).append([kept, dense + delta])
+        log(f"latency table: {alone.timed} layer shapes timed, {alone.reused} reused ({timed_before} known from "
+            f"earlier tables on this device, {alone.path})")
+        alone.write()
         table = cls(dense, {n: sorted(p) for n, p in groups.items()}, key)
         return table.calibrated(planner, model, example, timer, log)
 
@@ -310,6 +307,51 @@ class LatencyTable:
         return {"key": self.key, "dense_ms": self.dense_ms, "scale": self.scale, "groups": self.groups}
 
 
+class LayerTimes:
+    """Layers timed alone, by what decides their time (type, channels, kernel, stride, padding, groups, input
+    shape), not by name: a table times each shape once however many groups and models share it, and keeps the times
+    on disk per timer key (backend, runtime, device, threads, batch) for the next table on this device."""
+
+    def __init__(self, timer, ms=None, path=None):
+        self.timer, self.ms, self.path = timer, dict(ms or {}), path
+        self.timed = self.reused = 0
+
+    @classmethod
+    def read(cls, timer):
+        key = timer.key()
+        path = CACHE / "layers" / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return cls(timer, data.get("ms") if data.get("key") == key else None, path)
+
+    @staticmethod
+    def shape_key(layer, input_shape):
+        if isinstance(layer, torch.nn.Linear):
+            what = ["linear", layer.in_features, layer.out_features]
+        else:
+            what = [type(layer).__name__, layer.in_channels, layer.out_channels, list(layer.kernel_size),
+                    list(layer.stride), str(layer.padding), list(layer.dilation), layer.groups]
+        return json.dumps(what + [layer.bias is not None, list(input_shape)])
+
+    def __call__(self, layer, input_shape):
+        k = self.shape_key(layer, input_shape)
+        if k in self.ms:
+            self.reused += 1
+        else:
+            self.ms[k] = self.timer.with_shape(input_shape)(copy.deepcopy(layer))
+            self.timed += 1
+        return self.ms[k]
+
+    def write(self):
+        if self.path is None or not self.timed:
+            return
+        text = json.dumps({"key": self.timer.key(), "ms": self.ms})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
 def time_against(timer, dense_model, model, rounds=1):
     """(dense ms, model ms): medians of `rounds` timings, interleaved where the timer pairs (one runner of each,
     made once), else one after the other."""
@@ -361,8 +403,7 @@ def _layers(model, example):
 
 def _removals(planner, i):
     """Channels per block to remove from entry i at each of POINTS, multiples of its quantum, without repeats."""
-    _, _, _, blocks, _, most = planner.entries[i]
-    q = planner._quantum(blocks, planner.units[i])
+    most, q = planner.entries[i][5], planner.quanta[i]
     return sorted({int(f * most) // q * q for f in POINTS} - {0})
 
 

@@ -69,6 +69,7 @@ class Planner:
         if schedule.ranking == "cost" and costs is None:
             raise UserError("ranking 'cost' needs the channel costs (prune() passes them)")
         self.units = []  # per entry: root channels per unit within a block (a head's size; 1 for channels)
+        self.quanta = []  # per entry: units per block removed at a time (_quantum)
         heads = {id(layout[0]): layout[1] for m in model.modules() if (layout := head_layout(m)) is not None}
         for k, (g, s) in enumerate(zip(groups, scores)):
             if s is None:
@@ -82,19 +83,24 @@ class Planner:
                 continue
             per_block = s.double().view(blocks, -1, unit).mean((0, 2))  # one score per unit of a block
             dense = dense_channels.setdefault(name, n) // (blocks * unit)
-            q = self._quantum(blocks, unit)
+            q = self._quantum(blocks, unit, dense * blocks * unit)
             keep_min = max(q, math.ceil((1 - schedule.max_layer_ratio) * dense))
             most = len(per_block) - keep_min
             self.entries.append((name, g[0].dep.handler, len(per_block), blocks, per_block, max(most, 0)))
             self.units.append(unit)
+            self.quanta.append(q)
             self.groups.append(g)
             self.divisors.append(self._divisor(per_block, costs[k] if costs is not None else None))
         self.chunks = self._chunks() if schedule.ranking != "local" else None
         self.levels = len(self.chunks) if self.chunks is not None else self.LOCAL_LEVELS
 
-    def _quantum(self, blocks, unit=1):
-        """Units removed at a time: round_to channels per block (whole heads are one unit each)."""
+    def _quantum(self, blocks, unit=1, width=None):
+        """Units removed at a time per block: round_to channels in all (whole heads are one unit each). A layer
+        narrower than twice round_to (its dense `width`) takes the largest half of it that fits twice, so that it can
+        still be pruned: 8 for a 16-channel layer at round_to 16 (narrow_layers "keep": it stays whole)."""
         r = self.schedule.round_to or 1
+        while self.schedule.narrow_layers == "halve" and width is not None and r > 1 and 2 * r > width:
+            r //= 2
         return 1 if unit > 1 else r // math.gcd(r, blocks)
 
     def _divisor(self, scores, cost):
@@ -109,7 +115,7 @@ class Planner:
         """(key, entry index, channels removed after this chunk), in the order they are removed."""
         out = []
         for i, (_, _, n, blocks, s, most) in enumerate(self.entries):
-            q = self._quantum(blocks, self.units[i])
+            q = self.quanta[i]
             norm = torch.sort(s / self.divisors[i]).values
             removed = n % q  # first bring an unaligned layer to a multiple of q
             if removed and removed <= most:
@@ -130,8 +136,7 @@ class Planner:
                 out[i] = max(out[i], removed)
             return out
         out = []
-        for (_, _, n, blocks, _, most), unit in zip(self.entries, self.units):
-            q = self._quantum(blocks, unit)
+        for (_, _, n, blocks, _, most), q in zip(self.entries, self.quanta):
             r = min(int(math.floor(level / self.levels * n + 1e-9)), most)
             kept = math.ceil((n - r) / q) * q
             out.append(0 if kept >= n else n - kept)

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from . import __version__, schemas
-from .bench import NOISY_CV
+from .bench import says
 
 
 def schema():
@@ -70,6 +70,27 @@ def _acc(a):
     return "n/a" if a is None else f"{100 * a:.2f}%"
 
 
+def _target_timing(t):
+    """The latency target's own check (timed interleaved at the end of pruning), when there was one."""
+    if not t or "dense_ms" not in t:
+        return []
+    return [f"The latency target was checked during pruning on the latency table's timer: dense {t['dense_ms']:.3f} "
+            f"ms, pruned {t['measured_ms']:.3f} ms, {t['achieved']:.2f}x (target {t['reduction']:g}x)."]
+
+
+def _alignment(a):
+    """' Channel counts kept to multiples of 16 (measured: ...).' for the report's first paragraph."""
+    if not a:
+        return ""
+    text = f" Channel counts kept to multiples of {a['round_to']}"
+    if a.get("scores"):
+        scores = ", ".join(f"{k}: {v:.3f}" for k, v in a["scores"].items())
+        return text + (f" (--round-to auto, measured on {a['key']['backend']}, {a['key']['device']}: time at each "
+                       f"alignment's multiples / the line through all counts, {scores})."
+                       if a.get("key") else " (--round-to auto).")
+    return text + (f" ({a['why']})." if a.get("why") else f" ({a.get('source', 'option')}).")
+
+
 def markdown(r):
     """A person's view of a compress report."""
     d, p = r["dense"], r["pruned"]
@@ -78,7 +99,7 @@ def markdown(r):
              f"target {r['target']['metric']} / {r['target']['reduction']:g}, "
              f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}"
              + (f" ({r['model']['input_shape_from']})" if r["model"].get("input_shape_from") else "") + ", data "
-             f"{r.get('data', {}).get('spec', 'n/a')}.", "",
+             f"{r.get('data', {}).get('spec', 'n/a')}." + _alignment(r.get("alignment")), "",
              "## Costs", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|",
              f"| MACs | {d['macs']:,} | {p['macs']:,} | {_pct(p['macs'], d['macs'])} |",
              f"| params | {d['params']:,} | {p['params']:,} | {_pct(p['params'], d['params'])} |",
@@ -108,34 +129,33 @@ def markdown(r):
         lines += ["## Latency", "", "| backend | device | variant | precision | batch | median ms | p90 ms | p99 ms | "
                   "mean ms | std ms | CV | throughput/s | speedup |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        dense = {(x["backend"], x["batch_size"]): x["median_ms"] for x in r["latency"] if x["variant"] == "dense"}
-        noisy = [x for x in r["latency"] if _cv(x) > NOISY_CV]
         for x in r["latency"]:
-            base = dense.get((x["backend"], x["batch_size"]))
-            speed = f"{base / x['median_ms']:.2f}x" if x["variant"] == "pruned" and base else ""
-            cv = f"{100 * _cv(x):.1f}%" + (" noisy" if x in noisy else "")
+            speed = says(x["speedup"]) if x.get("speedup") else ""
+            cv = f"{100 * _cv(x):.1f}%"
             lines.append(f"| {x['backend']} | {x['device']} | {x['variant']} | {x.get('precision', '')} | "
                          f"{x['batch_size']} | "
                          f"{x['median_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['mean_ms']:.3f} | "
                          f"{x['std_ms']:.3f} | {cv} | {x['throughput_per_s']:.1f} | {speed} |")
-        lines += ["", f"Beside the speedups: the pruned model has {d['macs'] / max(p['macs'], 1):.2f}x fewer MACs. "
-                  f"Timer: {r['latency'][0].get('timer', 'host clock')}. CV = std / mean of the timed calls."]
-        if noisy:
-            lines.append(f"**Noisy**: {len(noisy)} of {len(r['latency'])} rows vary by more than "
-                         f"{100 * NOISY_CV:g}% (CV), so their speedups are uncertain; other work was probably running. "
-                         "Measure again on an idle machine (`singe-deploy bench`, or a longer --latency-seconds).")
-        lines.append("")
+        lines += ["", (f"Beside the speedups: the pruned model has {d['macs'] / max(p['macs'], 1):.2f}x fewer MACs. "
+                       f"Timer: {r['latency'][0].get('timer', 'host clock')}. Speedup = dense median / this median, "
+                       "with its 95% interval (bootstrap over the timed rounds); an interval that holds 1.0 is no "
+                       "measurable speedup. CV = std / mean of the timed calls: their spread, which the interval "
+                       "already counts.")]
+        lines += _target_timing(r.get("target", {}).get("latency")) + [""]
     if r.get("deployables"):
         batches = sorted({int(b) for row in r["deployables"] for b in row["latency_ms"]})
-        lines += ["## Deployables", "", "Each file as its runtime runs it: accuracy on the whole validation set, top-1 "
-                  "agreement with PyTorch (fp32), costs, size and median latency.", "",
+        lines += ["## Deployables", "", ("Each file as its runtime runs it: accuracy on the whole validation set, "
+                                         "top-1 agreement with PyTorch (fp32), costs, size, median latency and "
+                                         "speedup over dense."), "",
                   "| deployable | format | precision | accuracy | top-1 agreement | MACs | params | MB | "
-                  + " | ".join(f"ms @ batch {b}" for b in batches) + " |", "|---|---|---|---:|---:|---:|---:|---:|"
-                  + "---:|" * len(batches)]
+                  + " | ".join(f"ms @ batch {b} | speedup @ {b}" for b in batches) + " |",
+                  "|---|---|---|---:|---:|---:|---:|---:|" + "---:|---|" * len(batches)]
         for row in r["deployables"]:
             agree = "" if row["top1_agreement"] is None else f"{row['top1_agreement']:.4f}"
             size = "" if row["size_bytes"] is None else f"{row['size_bytes'] / 1e6:.2f}"
-            ms = " | ".join(f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "" for b in batches)
+            ms = " | ".join((f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "") + " | "
+                            + (says(row["speedup"][str(b)]) if str(b) in row.get("speedup", {}) else "")
+                            for b in batches)
             lines.append(f"| {row['name']} | {row['format']} | {row['precision']} | {_acc(row['accuracy'])} | {agree} "
                          f"| {row['macs']:,} | {row['params']:,} | {size} | {ms} |")
         lines.append("")

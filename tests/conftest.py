@@ -1,5 +1,11 @@
 import json
+import os
+import tempfile
 from pathlib import Path
+
+# latency tables, layer times and alignment probes go to a cache of the test session's own, not the user's
+# (set before singe_deploy is imported, and inherited by the compress runs tests start as subprocesses)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="singe-deploy-test-cache-")
 
 import pytest
 import torch
@@ -32,6 +38,14 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache():
+    yield
+    import shutil
+
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

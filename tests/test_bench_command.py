@@ -46,7 +46,12 @@ def test_a_compress_folder_benches_dense_and_pruned(compressed, tmp_path, capsys
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not the 0600 of a temporary file
-    assert "| tests/conftest.py:tiny_factory | dense | fp32 | onnxruntime | cpu | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| tests/conftest.py:tiny_factory | dense | fp32 | onnxruntime | cpu | 1 |" in printed
+    pruned = next(e for e in data["latency"] if e["variant"] == "pruned")
+    assert pruned["speedup"]["over"] == str(compressed / "dense.onnx") and not pruned["speedup"]["paired"]
+    assert "calls_ms" not in pruned  # the calls' times are not written out
+    assert "note: files timed one after the other" in printed  # their interval does not count drift: said
 
 
 def test_quantized_files_are_benched_with_their_precision(compressed, tmp_path):
@@ -178,6 +183,8 @@ def test_interleaved_timing_takes_turns_and_keeps_the_ratio(compressed, tmp_path
     assert schemas.errors(data, "latency") == []
     assert [(e["variant"], e["batch_size"]) for e in data["latency"]] == [
         ("dense", 1), ("pruned", 1), ("dense", 2), ("pruned", 2)]
+    speedups = [e["speedup"] for e in data["latency"] if e["variant"] == "pruned"]
+    assert all(s["paired"] and s["ci95"][0] <= s["speedup"] <= s["ci95"][1] for s in speedups)
 
 
 def test_an_engine_with_a_dynamic_batch_profile_takes_every_batch_size_in_it(tmp_path):

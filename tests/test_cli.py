@@ -149,6 +149,10 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     graph = {e["variant"]: e["graph_count"] for e in report["exports"] if e["format"] == "onnx"}
     assert graph["dense"]["macs"] == d["macs"] and graph["pruned"]["macs"] == p["macs"]  # counted twice, agreeing
     assert {(x["variant"], x["batch_size"]) for x in report["latency"]} == {("dense", 1), ("pruned", 1)}
+    timed = next(x for x in report["latency"] if x["variant"] == "pruned")["speedup"]
+    assert timed["paired"] and timed["ci95"][0] <= timed["speedup"] <= timed["ci95"][1]  # dense and pruned interleaved
+    assert next(r for r in report["deployables"] if r["name"] == "pruned")["speedup"]["1"] == timed
+    assert report["alignment"]["round_to"] == report["schedule"]["round_to"]
     for f in ("report.md", "config.yaml", "dense.onnx", "pruned.onnx", "pruned.pt"):
         assert (out / f).is_file(), f
     assert "## Channels per layer" in (out / "report.md").read_text()

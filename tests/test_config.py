@@ -58,10 +58,13 @@ def test_bad_flag_values(argv, match):
         resolve(_args(argv))
 
 
-def test_channels_are_rounded_to_8_unless_told():
-    assert resolve(_args([]))["round_to"] == 8
-    assert resolve(_args(["--target", "trt", "--round-to", "none"]))["round_to"] == 8
-    assert resolve(_args(["--round-to", "1"]))["round_to"] == 1
+def test_channel_alignment_is_measured_unless_told():
+    assert resolve(_args([]))["round_to"] == "auto"
+    assert resolve(_args(["--round-to", "none"]))["round_to"] == 1
+    assert resolve(_args(["--round-to", "16"]))["round_to"] == 16
+    for bad in ("0", "-8", "fast", "1.5"):
+        with pytest.raises(UserError, match="--round-to must be 'auto' or a positive integer"):
+            resolve(_args(["--round-to", bad]))
 
 
 def test_every_shipped_config_is_valid_and_demo_matches_defaults():

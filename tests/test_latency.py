@@ -32,7 +32,7 @@ class TileTimer:
                          for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
     def key(self):
-        return {"backend": "fake", "version": "1", "device": "test", "threads": 1, "batch": self.batch}
+        return {"backend": "fake", "version": "1", "device": type(self).__name__, "threads": 1, "batch": self.batch}
 
     def with_shape(self, shape):
         return self
@@ -169,7 +169,7 @@ def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figur
     argv = ["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--model",
             "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--steps", "1", "--finetune-iters", "0",
             "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table),
-            "--latency-iters", "10", "--latency-seconds", "0"]
+            "--latency-iters", "10", "--latency-seconds", "0", "--round-to", "1"]  # no alignment probe: a fake clock
     code = main(argv)
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -332,3 +332,45 @@ def test_a_near_miss_is_timed_again_before_pruning_more(tmp_path, monkeypatch, f
     # the check that ended the loop is the one reported: no third timing that could say otherwise
     assert len(calls) == 2
     assert lat["achieved"] == pytest.approx(1.3)
+
+
+class ConcaveTimer(TileTimer):
+    """ms = 1 + 0.3 x sqrt(all conv output channels): narrowing two groups saves more than the two savings added,
+    so a whole-model table's additive prediction is too pessimistic and a plan by the table alone overshoots."""
+
+    def __call__(self, model):
+        self.calls += 1
+        return 1.0 + 0.3 * math.sqrt(sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)))
+
+
+def test_an_overshooting_step_is_undone_and_planned_again_to_remove_less(tmp_path, monkeypatch):
+    import singe_deploy.prune as P
+
+    monkeypatch.setattr(P, "_timed", lambda *a: None)  # levels by the table alone, which is pessimistic here
+    monkeypatch.setattr(P, "CORRECTIONS", 0)
+    _, dense, uncorrected = _pruned(ConcaveTimer(), 1.3, tmp_path / "a", "model", steps=1, round_to=1)
+    assert dense / uncorrected.latency["measured_ms"] > 1.3 * P.LATENCY_SLACK  # the plan alone overshoots
+    monkeypatch.setattr(P, "CORRECTIONS", 3)
+    _, dense, result = _pruned(ConcaveTimer(), 1.3, tmp_path / "b", "model", steps=1, round_to=1)
+    lat = result.latency
+    assert lat["corrections"] >= 1 and lat["hit"] and lat["within_3pct"]
+    assert dense / lat["measured_ms"] <= 1.3 * P.LATENCY_SLACK  # not faster than asked by more than 3%
+    assert len(result.steps) == 1 and result.steps[0]["correction"]  # the overshooting step replaced, not kept
+
+
+def test_a_replanned_step_that_misses_gives_back_the_model_that_met_the_target(tmp_path, monkeypatch):
+    import singe_deploy.prune as P
+
+    calls = []
+
+    def pair(timer, dense_model, model, table, rounds=1):
+        calls.append(sum(p.numel() for p in model.parameters()))
+        speed = 1.6 if len(calls) == 1 else 1.1  # far faster than asked, then every replanned model misses
+        return table.dense_ms, table.dense_ms / speed
+
+    monkeypatch.setattr(P, "_latency_pair", pair)
+    model, _, result = _pruned(TileTimer(), 1.3, tmp_path, steps=1, round_to=8)
+    lat = result.latency
+    assert lat["hit"] and lat["achieved"] == pytest.approx(1.6)
+    assert sum(p.numel() for p in model.parameters()) == calls[0]  # the model first measured, restored
+    assert len(result.steps) == 1 and not result.steps[0].get("correction")

@@ -270,3 +270,26 @@ def test_a_far_overshoot_tries_a_later_chunk_and_shows_those_trials(monkeypatch)
     assert reached and best == [0, 0, 1] and cost(best) == 8
     closer = bars[-1]
     assert closer.desc == "plan, nearer the target" and closer.total == 3 and closer.n == 3 and not closer.disable
+
+
+@pytest.mark.parametrize("width,expected", [(16, 8), (24, 8), (32, 16), (64, 16), (8, 4)])
+def test_layers_narrower_than_twice_the_alignment_take_a_finer_one(width, expected):
+    from singe_deploy.plan import Planner
+
+    planner = Planner.__new__(Planner)
+    planner.schedule = Schedule(round_to=16)
+    assert planner._quantum(1, 1, width) == expected
+
+
+def test_a_16_channel_stage_is_pruned_at_alignment_16():
+    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.plan import Planner
+
+    model = build_model("builtin:resnet20", 10, 1).eval()
+    shape = (1, 1, 28, 28)
+    _, groups = all_groups(model, torch.zeros(shape), default_ignored(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    scores = [torch.rand(len(g[0].idxs)) for g in groups]
+    planner = Planner(model, groups, scores, {}, Schedule(round_to=16), names)
+    narrow = [i for i, e in enumerate(planner.entries) if e[2] == 16]
+    assert narrow and all(planner.entries[i][5] >= 8 and planner.quanta[i] == 8 for i in narrow)

@@ -19,7 +19,8 @@ def _minimal():
             "dense": dict(cost), "pruned": dict(cost, macs=5), "criterion": {"name": "singe"},
             "exports": [{"format": "onnx", "path": "p.onnx", "parity": {"max_abs_diff": 0.0, "top1_agreement": 1.0,
                                                                         "reference": "pytorch"}}],
-            "latency": [lat, dict(lat, variant="pruned", median_ms=0.5)],
+            "latency": [lat, dict(lat, variant="pruned", median_ms=0.5,
+                                  speedup={"speedup": 2.0, "ci95": [1.9, 2.1], "paired": True, "verdict": "faster"})],
             "environment": {"python": "3", "torch": "2", "platform": "x"},
             "target": {"metric": "macs", "reduction": 2.0, "hit": True}, "convention": "MACs"}
 
@@ -43,7 +44,7 @@ def test_validate_accepts_a_minimal_report_and_rejects_breaks():
 def test_markdown_shows_costs_latency_and_speedup():
     md = markdown(_minimal())
     assert "| MACs | 10 | 5 | 0.500 |" in md
-    assert "2.00x" in md  # pruned 0.5 ms vs dense 1.0 ms
+    assert "2.00x (95%: 1.90-2.10)" in md  # the pruned entry's speedup and its interval
     assert "n/a" in md  # accuracy of a latency-only run
 
 
@@ -70,16 +71,27 @@ def test_report_environment_carries_the_device_block():
     assert env["device"]["threads"] == 3 and env["device"]["cores_logical"] >= 1 and "runtimes" in env["device"]
 
 
-def test_markdown_marks_noisy_latency_beside_the_table():
+def test_a_speedup_whose_interval_holds_one_is_no_measurable_speedup():
     r = _minimal()
-    for x in r["latency"]:
-        x["std_ms"] = 0.01 * x["mean_ms"]
-    assert "Noisy" not in markdown(r)
-    r["latency"][1].update(std_ms=0.2, mean_ms=0.5)  # CV 40%
-    md = markdown(r)
-    rows = [line for line in md.splitlines() if line.startswith("| onnxruntime |")]
-    assert "40.0% noisy" in rows[1] and "noisy" not in rows[0]
-    assert "**Noisy**: 1 of 2 rows vary by more than 2.5%" in md
+    r["latency"][1].update(median_ms=1.02, speedup={"speedup": 0.98, "ci95": [0.95, 1.01], "paired": True,
+                                                     "verdict": "no measurable speedup"})
+    row = [line for line in markdown(r).splitlines() if line.startswith("| onnxruntime |")][1]
+    assert row.endswith("| no measurable speedup (95%: 0.95-1.01x) |")
+    assert "0.98x" not in row
+
+
+def test_the_latency_targets_own_check_is_shown_beside_the_table():
+    r = _minimal()
+    r["target"]["latency"] = {"dense_ms": 2.0, "measured_ms": 1.3, "achieved": 2.0 / 1.3, "reduction": 1.5}
+    assert "dense 2.000 ms, pruned 1.300 ms, 1.54x (target 1.5x)" in markdown(r)
+
+
+def test_the_channel_alignment_and_its_probe_are_in_the_first_paragraph():
+    r = _minimal()
+    r["alignment"] = {"round_to": 16, "source": "probe", "scores": {"1": 1.0, "8": 0.9, "16": 0.8},
+                      "key": {"backend": "onnxruntime", "device": "CPU X"}}
+    first = markdown(r).split("\n\n")[1]
+    assert "multiples of 16 (--round-to auto, measured on onnxruntime, CPU X" in first and "16: 0.800" in first
 
 
 def test_environment_versions_come_from_package_metadata():

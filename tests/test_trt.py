@@ -88,8 +88,13 @@ def test_profile_spans_the_batch_sizes():
 
 
 def test_trt_target_defaults():
+    from singe_deploy.compress import _alignment
+
     cfg = validate(dict(defaults(), target="trt"))
-    assert cfg["batch_sizes"] == [1, 8, 32] and cfg["round_to"] == 8
+    assert cfg["batch_sizes"] == [1, 8, 32] and cfg["round_to"] == "auto"
+    assert _alignment(cfg, None, None, None, log=lambda *a: None)["round_to"] == 8  # TensorRT's rule, no probe
+    int8 = validate(dict(defaults(), target="trt", quantize=["int8"]))
+    assert _alignment(int8, None, None, None, log=lambda *a: None)["round_to"] == 32
     assert validate(dict(defaults()))["batch_sizes"] == [1]
 
 

@@ -210,7 +210,7 @@ def measure_files(args):
         models.append({"path": str(path), "name": name, "variant": variant, "backend": backend,
                        **({"precision": precision} if precision else {}),
                        "input_shape": shape, "runner": runner.info(), **({"metadata": meta} if meta else {})})
-        labels = dict(variant=variant, model=name, file=path.name, **({"precision": precision} if precision else {}),
+        labels = dict(variant=variant, model=name, file=path.name, path=str(path), **({"precision": precision} if precision else {}),
                       **({"quantized": True} if quantized else {}),
                       **({"provider": runner.provider} if backend == "onnxruntime" else {}))
         timed.append((runner, shape, labels))
@@ -227,9 +227,28 @@ def measure_files(args):
             for b in batches:
                 stats = bench.measure(runner, shape, b, min_iters=args.iters, min_seconds=args.seconds)
                 entries.append(dict(stats, **labels))
+    add_speedups(entries)
+    if any(e.get("speedup") and not e["speedup"]["paired"] for e in entries):
+        notes.append("files timed one after the other: a speedup's interval counts the calls' spread, not the "
+                     "machine's drift between files; --interleave times them in turn, for ratios that hold")
     return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
             "device": device.describe(args.device_name, args.threads or bench.default_threads()),
             "models": models, "latency": entries, "notes": notes}
+
+
+def add_speedups(entries):
+    """Each file's speedup over the run's dense file at the same batch size and backend, with its 95% interval
+    (bench.speedup: paired by round when the files were timed interleaved); the calls' times are then dropped."""
+    from .. import bench
+
+    for e in entries:
+        dense = [d for d in entries if d["variant"] == "dense" and d["batch_size"] == e["batch_size"]
+                 and d["backend"] == e["backend"] and d is not e]
+        if e["variant"] != "dense" and len(dense) == 1:
+            e["speedup"] = dict(bench.speedup(dense[0], e), over=dense[0]["path"])
+    for e in entries:
+        e.pop("calls_ms", None)
+        e.pop("paired", None)
 
 
 def write_json(data, path):
@@ -238,12 +257,14 @@ def write_json(data, path):
 
 
 def table(data):
-    rows = ["| model | variant | precision | backend | device | batch | median ms | p90 ms | throughput /s |",
-            "|---|---|---|---|---|---:|---:|---:|---:|"]
+    from ..bench import says
+
+    rows = [("| model | variant | precision | backend | device | batch | median ms | p90 ms | throughput /s | "
+             "speedup over dense |"), "|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for e in data["latency"]:
         rows.append(f"| {e['model']} | {e['variant']} | {e.get('precision', '')} | {e['backend']} | {e['device']} | "
-                    f"{e['batch_size']} | "
-                    f"{e['median_ms']:.3f} | {e['p90_ms']:.3f} | {e['throughput_per_s']:.1f} |")
+                    f"{e['batch_size']} | {e['median_ms']:.3f} | {e['p90_ms']:.3f} | {e['throughput_per_s']:.1f} | "
+                    f"{says(e['speedup']) if e.get('speedup') else ''} |")
     return "\n".join(rows)
 
 

@@ -201,3 +201,17 @@ def test_an_engine_with_a_dynamic_batch_profile_takes_every_batch_size_in_it(tmp
         engine_shape(info, Namespace(batch_sizes="8,64"), path)
     fixed = dict(info, profile={"min_batch": 4, "opt_batch": 4, "max_batch": 4})
     assert engine_shape(fixed, Namespace(batch_sizes="4"), path) == [4, 3, 32, 32]
+
+
+def test_the_study_tools_read_what_bench_and_onnxruntime_write(compressed, tmp_path, capsys):
+    from .conftest import load_tool
+
+    runs = []
+    for k in range(2):
+        runs.append(tmp_path / f"b{k}.json")
+        assert main(["bench", str(compressed), "--interleave", "--out", str(runs[-1])] + FAST) == 0
+    text = load_tool("speedup_table").table(runs)
+    row = next(line for line in text.splitlines() if "pruned.onnx" in line)
+    assert row.startswith(f"| {compressed / 'pruned.onnx'} | ") and "2 runs" in text
+    ops = load_tool("profile_onnx").profile(str(compressed / "pruned.onnx"), 1, 3, 1)
+    assert ops["Conv"][0] > 0 and ops["Conv"][1] >= 2  # ms per call, and the nodes of that type

@@ -212,8 +212,9 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         state = _resume_state(cfg, work) if ctx.main else None
         p.alignment = _alignment(cfg, model, input_shape, state, log) if ctx.main else None
         if p.target.metric != "latency":  # a latency target is checked against its table, once measured
-            check_reachable(model, input_shape, p.target, replace(schedule, round_to=p.alignment["round_to"])
-                            if p.alignment else schedule, _ignored(model, cfg["ignore_layers"]))
+            # other ranks learn the alignment later (broadcast): they check with any count, rank 0 with its own
+            aligned = replace(schedule, round_to=p.alignment["round_to"] if p.alignment else 1)
+            check_reachable(model, input_shape, p.target, aligned, _ignored(model, cfg["ignore_layers"]))
     except UserError as e:
         error = e
     distributed.agree(error)

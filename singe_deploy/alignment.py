@@ -16,7 +16,6 @@ Grouped and depthwise convolutions keep their own rule (plan.Planner._quantum).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,13 +27,13 @@ from . import bench
 from .device import cpu_model
 from .files import write_atomic
 from .latency import CACHE as TABLES
+from .latency import cache_path
 
 CANDIDATES = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 0.01  # an alignment within 1% of the best score counts as good as it
 DEPTH = 3  # convolutions chained in one probe graph
 LAYERS = 3  # the heaviest convolutions of distinct shapes that the probe times
 CACHE = TABLES.parent / "alignment"
-FALLBACK = {"trt": 8}  # targets the probe cannot time here: TensorRT's tensor cores want multiples of 8 (fp16)
 
 
 def probe_shapes(model, input_shape, layers=LAYERS):
@@ -180,11 +179,6 @@ def measure(probe, shapes, min_iters=20, min_seconds=0.05):
     return layers
 
 
-def _timed_shapes(layers):
-    return [[l["shape"]["width"], l["shape"]["kernel"], l["shape"]["stride"], l["shape"]["padding"],
-             *l["shape"]["hw"]] for l in layers]
-
-
 def probe_for(target, batch=1, device="cpu", threads=None, cuda_graph=False):
     """The probe of a deployment target, or None where it cannot time one here (TensorRT)."""
     if target == "onnx":
@@ -195,20 +189,20 @@ def probe_for(target, batch=1, device="cpu", threads=None, cuda_graph=False):
 
 
 def resolve(model, input_shape, target, batch=1, device="cpu", threads=None, cache=None, log=print,
-            cuda_graph=False):
-    """The alignment for `--round-to auto`, and its record for the report: {round_to, source, ...}."""
+            cuda_graph=False, int8=False):
+    """The alignment for `--round-to auto`, and its record for the report: {round_to, source, ...}. TensorRT is
+    not probed (it cannot be installed here): its tensor cores want multiples of 8, or 32 for int8."""
     probe = probe_for(target, batch, device, threads, cuda_graph)
     if probe is None:
-        value = FALLBACK.get(target, 8)
-        log(f"round-to auto: {value} (the {target} rule: the probe times onnxruntime and PyTorch only)")
-        return value, {"round_to": value, "source": "rule", "why": f"{target}: channel multiples of {value}"}
+        value = 32 if int8 else 8
+        log(f"round-to auto: {value} (TensorRT's tensor cores want channel multiples of {value} at this precision)")
+        return value, {"round_to": value, "source": "rule", "why": f"TensorRT: channel multiples of {value}"}
     shapes = probe_shapes(model, input_shape)
     if not shapes:
         log("round-to auto: 1 (no ungrouped convolution of 16+ channels to probe)")
         return 1, {"round_to": 1, "source": "no convolution to probe"}
     key = dict(probe.key(), shapes=[list(s) for s in shapes], candidates=list(CANDIDATES), tolerance=TOLERANCE)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache) if cache else CACHE / f"{digest}.json"
+    path = Path(cache) if cache else cache_path(CACHE, key)
     record = _read(path, key)
     if record is None:
         t = time.time()

@@ -178,6 +178,11 @@ def speedup(base, other, draws=1000, seed=0):
             "verdict": "faster" if low > 1 else "slower" if high < 1 else "no measurable speedup"}
 
 
+def without_calls(stats):
+    """A stats entry as reports and latency files keep it: without the calls' times that speedup() reads."""
+    return {k: v for k, v in stats.items() if k not in ("calls_ms", "paired")}
+
+
 def says(s):
     """'1.85x (95%: 1.80-1.90)', or 'no measurable speedup (0.97-1.04)', for a speedup() entry."""
     low, high = s["ci95"]

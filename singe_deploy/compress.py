@@ -82,12 +82,8 @@ def _alignment(cfg, model, input_shape, state, log):
         return {"round_to": cfg["round_to"], "source": "option"}
     from . import alignment
 
-    if cfg["target"] == "trt":
-        value = 32 if "int8" in (cfg["quantize"] or []) else 8
-        log(f"round-to auto: {value} (TensorRT's tensor cores want channel multiples of {value} at this precision)")
-        return {"round_to": value, "source": "rule", "why": f"TensorRT: channel multiples of {value}"}
     return alignment.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], cfg["device"], cfg["threads"],
-                             log=log, cuda_graph=cfg["cuda_graph"])[1]
+                             log=log, cuda_graph=cfg["cuda_graph"], int8="int8" in (cfg["quantize"] or []))[1]
 
 
 def default_out(cfg):

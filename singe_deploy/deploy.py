@@ -166,7 +166,7 @@ def _time(runners, input_shape, batch, s, out, log):
     timed, how = dict(zip(names, stats)), "interleaved" if stats[0].get("paired") else "one after the other"
     for name, st in timed.items():
         variant, precision = s.variant_of(name)
-        entry = {k: v for k, v in st.items() if k not in ("calls_ms", "paired")}
+        entry = bench.without_calls(st)
         if name != "dense":
             entry["speedup"] = bench.speedup(timed["dense"], st)
         out.latency.append(dict(entry, variant=variant, precision=precision,

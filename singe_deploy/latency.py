@@ -173,6 +173,11 @@ def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18
     raise UserError(f"latency targets time the model on --target onnx, torch or trt, not '{target}'")
 
 
+def cache_path(folder, key):
+    """The cache file of a key (a JSON-able dict) in `folder`: a hash of the key, so that any change measures anew."""
+    return Path(folder) / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+
+
 def architecture(model):
     """A fingerprint of the model's layers and weight shapes (not its weights)."""
     text = repr(model) + repr([(n, tuple(p.shape)) for n, p in model.named_parameters()])
@@ -319,7 +324,7 @@ class LayerTimes:
     @classmethod
     def read(cls, timer):
         key = timer.key()
-        path = CACHE / "layers" / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+        path = cache_path(CACHE / "layers", key)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -417,8 +422,7 @@ def table_key(model, input_shape, timer, unit="layer"):
 def load_or_measure(path, planner, model, example, timer, input_shape, log=print, unit="layer"):
     """The table at `path` when its key matches this model, timer and unit, else a new measurement written there."""
     key = table_key(model, input_shape, timer, unit)
-    path = Path(path) if path else CACHE / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-                                            + ".json")
+    path = Path(path) if path else cache_path(CACHE, key)
     if path.is_file():
         try:
             data = json.loads(path.read_text())

@@ -246,9 +246,7 @@ def add_speedups(entries):
                  and d["backend"] == e["backend"] and d is not e]
         if e["variant"] != "dense" and len(dense) == 1:
             e["speedup"] = dict(bench.speedup(dense[0], e), over=dense[0]["path"])
-    for e in entries:
-        e.pop("calls_ms", None)
-        e.pop("paired", None)
+    entries[:] = [bench.without_calls(e) for e in entries]
 
 
 def write_json(data, path):

@@ -16,7 +16,6 @@ Grouped and depthwise convolutions keep their own rule (plan.Planner._quantum).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,9 +24,8 @@ import torch
 
 from . import bench
 from .device import cpu_model
-from .files import write_atomic
 from .latency import CACHE as TABLES
-from .latency import cache_path
+from .latency import cache_path, read_cached, write_cached
 
 CANDIDATES = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 0.01  # an alignment within 1% of the best score counts as good as it
@@ -203,16 +201,14 @@ def resolve(model, input_shape, target, batch=1, device="cpu", threads=None, cac
         return 1, {"round_to": 1, "source": "no convolution to probe"}
     key = dict(probe.key(), shapes=[list(s) for s in shapes], candidates=list(CANDIDATES), tolerance=TOLERANCE)
     path = Path(cache) if cache else cache_path(CACHE, key)
-    record = _read(path, key)
+    record = read_cached(path, key, "round_to")
     if record is None:
         t = time.time()
         layers = measure(probe, shapes)
         value, scores = choose([score(l["counts"], l["ms"]) for l in layers])
         record = {"round_to": value, "source": "probe", "scores": {str(a): round(v, 4) for a, v in scores.items()},
                   "layers": layers, "seconds": round(time.time() - t, 2), "key": key}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(record, indent=1)
-        write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+        write_cached(path, record)
         how = f"probed in {record['seconds']:.1f} s"
     else:
         how = f"probed before, {path}"
@@ -233,11 +229,3 @@ def resolved(schedule, model, input_shape, timer=None, log=print):
     value, _ = resolve(model, input_shape, target, getattr(timer, "batch", 1), getattr(timer, "device", "cpu"),
                        getattr(timer, "threads", None), log=log)
     return dataclasses.replace(schedule, round_to=value)
-
-
-def _read(path, key):
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("key") == key and "round_to" in data else None

@@ -63,18 +63,33 @@ def _target(cfg):
     return Target(key.split("_")[0], cfg[key])
 
 
-def _timer(cfg, input_shape):
+def _timer(cfg, input_shape, threads=None):
     """What a latency target is timed with (None for a MACs or params target)."""
     if not (cfg["latency_reduction"] or cfg["latency_budget_ms"]):
         return None
     from .latency import timer_for
 
     limits = dict(min_iters=min(cfg["latency_iters"], 30), min_seconds=min(cfg["latency_seconds"], 0.5))
-    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], cfg["threads"], cfg["opset"],
+    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], threads, cfg["opset"],
                      engine=EngineOptions.from_config(cfg), **limits)
 
 
-def _alignment(cfg, model, input_shape, state, log):
+def _threads(cfg, model, input_shape, state, log):
+    """{threads, source, ...}: --threads as given, the resumed run's, or measured on the --target (threads);
+    threads None is the runtime's default. Not measured when nothing in the run is timed."""
+    if state and state.get("threads") and state["threads"]["source"] != "nothing timed":
+        return state["threads"]
+    if cfg["threads"] != "auto":
+        return {"threads": cfg["threads"], "source": "option"}
+    timed = cfg["export"] or cfg["round_to"] == "auto" or cfg["latency_reduction"] or cfg["latency_budget_ms"]
+    if not timed:
+        return {"threads": None, "source": "nothing timed"}
+    from . import threads
+
+    return threads.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], log=log, opset=cfg["opset"])[1]
+
+
+def _alignment(cfg, model, input_shape, state, threads, log):
     """{round_to, source, ...}: --round-to as given, the resumed run's, or measured on the --target (alignment)."""
     if state and state.get("alignment"):
         return state["alignment"]
@@ -82,7 +97,7 @@ def _alignment(cfg, model, input_shape, state, log):
         return {"round_to": cfg["round_to"], "source": "option"}
     from . import alignment
 
-    return alignment.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], cfg["device"], cfg["threads"],
+    return alignment.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], cfg["device"], threads,
                              log=log, cuda_graph=cfg["cuda_graph"], int8="int8" in (cfg["quantize"] or []))[1]
 
 
@@ -104,6 +119,7 @@ class Prepared:
     target: Target
     timer: object = None  # latency timer for latency targets, set once the input shape is final
     alignment: dict | None = None  # the channel alignment (round_to) and how it was chosen
+    threads: dict | None = None  # the latency thread count and how it was chosen
 
 
 def prepare(cfg, log=print):
@@ -206,7 +222,9 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         input_shape = [1] + list(shape)
         p.timer = _timer(cfg, input_shape)  # an unsupported target is bad input, before any work
         state = _resume_state(cfg, work) if ctx.main else None
-        p.alignment = _alignment(cfg, model, input_shape, state, log) if ctx.main else None
+        if ctx.main:
+            p.threads = _threads(cfg, model, input_shape, state, log)
+            p.alignment = _alignment(cfg, model, input_shape, state, p.threads["threads"], log)
         if p.target.metric != "latency":  # a latency target is checked against its table, once measured
             # other ranks learn the alignment later (broadcast): they check with any count, rank 0 with its own
             aligned = replace(schedule, round_to=p.alignment["round_to"] if p.alignment else 1)
@@ -218,7 +236,9 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         distributed.broadcast_model(model)
         state = distributed.broadcast_object(state)
         p.alignment = distributed.broadcast_object(p.alignment)
+        p.threads = distributed.broadcast_object(p.threads)
     schedule = replace(schedule, round_to=p.alignment["round_to"])
+    p.timer = _timer(cfg, input_shape, p.threads["threads"])
     made_parent = False
     if ctx.main:
         work, made_parent = outdir.begin(out, resume=state is not None)
@@ -350,7 +370,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
             extra = dict(extra, train=train)
         save_torch({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
                     "dense_channels": dense_channels, "extra": extra, "model": saved,
-                    "alignment": p.alignment}, work / STATE)
+                    "alignment": p.alignment, "threads": p.threads}, work / STATE)
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
@@ -371,9 +391,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
 
     t = time.time()
     save_pruned(model, work / "pruned.pt", cfg["model"], _classes(model), input_shape[1], input_shape)
-    deployed = deploy(dense_model, model, work / "pruned.pt", data, input_shape, work,
-                      DeploySettings.from_config(cfg), {"dense": dense_costs, "pruned": pruned_costs}, cfg["model"],
-                      log) if cfg["export"] else Deployed()
+    settings = DeploySettings.from_config(cfg, threads=p.threads["threads"])
+    deployed = deploy(dense_model, model, work / "pruned.pt", data, input_shape, work, settings,
+                      {"dense": dense_costs, "pruned": pruned_costs}, cfg["model"], log) if cfg["export"] else Deployed()
     timings["export_and_latency_s"] = round(time.time() - t, 2)
     timings["total_s"] = round(time.time() - t_start, 2)
     live["stage"] = "report"
@@ -437,6 +457,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
                    "window": window, **({"latency": result.latency} if result is not None and result.latency else {})},
         "alignment": p.alignment or {"round_to": schedule.round_to, "source": "option"},
+        "threads": p.threads or {"threads": None, "source": "not resolved"},
         "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
                                                                 calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
@@ -448,7 +469,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "timings": live.get("timings", {}), "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
                         "sync_bn": ctx.sync_bn},
-        "environment": report.environment(cfg["threads"] or bench.default_threads()),
+        "environment": report.environment((p.threads or {}).get("threads") or bench.default_threads()),
     }
     if failed:
         rep["failed"] = failed

@@ -116,7 +116,9 @@ OPTIONS = [
            "file accepted (absolute, 0.01 = 1 point; real data only)"),
     Option("batch_sizes", "ints", None, "latency batch sizes, e.g. 1,8 (default: 1,8,32 for trt, else 1); "
            "the TensorRT profile spans them"),
-    Option("threads", "int", None, "onnxruntime/torch threads for latency (default: physical cores)"),
+    Option("threads", "str", "auto", "threads for latency: auto = for onnxruntime, the count (1, 2, 4, ... up to the "
+           "physical cores) the dense model runs fastest with at the latency batch, measured and cached; torch and "
+           "TensorRT keep their own default; or N"),
     Option("latency_iters", "int", 50, "at least this many timed iterations (latency tables: at most 30 of them)"),
     Option("latency_seconds", "float", 2.0, "and at least this many seconds (latency tables: at most 0.5)"),
     Option("parity_atol", "float", 1e-3, "largest max-abs-diff of logits accepted (fp32)"),
@@ -273,7 +275,8 @@ def _help(o, defaults=None):
 
 METAVARS = {"model": "SPEC", "data": "SPEC", "checkpoint": "FILE", "data_dir": "DIR", "out": "DIR",
             "input_shape": "1,C,H,W", "ignore_layers": "NAME[,NAME]", "trt_timing_cache": "FILE",
-            "singe_batch_steps": "N|auto", "round_to": "N|auto"}
+            "singe_batch_steps": "N|auto", "round_to": "N|auto",
+            "threads": "N|auto"}
 
 
 def _metavar(o):
@@ -333,6 +336,7 @@ def validate(cfg):
     if cfg["weight_decay"] < 0 or cfg["distill_t"] <= 0:
         raise UserError("--weight-decay must be >= 0 and --distill-t > 0")
     cfg["round_to"] = round_to(cfg["round_to"])
+    cfg["threads"] = threads(cfg["threads"])
     if not 0 < cfg["max_layer_ratio"] < 1:
         raise UserError(f"--max-layer-ratio must be between 0 and 1, got {cfg['max_layer_ratio']}")
     if cfg["input_shape"] is not None and len(cfg["input_shape"]) != 4:
@@ -370,6 +374,16 @@ def round_to(value):
         return "auto"
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"--round-to must be 'auto' or a positive integer, got {value!r}")
+    return int(text)
+
+
+def threads(value):
+    """--threads' value: 'auto' or a positive integer (none: auto)."""
+    text = "auto" if value is None else str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"--threads must be 'auto' or a positive integer, got {value!r}")
     return int(text)
 
 

@@ -43,10 +43,13 @@ class DeploySettings:
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, **overrides):
+        """The settings of a run's options; threads 'auto' is the runtime's default unless overridden (compress
+        passes the count it measured, threads.resolve)."""
         kw = {f.name: cfg[f.name] for f in fields(cls) if f.name != "engine"}
-        kw.update(batch_sizes=tuple(cfg["batch_sizes"]), quantize=tuple(cfg["quantize"] or ()))
-        return cls(**kw, engine=EngineOptions.from_config(cfg))
+        kw.update(batch_sizes=tuple(cfg["batch_sizes"]), quantize=tuple(cfg["quantize"] or ()),
+                  threads=cfg["threads"] if isinstance(cfg["threads"], int) else None)
+        return cls(**dict(kw, **overrides), engine=EngineOptions.from_config(cfg))
 
     @property
     def on_cpu(self):
@@ -174,7 +177,8 @@ def _time(runners, input_shape, batch, s, out, log):
     first = out.latency[-len(names)]
     others = ", ".join(f"{x['variant']}{'.' + x['precision'] if x.get('quantized') else ''} {x['median_ms']:.3f} ms, "
                        f"{bench.says(x['speedup'])}" for x in out.latency[-len(names):] if "speedup" in x)
-    log(f"latency ({first['backend']}, {first['device']}, batch {batch}, {how}): dense {first['median_ms']:.3f} ms, "
+    threads = f", {first['threads']} thread{'s' * (first['threads'] > 1)}" if first.get("threads") else ""
+    log(f"latency ({first['backend']}, {first['device']}, batch {batch}{threads}, {how}): dense {first['median_ms']:.3f} ms, "
         f"{others}")
 
 

@@ -78,7 +78,7 @@ class OnnxTimer(_FileTimer):
         """Exported once; every call opens a new onnxruntime session of that graph."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
-            _export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
+            export_fast(model.eval(), [self.batch] + self.shape[1:], path, self.opset)
             graph = path.read_bytes()
         # see bench.measure_interleaved for why sessions do not spin
         return lambda: _opened(graph, "m.onnx", lambda path: bench.OnnxRuntime(path, self.threads, spinning=False))
@@ -124,7 +124,7 @@ class TrtTimer(_FileTimer):
             engine = Path(tmp) / "m.engine"
             trt.engine_from(model.eval(), Path(tmp) / "m.onnx", engine, shape, self.options,
                             trt.Profile(self.batch, self.batch, self.batch), self.opset, log=lambda *_: None,
-                            export=lambda m, s, path: _export_fast(m, s, path, self.opset))
+                            export=lambda m, s, path: export_fast(m, s, path, self.opset))
             blob = engine.read_bytes()
         return lambda: _opened(blob, "m.engine", lambda path: trt.TensorRT(path, self.options.cuda_graph))
 
@@ -145,7 +145,8 @@ def _opened(blob, name, open_runner):
         return open_runner(path)
 
 
-def _export_fast(model, shape, path, opset):
+def export_fast(model, shape, path, opset):
+    """`model` at input `shape` written to `path` as ONNX, with the TorchScript exporter where it can (fast)."""
     import contextlib
     import io
     import warnings
@@ -176,6 +177,22 @@ def timer_for(target, input_shape, batch=1, device="cpu", threads=None, opset=18
 def cache_path(folder, key):
     """The cache file of a key (a JSON-able dict) in `folder`: a hash of the key, so that any change measures anew."""
     return Path(folder) / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+
+
+def read_cached(path, key, field):
+    """The record cached at `path` when it was written for `key` and holds `field`, else None."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key and field in data else None
+
+
+def write_cached(path, record):
+    """`record` written to `path` atomically, its folder made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=1)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def architecture(model):
@@ -434,7 +451,5 @@ def load_or_measure(path, planner, model, example, timer, input_shape, log=print
         log(f"latency table: {path} was measured for another model, shape, backend or device; measuring again")
     table = (LatencyTable.measure_layers if unit == "layer" else LatencyTable.measure)(planner, model, example, timer,
                                                                                        key, log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(table.to_json(), indent=1)
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    write_cached(path, table.to_json())
     return table, path

@@ -91,6 +91,18 @@ def _alignment(a):
     return text + (f" ({a['why']})." if a.get("why") else f" ({a.get('source', 'option')}).")
 
 
+def _threads(t):
+    """' Latency timed with 1 thread (--threads auto: ...).' for the report's first paragraph."""
+    if not t or not t.get("threads"):
+        return ""
+    n = t["threads"]
+    text = f" Latency timed with {n} thread{'s' * (n > 1)}"
+    if t.get("ms"):
+        times = ", ".join(f"{c}: {ms:.3f} ms" for c, ms in zip(t["counts"], t["ms"]))
+        return text + f" (--threads auto, the dense model at each count, {times})."
+    return text + f" ({t.get('source', 'option')})."
+
+
 def markdown(r):
     """A person's view of a compress report."""
     d, p = r["dense"], r["pruned"]
@@ -99,7 +111,8 @@ def markdown(r):
              f"target {r['target']['metric']} / {r['target']['reduction']:g}, "
              f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}"
              + (f" ({r['model']['input_shape_from']})" if r["model"].get("input_shape_from") else "") + ", data "
-             f"{r.get('data', {}).get('spec', 'n/a')}." + _alignment(r.get("alignment")), "",
+             f"{r.get('data', {}).get('spec', 'n/a')}." + _alignment(r.get("alignment"))
+             + _threads(r.get("threads")), "",
              "## Costs", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|",
              f"| MACs | {d['macs']:,} | {p['macs']:,} | {_pct(p['macs'], d['macs'])} |",
              f"| params | {d['params']:,} | {p['params']:,} | {_pct(p['params'], d['params'])} |",

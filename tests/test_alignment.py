@@ -97,8 +97,8 @@ def test_a_resumed_run_keeps_the_alignment_it_started_with(monkeypatch):
 
     monkeypatch.setattr(alignment, "resolve", lambda *a, **k: pytest.fail("a resumed run is not probed again"))
     kept = {"round_to": 16, "source": "probe"}
-    assert _alignment(validate(defaults()), TinyNet(), [1, 1, 16, 16], {"alignment": kept}, print) == kept
-    assert _alignment(validate(dict(defaults(), round_to=4)), None, None, None, print) == \
+    assert _alignment(validate(defaults()), TinyNet(), [1, 1, 16, 16], {"alignment": kept}, None, print) == kept
+    assert _alignment(validate(dict(defaults(), round_to=4)), None, None, None, None, print) == \
         {"round_to": 4, "source": "option"}
 
 

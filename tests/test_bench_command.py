@@ -214,4 +214,5 @@ def test_the_study_tools_read_what_bench_and_onnxruntime_write(compressed, tmp_p
     row = next(line for line in text.splitlines() if "pruned.onnx" in line)
     assert row.startswith(f"| {compressed / 'pruned.onnx'} | ") and "2 runs" in text
     ops = load_tool("profile_onnx").profile(str(compressed / "pruned.onnx"), 1, 3, 1)
-    assert ops["Conv"][0] > 0 and ops["Conv"][1] >= 2  # ms per call, and the nodes of that type
+    convs = [v for k, v in ops.items() if k.startswith("Conv ")]  # split by kind (3x3, 1x1, depthwise, ...)
+    assert sum(ms for ms, _ in convs) > 0 and sum(n for _, n in convs) >= 2  # ms per call, and the nodes of each

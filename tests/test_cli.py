@@ -153,6 +153,9 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     assert timed["paired"] and timed["ci95"][0] <= timed["speedup"] <= timed["ci95"][1]  # dense and pruned interleaved
     assert next(r for r in report["deployables"] if r["name"] == "pruned")["speedup"]["1"] == timed
     assert report["alignment"]["round_to"] == report["schedule"]["round_to"]
+    threads = report["threads"]["threads"]  # --threads auto: measured, and what every timing used
+    assert report["threads"]["source"].startswith("measured") and threads in report["threads"]["counts"]
+    assert {x["threads"] for x in report["latency"]} == {threads}
     for f in ("report.md", "config.yaml", "dense.onnx", "pruned.onnx", "pruned.pt"):
         assert (out / f).is_file(), f
     assert "## Channels per layer" in (out / "report.md").read_text()

@@ -169,7 +169,8 @@ def test_compress_with_a_latency_target_times_onnxruntime_and_reports_both_figur
     argv = ["compress", "--out", str(out), "--data", "synthetic", "--criterion", "l1", "--model",
             "tests/conftest.py:wide_factory", "--input-shape", "1,1,24,24", "--steps", "1", "--finetune-iters", "0",
             "--epochs", "0", "--no-export", "--latency-reduction", "1.2", "--latency-table", str(table),
-            "--latency-iters", "10", "--latency-seconds", "0", "--round-to", "1"]  # no alignment probe: a fake clock
+            "--latency-iters", "10", "--latency-seconds", "0", "--round-to", "1", "--threads", "2"]  # nothing
+    # probed (alignment, threads): the clock is fake
     code = main(argv)
     assert code == 0
     report = json.loads((out / "report.json").read_text())

@@ -94,6 +94,14 @@ def test_the_channel_alignment_and_its_probe_are_in_the_first_paragraph():
     assert "multiples of 16 (--round-to auto, measured on onnxruntime, CPU X" in first and "16: 0.800" in first
 
 
+def test_the_measured_thread_count_is_in_the_first_paragraph():
+    r = _minimal()
+    r["threads"] = {"threads": 1, "source": "measured", "counts": [1, 2], "ms": [0.5, 0.6]}
+    first = markdown(r).split("\n\n")[1]
+    assert "Latency timed with 1 thread (--threads auto, the dense model at each count, 1: 0.500 ms, 2: 0.600 ms)" \
+        in first
+
+
 def test_environment_versions_come_from_package_metadata():
     from importlib import metadata
 

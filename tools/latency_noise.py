@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from singe_deploy import bench
-from singe_deploy.latency import OnnxTimer, _export_fast
+from singe_deploy.latency import OnnxTimer, export_fast
 from singe_deploy.models import build_model
 
 
@@ -34,7 +34,7 @@ def main():
     print("|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        _export_fast(model, shape, path, timer.opset)
+        export_fast(model, shape, path, timer.opset)
         for spinning in (True, False):
             a, b = (bench.OnnxRuntime(path, timer.threads, spinning=spinning) for _ in range(2))
             alone = bench.measure(a, shape, 1, min_iters=50, min_seconds=1)["median_ms"]

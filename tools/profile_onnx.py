@@ -3,7 +3,8 @@
     python tools/profile_onnx.py OUT/dense.onnx OUT/pruned.onnx [--batch 1] [--iters 200] [--threads 2]
 
 Runs each file with onnxruntime's profiler (after a warm-up), sums the kernel time of each node per operator type
-and prints a table: ms per call of each type in each file (and how many nodes of it), dense / pruned, and the
+(convolutions split by kind: depthwise, grouped, or their kernel size, from the graph onnxruntime optimized) and
+prints a table: ms per call of each type in each file (and how many nodes of it), dense / pruned, and the
 share of the total. Profiling adds its own cost per node, so the totals run above `bench`'s times.
 The files are run one after the other, so compare shares and ratios, not absolute times across runs.
 """
@@ -27,8 +28,12 @@ def profile(path, batch, iters, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "p")
+    opts.log_severity_level = 3  # not the warning that an optimized graph holds this CPU's layouts: it is only read
+    tmp = tempfile.mkdtemp()
+    opts.profile_file_prefix = os.path.join(tmp, "p")
+    opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")  # the graph the profiler names nodes of
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    kinds = conv_kinds(opts.optimized_model_filepath)
     inp = session.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([batch] + [d for d in inp.shape[1:]]).astype(np.float32)
     for _ in range(WARMUP + iters):
@@ -40,10 +45,34 @@ def profile(path, batch, iters, threads):
     by_type, nodes = defaultdict(float), defaultdict(set)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            by_type[e["args"].get("op_name", "?")] += e["dur"] / 1000 / iters
-            nodes[e["args"].get("op_name", "?")].add(e["name"])
+            node = e["name"].removesuffix("_kernel_time")
+            op = e["args"].get("op_name", "?") + (f" {kinds[node]}" if node in kinds else "")
+            by_type[op] += e["dur"] / 1000 / iters
+            nodes[op].add(e["name"])
     by_type = {k: (v, len(nodes[k])) for k, v in by_type.items()}
     return by_type
+
+
+def conv_kinds(path):
+    """{node name: 'depthwise' | 'grouped' | '1x1' | 'KxK'} for the convolutions of an (optimized) ONNX graph."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(path, load_external_data=False).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    kinds = {}
+    for n in graph.node:
+        if "Conv" not in n.op_type:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        group = attrs.get("group", 1)
+        w = dims.get(n.input[1], []) if len(n.input) > 1 else []
+        kernel = list(attrs.get("kernel_shape", w[2:]))
+        if group > 1:
+            kinds[n.name] = "depthwise" if w and w[1] == 1 else "grouped"
+        elif kernel:
+            kinds[n.name] = "x".join(map(str, kernel))
+    return kinds
 
 
 def main():

@@ -34,7 +34,8 @@ def add_arguments(ap):
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch backend device (default: cpu)")
     ap.add_argument("--cuda-graph", action="store_true", help="tensorrt or torch on cuda: time CUDA-graph replay")
     ap.add_argument("--batch-sizes", default="1", metavar="N[,N]", help="batch sizes (default: 1)")
-    ap.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: physical cores)")
+    ap.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the count a compress "
+                    "folder's report.json names, when written on this CPU; else physical cores)")
     ap.add_argument("--input-shape", metavar="1,C,H,W", help="needed only when the model's H/W are not fixed")
     ap.add_argument("--variant", choices=VARIANTS, help="dense or pruned (default: from the file's metadata "
                     "or name; a file that says neither counts as dense)")
@@ -196,6 +197,9 @@ def measure_files(args):
     if args.seconds < 0:
         raise UserError(f"--seconds must be >= 0, got {args.seconds:g}")
     entries, models, notes, timed = [], [], [], []
+    if args.threads is None:
+        args.threads, why = threads_from_reports(args.artifacts)
+        notes += [why] if why else []
     for path in expand(args.artifacts, args.backend):
         backend = _backend_for(path, args.backend)
         runner, declared, meta = runner_for(path, backend, args)
@@ -234,6 +238,23 @@ def measure_files(args):
     return {"schema_version": 1, "kind": "latency", "tool": {"name": "singe-deploy", "version": __version__},
             "device": device.describe(args.device_name, args.threads or bench.default_threads()),
             "models": models, "latency": entries, "notes": notes}
+
+
+def threads_from_reports(artifacts):
+    """(threads, note): the count compress measured for its folder's model on this CPU (report.json's threads
+    block, --threads auto), so that bench times what the report timed; (None, None) when no folder says one."""
+    from ..device import cpu_model
+
+    for a in artifacts:
+        try:
+            rep = json.loads((Path(a) / "report.json").read_text())
+            n, cpu = rep["threads"]["threads"], rep["environment"]["device"]["cpu"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(n, int) and cpu == cpu_model():
+            return n, (f"{n} thread{'s' * (n > 1)}, as compress measured for this model on this CPU ({a}/report.json);"
+                       " --threads N to change")
+    return None, None
 
 
 def add_speedups(entries):

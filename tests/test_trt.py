@@ -92,9 +92,9 @@ def test_trt_target_defaults():
 
     cfg = validate(dict(defaults(), target="trt"))
     assert cfg["batch_sizes"] == [1, 8, 32] and cfg["round_to"] == "auto"
-    assert _alignment(cfg, None, None, None, log=lambda *a: None)["round_to"] == 8  # TensorRT's rule, no probe
+    assert _alignment(cfg, None, None, None, None, log=lambda *a: None)["round_to"] == 8  # TensorRT's rule, no probe
     int8 = validate(dict(defaults(), target="trt", quantize=["int8"]))
-    assert _alignment(int8, None, None, None, log=lambda *a: None)["round_to"] == 32
+    assert _alignment(int8, None, None, None, None, log=lambda *a: None)["round_to"] == 32
     assert validate(dict(defaults()))["batch_sizes"] == [1]
 
 

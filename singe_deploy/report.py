@@ -74,8 +74,27 @@ def _target_timing(t):
     """The latency target's own check (timed interleaved at the end of pruning), when there was one."""
     if not t or "dense_ms" not in t:
         return []
-    return [f"The latency target was checked during pruning on the latency table's timer: dense {t['dense_ms']:.3f} "
-            f"ms, pruned {t['measured_ms']:.3f} ms, {t['achieved']:.2f}x (target {t['reduction']:g}x)."]
+    line = (f"The latency target was checked during pruning on the latency table's timer: dense {t['dense_ms']:.3f} "
+            f"ms, pruned {t['measured_ms']:.3f} ms, {t['achieved']:.2f}x (target {t['reduction']:g}x).")
+    if t.get("budget_ms"):
+        line += (f" The {t['budget_ms']:g} ms budget is held as that ratio to the dense model's {t['table_dense_ms']:.3f}"
+                 f" ms when the table was timed, so that the machine's drift moves both alike: at this check the "
+                 f"machine ran the dense model {_drift(t['dense_ms'] / t['table_dense_ms'])}, which makes the budget "
+                 f"{t['budget_ms_at_check']:.3f} ms; in milliseconds the pruned model is "
+                 f"{_drift(t['measured_ms'] / t['budget_ms'])} than {t['budget_ms']:g} ms.")
+    return [line]
+
+
+def _target(t):
+    """'macs / 2' or 'latency <= 25 ms (1.55x of dense)'."""
+    if t.get("budget_ms"):
+        return f"{t['metric']} <= {t['budget_ms']:g} ms" + (f" ({t['reduction']:.3g}x of dense)" if t["reduction"] else "")
+    return f"{t['metric']} / {t['reduction']:g}"
+
+
+def _drift(ratio):
+    """'4.2% slower' / '1.0% faster' for a ratio of times."""
+    return f"{abs(ratio - 1) * 100:.1f}% {'slower' if ratio >= 1 else 'faster'}"
 
 
 def _alignment(a):
@@ -108,7 +127,7 @@ def markdown(r):
     d, p = r["dense"], r["pruned"]
     lines = [f"# singe-deploy report: {r['model']['spec']}", "",
              f"Criterion **{r['criterion']['name']}** ({_opts(r['criterion'].get('options', {}))}), "
-             f"target {r['target']['metric']} / {r['target']['reduction']:g}, "
+             f"target {_target(r['target'])}, "
              f"{'met' if r['target']['hit'] else 'MISSED'}; input {tuple(r['model']['input_shape'])}"
              + (f" ({r['model']['input_shape_from']})" if r["model"].get("input_shape_from") else "") + ", data "
              f"{r.get('data', {}).get('spec', 'n/a')}." + _alignment(r.get("alignment"))

@@ -128,6 +128,20 @@ def test_prune_meets_a_latency_target_measured_by_the_timer(tmp_path):
     assert result.steps[0]["latency_table"] == str(tmp_path / "t.json")
 
 
+def test_a_budget_is_met_as_a_ratio_and_reported_in_milliseconds(tmp_path):
+    timer = TileTimer()
+    torch.manual_seed(0)
+    model = TinyNet()
+    dense = timer(model)
+    result = prune(model, SHAPE, make_criterion("l2"), {"latency_budget_ms": dense / 1.3},
+                   Schedule(finetune_iters=0, epochs=0, steps=2, round_to=8), None, timer=timer,
+                   latency_table=tmp_path / "t.json", log=lambda *a: None)
+    lat = result.latency
+    assert lat["hit"] and lat["reduction"] == pytest.approx(1.3) and lat["budget_ms"] == pytest.approx(dense / 1.3)
+    assert lat["measured_ms"] <= lat["budget_ms"] * 1.03  # this timer does not drift: the ratio is the budget
+    assert lat["budget_ms_at_check"] == pytest.approx(lat["budget_ms"] * lat["dense_ms"] / lat["table_dense_ms"])
+
+
 def test_budgets_that_cannot_be_met_are_bad_input(tmp_path):
     torch.manual_seed(0)
     model, timer = TinyNet(), TileTimer()

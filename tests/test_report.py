@@ -94,6 +94,17 @@ def test_the_channel_alignment_and_its_probe_are_in_the_first_paragraph():
     assert "multiples of 16 (--round-to auto, measured on onnxruntime, CPU X" in first and "16: 0.800" in first
 
 
+def test_a_budget_is_named_in_ms_with_the_drift_between_the_table_and_the_check():
+    r = _minimal()
+    r["target"] = {"metric": "latency", "reduction": 1.6, "budget_ms": 25.0, "achieved": 1.62, "hit": True,
+                   "latency": {"dense_ms": 42.0, "measured_ms": 26.0, "achieved": 42 / 26, "reduction": 1.6,
+                               "table_dense_ms": 40.0, "budget_ms": 25.0, "budget_ms_at_check": 26.25}}
+    text = markdown(r)
+    assert "target latency <= 25 ms (1.6x of dense), met" in text.split("\n\n")[1]
+    assert "ran the dense model 5.0% slower, which makes the budget 26.250 ms" in text
+    assert "the pruned model is 4.0% slower than 25 ms" in text
+
+
 def test_the_measured_thread_count_is_in_the_first_paragraph():
     r = _minimal()
     r["threads"] = {"threads": 1, "source": "measured", "counts": [1, 2], "ms": [0.5, 0.6]}

@@ -89,6 +89,16 @@ def _threads(cfg, model, input_shape, state, log):
     return threads.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], log=log, opset=cfg["opset"])[1]
 
 
+def _precision(schedule, model, input_shape, data, state, log):
+    """Fine-tuning's precision and memory format when --amp / --channels-last auto is measured on this CPU: the
+    resumed run's record, or precision.resolved's; None where train.precision decides (a GPU, no fine-tuning)."""
+    if state and "precision" in state:
+        return state["precision"]
+    from . import precision
+
+    return precision.resolved(schedule, model, input_shape, data, log)[1]
+
+
 def _alignment(cfg, model, input_shape, state, threads, log):
     """{round_to, source, ...}: --round-to as given, the resumed run's, or measured on the --target (alignment)."""
     if state and state.get("alignment"):
@@ -120,6 +130,7 @@ class Prepared:
     timer: object = None  # latency timer for latency targets, set once the input shape is final
     alignment: dict | None = None  # the channel alignment (round_to) and how it was chosen
     threads: dict | None = None  # the latency thread count and how it was chosen
+    precision: dict | None = None  # fine-tuning's precision and memory format, when measured on this CPU
 
 
 def prepare(cfg, log=print):
@@ -239,6 +250,12 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         p.threads = distributed.broadcast_object(p.threads)
     schedule = replace(schedule, round_to=p.alignment["round_to"])
     p.timer = _timer(cfg, input_shape, p.threads["threads"])
+    if ctx.main:
+        p.precision = _precision(schedule, model, input_shape, data, state, log)
+    if ctx.active:
+        p.precision = distributed.broadcast_object(p.precision)
+    if p.precision:
+        schedule = replace(schedule, amp=p.precision["amp"], channels_last=p.precision["channels_last"])
     made_parent = False
     if ctx.main:
         work, made_parent = outdir.begin(out, resume=state is not None)
@@ -370,7 +387,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
             extra = dict(extra, train=train)
         save_torch({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
                     "dense_channels": dense_channels, "extra": extra, "model": saved,
-                    "alignment": p.alignment, "threads": p.threads}, work / STATE)
+                    "alignment": p.alignment, "threads": p.threads, "precision": p.precision}, work / STATE)
 
     t = time.time()
     finetuned = state is not None and state.get("phase") == "finetuned"
@@ -464,7 +481,8 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
                                                                 calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
-                     **schedule.__dict__, "training": _training(schedule, ctx.device)},
+                     **schedule.__dict__, "training": dict(_training(schedule, ctx.device),
+                                                           **({"auto": p.precision} if p.precision else {}))},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": deployed.exports, "latency": deployed.latency, "deployables": deployed.deployables,

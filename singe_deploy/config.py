@@ -77,9 +77,11 @@ OPTIONS = [
     Option("distill_t", "float", 4.0, "distillation temperature T"),
     Option("distill_alpha", "float", 0.5, "distillation weight: alpha x T^2 x KL + (1 - alpha) x cross-entropy"),
     Option("amp", "str", "auto", "fine-tuning mixed precision: auto = bf16 autocast on CUDA (fp16 where the GPU "
-           "lacks bf16), fp32 on a CPU; fp16 (CUDA only) trains with a gradient scaler",
+           "lacks bf16); on a CPU, bf16 or fp32, whichever trains faster in a short measurement (bf16 tried only "
+           "with avx512_bf16 or amx_bf16); fp16 (CUDA only) trains with a gradient scaler",
            ("auto", "off", "bf16", "fp16")),
-    Option("channels_last", "str", "auto", "fine-tuning memory format: auto = channels-last on CUDA, not on a CPU",
+    Option("channels_last", "str", "auto", "fine-tuning memory format: auto = channels-last on CUDA; on a CPU, "
+           "whichever trains faster in the same measurement as --amp auto",
            ("auto", "on", "off")),
     Option("ranking", "str", "global", "how channels are allocated to layers: global = across groups, scores "
            "divided by the group mean; raw = across groups, scores as they are; cost = across groups, score per "

@@ -28,6 +28,14 @@ def _cpuinfo():
         return []
 
 
+def cpu_flags():
+    """The CPU's feature flags (/proc/cpuinfo), e.g. {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}; empty if unknown."""
+    for line in _cpuinfo():
+        if line.split(":")[0].strip().lower() in ("flags", "features") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_model():
     for line in _cpuinfo():
         key = line.split(":")[0].strip().lower()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from . import alignment
+from . import alignment, precision
 from .data import first_samples
 from .errors import UserError
 from .flops import count
@@ -159,6 +159,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     """
     target, schedule = as_target(target), as_schedule(schedule)
     schedule = alignment.resolved(schedule, model, input_shape, timer, log)
+    schedule, _ = precision.resolved(schedule, model, input_shape, data, log)
     if schedule.distill and teacher is None:
         teacher = copy.deepcopy(model).eval()
     recipe = Recipe(schedule.weight_decay, schedule.momentum, schedule.label_smoothing,

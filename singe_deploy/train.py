@@ -68,8 +68,8 @@ AMP = ("auto", "off", "bf16", "fp16")
 
 def precision(amp, channels_last, device):
     """(autocast dtype or None for fp32, channels-last?) for fine-tuning on `device`. auto: bf16 autocast (fp16 with a
-    gradient scaler where the GPU lacks bf16) and channels-last on CUDA; fp32 and contiguous on a CPU, where both
-    were measured slower (docs/training.md)."""
+    gradient scaler where the GPU lacks bf16) and channels-last on CUDA; on a CPU, compress and prune() measure
+    which trains faster first (precision.resolved), and an 'auto' left here is fp32 and contiguous."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if amp not in AMP or channels_last not in ("auto", "on", "off"):

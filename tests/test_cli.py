@@ -143,7 +143,11 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     d, p = report["dense"], report["pruned"]
     assert d["macs"] / 2 * 0.9 <= p["macs"] <= d["macs"] / 2 * 1.03 and report["target"]["hit"]
     assert 0 <= p["accuracy"] <= 1 and len(report["steps"]) == 2
-    assert report["schedule"]["training"] == {"device": "cpu", "precision": "fp32", "channels_last": False}
+    training = report["schedule"]["training"]  # --amp/--channels-last auto: measured on this CPU, then used
+    auto = training["auto"]
+    assert auto["source"].startswith(("measured", "the only setting")) and training["device"] == "cpu"
+    assert training["precision"] == {"off": "fp32", "bf16": "bf16"}[auto["amp"]]
+    assert training["channels_last"] == (auto["channels_last"] == "on")
     assert {e["format"] for e in report["exports"]} == {"onnx", "torch"}
     assert all(e["parity"]["max_abs_diff"] < 1e-3 for e in report["exports"])
     graph = {e["variant"]: e["graph_count"] for e in report["exports"] if e["format"] == "onnx"}

@@ -16,7 +16,6 @@ Grouped and depthwise convolutions keep their own rule (plan.Planner._quantum).
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 from . import bench
 from .device import cpu_model
 from .latency import CACHE as TABLES
-from .latency import cache_path, read_cached, write_cached
+from .latency import cache_path, measured_once
 
 CANDIDATES = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 0.01  # an alignment within 1% of the best score counts as good as it
@@ -201,18 +200,14 @@ def resolve(model, input_shape, target, batch=1, device="cpu", threads=None, cac
         return 1, {"round_to": 1, "source": "no convolution to probe"}
     key = dict(probe.key(), shapes=[list(s) for s in shapes], candidates=list(CANDIDATES), tolerance=TOLERANCE)
     path = Path(cache) if cache else cache_path(CACHE, key)
-    record = read_cached(path, key, "round_to")
-    if record is None:
-        t = time.time()
+
+    def probed():
         layers = measure(probe, shapes)
         value, scores = choose([score(l["counts"], l["ms"]) for l in layers])
-        record = {"round_to": value, "source": "probe", "scores": {str(a): round(v, 4) for a, v in scores.items()},
-                  "layers": layers, "seconds": round(time.time() - t, 2), "key": key}
-        write_cached(path, record)
-        how = f"probed in {record['seconds']:.1f} s"
-    else:
-        how = f"probed before, {path}"
-        record = dict(record, source="probe (cached)")
+        return {"round_to": value, "source": "probe", "scores": {str(a): round(v, 4) for a, v in scores.items()},
+                "layers": layers}
+
+    record, how = measured_once(path, key, "round_to", probed)
     scores = ", ".join(f"{a}: {v:.3f}" for a, v in record["scores"].items())
     log(f"round-to auto: {record['round_to']} on {key['backend']} {key['device']} ({how}; time at multiples of "
         f"each alignment / fitted line: {scores})")

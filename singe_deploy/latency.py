@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -193,6 +194,19 @@ def write_cached(path, record):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=1)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def measured_once(path, key, field, measure):
+    """(record, how): the record cached at `path` for `key`, its source marked '(cached)'; else measure() (a dict
+    holding `field` and 'source'), with the key and the seconds it took, written there. How says which, for the log."""
+    record = read_cached(path, key, field)
+    if record is not None:
+        return dict(record, source=f"{record['source']} (cached)"), f"measured before, {path}"
+    t = time.time()
+    record = dict(measure(), key=key)
+    record["seconds"] = round(time.time() - t, 2)
+    write_cached(path, record)
+    return record, f"measured in {record['seconds']:.1f} s"
 
 
 def architecture(model):

@@ -19,7 +19,7 @@ import torch
 
 from .device import cpu_flags, cpu_model
 from .latency import CACHE as TABLES
-from .latency import architecture, cache_path, read_cached, write_cached
+from .latency import architecture, cache_path, measured_once
 
 SETTINGS = {"fp32": ("off", "off"), "fp32+cl": ("off", "on"), "bf16": ("bf16", "off"), "bf16+cl": ("bf16", "on")}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -79,37 +79,36 @@ def resolve(amp, channels_last, model, input_shape, batch, distill, num_classes,
            "threads": torch.get_num_threads(), "architecture": architecture(model), "input_shape": list(input_shape),
            "batch": batch, "distill": bool(distill), "settings": settings, "margin": MARGIN}
     path = Path(cache) if cache else cache_path(CACHE, key)
-    record = read_cached(path, key, "setting")
-    if record is None:
-        t = time.time()
-        try:
-            rates = measure(model, input_shape, batch, settings, distill, num_classes)
-        except Exception as e:  # noqa: BLE001 - a model this probe cannot train: fine-tune in fp32, as before
-            log(f"fine-tuning precision auto: fp32 (the probe failed: {str(e).splitlines()[0][:200]})")
-            return "off", "off", {"amp": "off", "channels_last": "off", "source": f"probe failed: {e}"[:300]}
+
+    def measured():
+        rates = measure(model, input_shape, batch, settings, distill, num_classes)
         best = choose(rates)
-        record = {"setting": best, "amp": SETTINGS[best][0], "channels_last": SETTINGS[best][1], "source": "measured",
-                  "images_per_s": rates, "seconds": round(time.time() - t, 1), "key": key}
-        write_cached(path, record)
-        how = f"measured in {record['seconds']:.0f} s"
-    else:
-        how = f"measured before, {path}"
-        record = dict(record, source="measured (cached)")
+        return {"setting": best, "amp": SETTINGS[best][0], "channels_last": SETTINGS[best][1], "source": "measured",
+                "images_per_s": rates}
+
+    try:
+        record, how = measured_once(path, key, "setting", measured)
+    except Exception as e:  # noqa: BLE001 - a model this probe cannot train: fine-tune in fp32, as before
+        log(f"fine-tuning precision auto: fp32 (the probe failed: {str(e).splitlines()[0][:200]})")
+        return "off", "off", {"amp": "off", "channels_last": "off", "source": f"probe failed: {e}"[:300]}
     rates = ", ".join(f"{n} {r:.0f}" for n, r in record["images_per_s"].items())
     log(f"fine-tuning precision auto: {record['setting']} on {key['device']} ({how}; images/s: {rates})")
     return record["amp"], record["channels_last"], dict(record, cache=str(path))
 
 
 def resolved(schedule, model, input_shape, data, log=print):
-    """(schedule, record): `schedule` (prune.Schedule) with amp / channels_last 'auto' measured when it fine-tunes on
-    a CPU, and resolve()'s record; on a GPU or without fine-tuning, (schedule, None): train.precision decides."""
+    """(schedule, record): `schedule` (prune.Schedule) with amp / channels_last 'auto' measured when one process
+    fine-tunes on a CPU, and resolve()'s record; on a GPU, with several processes or without fine-tuning,
+    (schedule, None): train.precision decides (fp32 on a CPU)."""
     import dataclasses
 
     from . import distributed
     from .models import _num_outputs
 
     trains = data is not None and data.real and (schedule.finetune_iters > 0 or schedule.epochs > 0)
-    if not trains or distributed.current().device.type != "cpu" or "auto" not in (schedule.amp, schedule.channels_last):
+    ctx = distributed.current()
+    # several processes: the probe's training would be one rank's collective (DDP) that the others never join
+    if not trains or ctx.device.type != "cpu" or ctx.active or "auto" not in (schedule.amp, schedule.channels_last):
         return schedule, None
     batch = getattr(data.train, "batch_size", None) or 128
     amp, cl, record = resolve(schedule.amp, schedule.channels_last, model, input_shape, batch, schedule.distill,

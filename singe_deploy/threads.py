@@ -11,13 +11,12 @@ batch, runtime version and CPU. Other targets keep their runtime's default.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from . import bench
 from .device import cpu_model
 from .latency import CACHE as TABLES
-from .latency import architecture, cache_path, export_fast, read_cached, write_cached
+from .latency import architecture, cache_path, export_fast, measured_once
 
 TOLERANCE = 0.03  # a count within 3% of the fastest counts as fast as it
 CACHE = TABLES.parent / "threads"
@@ -62,17 +61,12 @@ def resolve(model, input_shape, target, batch=1, cache=None, log=print, opset=18
            "architecture": architecture(model), "input_shape": list(input_shape), "counts": counts,
            "tolerance": TOLERANCE}
     path = Path(cache) if cache else cache_path(CACHE, key)
-    record = read_cached(path, key, "threads")
-    if record is None:
-        t = time.time()
+
+    def measured():
         ms = measure(model, input_shape, batch, counts, opset)
-        record = {"threads": choose(counts, ms), "source": "measured", "counts": counts, "ms": ms,
-                  "seconds": round(time.time() - t, 2), "key": key}
-        write_cached(path, record)
-        how = f"measured in {record['seconds']:.1f} s"
-    else:
-        how = f"measured before, {path}"
-        record = dict(record, source="measured (cached)")
+        return {"threads": choose(counts, ms), "source": "measured", "counts": counts, "ms": ms}
+
+    record, how = measured_once(path, key, "threads", measured)
     times = ", ".join(f"{n} thread{'s' * (n > 1)} {t:.3f} ms" for n, t in zip(record["counts"], record["ms"]))
     log(f"threads auto: {record['threads']} on onnxruntime {key['device']} ({how}; the dense model at batch "
         f"{batch}: {times})")

@@ -1,0 +1,90 @@
+"""The pipeline's fine-tuning loop (train.train_iters) against a plain PyTorch loop on the same model, batch,
+precision and memory format, timed in alternation: how much the pipeline's own per-batch work costs.
+
+    python tools/loop_overhead.py                      # the demo model, batch 128, distilling, fp32 and bf16+cl
+    python tools/loop_overhead.py --settings fp32 --no-distill --iters 30
+
+The plain loop is what a user would write: SGD with Nesterov momentum, cross-entropy plus distillation from a
+teacher (when distilling), autocast and channels-last as the setting says, one batch held in memory. Run it with
+nothing else on the machine; bf16 settings need a CPU with bf16 instructions to be worth timing.
+"""
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from singe_deploy.models import build_model
+from singe_deploy.precision import SETTINGS
+from singe_deploy.train import Recipe, precision, train_iters
+
+
+def plain(model, teacher, x, y, iters, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt).train()
+    if teacher is not None:
+        teacher.to(memory_format=fmt).eval()
+    x = x.contiguous(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    for _ in range(iters):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+            with torch.no_grad():
+                t = teacher(x) if teacher is not None else None
+        loss = F.cross_entropy(logits.float(), y)
+        if t is not None:
+            loss = 0.5 * loss + 0.5 * 16 * F.kl_div(F.log_softmax(logits.float() / 4, 1),
+                                                    F.log_softmax(t.float() / 4, 1), reduction="batchmean",
+                                                    log_target=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.to(memory_format=torch.contiguous_format)
+
+
+def pipeline(model, teacher, x, y, iters, amp, cl):
+    train_iters(model, None, iters, 1e-4, batches=iter([(x, y)] * iters),
+                recipe=Recipe(teacher=teacher, amp=amp, channels_last=cl), desc="pipeline")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin:resnet20")
+    ap.add_argument("--input-shape", default="1,1,28,28")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--settings", default="fp32,bf16+cl")
+    ap.add_argument("--no-distill", action="store_true")
+    a = ap.parse_args()
+    shape = [int(v) for v in a.input_shape.split(",")]
+    torch.manual_seed(0)
+    model = build_model(a.model, 10, shape[1])
+    teacher = None if a.no_distill else copy.deepcopy(model)
+    x = torch.randn([a.batch_size] + shape[1:])
+    y = torch.randint(0, 10, (a.batch_size,))
+    print(f"{a.model} batch {a.batch_size}, {a.iters} iterations x {a.rounds} rounds in alternation, "
+          f"{torch.get_num_threads()} threads{'' if a.no_distill else ', distilling'}")
+    print("| setting | plain loop images/s (best, median) | pipeline images/s (best, median) | pipeline / plain (best) |")
+    print("|---|---:|---:|---:|")
+    for name in a.settings.split(","):
+        amp, cl = SETTINGS[name]
+        dtype, channels_last = precision(amp, cl, "cpu")
+        runs = {"plain": [], "pipeline": []}
+        for r in range(a.rounds + 1):  # round 0 warms up both
+            for kind in (("plain", "pipeline") if r % 2 else ("pipeline", "plain")):
+                t = time.perf_counter()
+                if kind == "plain":
+                    plain(model, teacher, x, y, a.iters, dtype, channels_last)
+                else:
+                    pipeline(model, teacher, x, y, a.iters, amp, cl)
+                if r:
+                    runs[kind].append(a.batch_size * a.iters / (time.perf_counter() - t))
+        p, q = sorted(runs["plain"]), sorted(runs["pipeline"])
+        print(f"| {name} | {p[-1]:.0f}, {p[len(p) // 2]:.0f} | {q[-1]:.0f}, {q[len(q) // 2]:.0f} | "
+              f"{q[-1] / p[-1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench, distributed, outdir, report
+from . import bench, distributed, memo, outdir, report
 from .config import PER_RUN, to_yaml
 from .deploy import Deployed, DeploySettings, deploy
 from .errors import CheckFailed, UserError, first_line
@@ -341,6 +341,21 @@ def _quiet(*args, **kwargs):
     pass
 
 
+def _augmented(data):
+    """Whether fine-tuning augmented its data (None without real data). Image folders read through torchvision: their
+    transform is random when it holds a Random* transform."""
+    if not data.real:
+        return None
+    loader = data.train
+    if hasattr(loader, "augment"):
+        return bool(loader.augment)
+    dataset = getattr(getattr(loader, "loader", loader), "dataset", None)
+    while hasattr(dataset, "dataset"):  # Subset
+        dataset = dataset.dataset
+    steps = getattr(getattr(dataset, "transform", None), "transforms", [])
+    return any(type(t).__name__.startswith("Random") for t in steps)
+
+
 def _training(schedule, device):
     """How fine-tuning ran: the device, the precision and memory format that 'auto' resolved to."""
     dtype, channels_last = train_precision(schedule.amp, schedule.channels_last, device)
@@ -367,11 +382,15 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
                "fine-tuning", "finetuned": ", at the export"}.get(state["phase"], ""))
     else:
         t = time.time()
-        dense_acc = dense_accuracy if dense_accuracy is not None else evaluate(model, data.val) if data.real else None
+        how = "given" if dense_accuracy is not None else None
+        dense_acc = dense_accuracy
+        if dense_acc is None and data.real:
+            dense_acc, how = memo.accuracy(model, data.val, evaluate)
         timings["evaluate_dense_s"] = round(time.time() - t, 2)
         records, start, dense_channels = [], 0, {}
+        cached = f" ({how})" if how and how.startswith("measured before") else ""
         log(f"dense {cfg['model']}: {dense_costs.macs:,} MACs, {dense_costs.params:,} params, "
-            f"accuracy {_fmt(dense_acc)}")
+            f"accuracy {_fmt(dense_acc)}{cached}")
     live.update(model=model, records=records, dense_acc=dense_acc)
     ignored = _ignored(model, cfg["ignore_layers"])
 
@@ -481,8 +500,11 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
                                                                 calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
-                     **schedule.__dict__, "training": dict(_training(schedule, ctx.device),
-                                                           **({"auto": p.precision} if p.precision else {}))},
+                     **schedule.__dict__, "augment": _augmented(p.data),
+                     "training": dict(_training(schedule, ctx.device),
+                                      **({"teacher_logits": result.teacher_logits}
+                                         if result is not None and result.teacher_logits else {}),
+                                      **({"auto": p.precision} if p.precision else {}))},
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": deployed.exports, "latency": deployed.latency, "deployables": deployed.deployables,

@@ -39,6 +39,10 @@ OPTIONS = [
     Option("batch_size", "int", 128, "training, calibration and parity batch size"),
     Option("train_limit", "int", None, "use only the first N training samples"),
     Option("val_limit", "int", None, "use only the first N validation samples"),
+    Option("augment", "str", "auto", "augment the fine-tuning data: random flip and 2-pixel shift (Fashion-MNIST), "
+           "random resized crop and flip (image folders); auto = off for Fashion-MNIST, where fine-tuning without it "
+           "was more accurate and lets distillation compute the dense model's logits once (docs/training.md), on "
+           "for image folders", ("auto", "on", "off")),
     Option("criterion", "str", "auto", "channel criterion; auto = singe on real data, l2 on synthetic data (random "
            "labels give data-driven scores no signal)", ("auto", "singe", "l1", "l2", "taylor", "hessian", "bn", "random")),
     Option("singe_steps", "int", 8, "SInGE: steps m along the path (forward/backward passes per batch)"),
@@ -67,7 +71,7 @@ OPTIONS = [
            "(default: a file in ~/.cache/singe-deploy/latency)"),
     Option("steps", "int", 4, "pruning steps S of the entwined flowchart"),
     Option("finetune_iters", "int", 150, "fine-tuning iterations K after each pruning step"),
-    Option("epochs", "float", 4.0, "epochs E of final fine-tuning"),
+    Option("epochs", "float", 3.0, "epochs E of final fine-tuning"),
     Option("lr", "float", 0.05, "fine-tuning learning rate (cosine schedule)"),
     Option("weight_decay", "float", 5e-4, "fine-tuning weight decay (SGD, not on biases and norms)"),
     Option("momentum", "float", 0.9, "fine-tuning SGD momentum (Nesterov when > 0)"),

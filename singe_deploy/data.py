@@ -60,8 +60,9 @@ class TensorLoader:
     """
 
     def __init__(self, images, labels, batch_size, shape, mean, std, shuffle=False, augment=False,
-                 seed=0, drop_last=False):
+                 seed=0, drop_last=False, soft=None):
         self.images, self.labels = images, labels
+        self.soft = soft  # per-sample teacher logits (distill.py): batches are then (x, y, logits)
         self.batch_size, self.shape = batch_size, tuple(shape)
         self.mean, self.std = mean, std
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
@@ -85,7 +86,15 @@ class TensorLoader:
                 x = x.unsqueeze(1)
             if self.augment:
                 x = _augment(x, gen)
-            yield _fit(x, self.shape, self.mean, self.std), self.labels[idx]
+            x = _fit(x, self.shape, self.mean, self.std)
+            yield (x, self.labels[idx]) if self.soft is None else (x, self.labels[idx], self.soft[idx])
+
+    def samples(self, batch_size=512):
+        """Every sample once, in order and unaugmented, as the model takes it: (x, y) batches."""
+        for start in range(0, len(self.labels), batch_size):
+            x = self.images[start:start + batch_size].float().div_(255.0)
+            yield _fit(x.unsqueeze(1) if x.dim() == 3 else x, self.shape, self.mean, self.std), \
+                self.labels[start:start + batch_size]
 
 
 def _augment(x, gen):
@@ -191,15 +200,18 @@ def _subset(x, y, limit):
 
 
 def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, train_limit=None,
-              val_limit=None, num_classes=None, workers=2):
-    """Build a `Data` from a spec. sample_shape (C, H, W) is what the model takes; None = the data's own."""
+              val_limit=None, num_classes=None, workers=2, augment="auto"):
+    """Build a `Data` from a spec. sample_shape (C, H, W) is what the model takes; None = the data's own. augment
+    (auto, on, off): whether the training loader augments; auto is off for Fashion-MNIST and on for image folders."""
+    if augment not in ("auto", "on", "off"):
+        raise UserError(f"--augment must be auto, on or off, got {augment!r}")
     if spec == "fashion-mnist":
         xt, yt, xv, yv = load_fashion_mnist(data_dir)
         xt, yt = _subset(xt, yt, train_limit)
         xv, yv = _subset(xv, yv, val_limit)
         shape = tuple(sample_shape or (1, 28, 28))
         common = dict(shape=shape, mean=(FASHION_MEAN,), std=(FASHION_STD,))
-        train = TensorLoader(xt, yt, batch_size, shuffle=True, augment=True, seed=seed,
+        train = TensorLoader(xt, yt, batch_size, shuffle=True, augment=augment == "on", seed=seed,
                              drop_last=len(yt) > batch_size, **common)  # a set under one batch is one batch
         val = TensorLoader(xv, yv, 256, **common)
         calib = _Fixed(TensorLoader(xt, yt, batch_size, shuffle=True, seed=seed + 1, **common))
@@ -215,7 +227,7 @@ def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, tr
         return Data(spec, loader, loader, classes, shape, False)
     if spec.startswith("imagefolder:"):
         return _imagefolder(spec, spec.split(":", 1)[1], batch_size, sample_shape, seed,
-                            train_limit, val_limit, workers)
+                            train_limit, val_limit, workers, augment != "off")
     raise UserError(f"unknown data spec '{spec}'; use fashion-mnist, imagefolder:DIR or synthetic")
 
 
@@ -299,7 +311,7 @@ class _Fixed:
         return iter(self.loader)
 
 
-def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers):
+def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers, augment=True):
     from torchvision import transforms
 
     root = Path(root)
@@ -315,7 +327,7 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     val_tf = transforms.Compose(to_c + [transforms.Resize((int(h * 8 / 7), int(w * 8 / 7))), transforms.CenterCrop((h, w)),
                                         transforms.ToTensor(), norm if c == 3 else transforms.Normalize([0.5] * c, [0.25] * c)])
     skipped = Skipped()
-    train_set = _folder(root / "train", train_tf, skipped)
+    train_set = _folder(root / "train", train_tf if augment else val_tf, skipped)
     val_set = _folder(root / "val", val_tf, skipped)
     if train_set.classes != val_set.classes:
         raise UserError(f"{root}/train and {root}/val have different class folders; make them match")

@@ -28,6 +28,10 @@ def _cpuinfo():
         return []
 
 
+# the CPU features that move this project's timings and choices: vector width, bf16 and int8 units (x86), NEON/SVE (Arm)
+TELLING_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve"}
+
+
 def cpu_flags():
     """The CPU's feature flags (/proc/cpuinfo), e.g. {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}; empty if unknown."""
     for line in _cpuinfo():
@@ -104,7 +108,7 @@ def describe(name=None, threads=None):
     return {"name": name or socket.gethostname(), "cpu": cpu_model(), "cores_physical": physical_cores(),
             "cores_logical": os.cpu_count(), "memory_gib": memory_gib(), "board": board(), "gpus": gpus(),
             "os": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-            "runtimes": runtimes(), "threads": threads}
+            "runtimes": runtimes(), "threads": threads, "cpu_flags": sorted(cpu_flags() & TELLING_FLAGS)}
 
 
 def label(block):

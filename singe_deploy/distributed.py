@@ -152,11 +152,11 @@ def my_share(items):
     return list(items)[_current.rank::_current.world] if _current.active else list(items)
 
 
-def shard(x, y):
-    """This rank's slice of a global batch."""
+def shard(*tensors):
+    """This rank's slice of a global batch (of each of its tensors; None stays None)."""
     if not _current.active:
-        return x, y
-    return x[_current.rank::_current.world], y[_current.rank::_current.world]
+        return tensors
+    return tuple(t if t is None else t[_current.rank::_current.world] for t in tensors)
 
 
 def combine_means(scores, n_local):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from . import alignment, precision
+from . import alignment, distill, precision
 from .data import first_samples
 from .errors import UserError
 from .flops import count
@@ -52,7 +52,7 @@ class Schedule:
 
     steps: int = 4
     finetune_iters: int = 150
-    epochs: float = 4.0
+    epochs: float = 3.0
     lr: float = 0.05
     ranking: str = "global"
     round_to: int | str = "auto"  # channel alignment; "auto": alignment.resolve measures it (prune() on onnxruntime)
@@ -106,6 +106,7 @@ class PruneResult:
     target_met: bool = True  # see in_window
     finetune_seconds: float = 0.0  # the final fine-tuning
     latency: dict | None = None  # latency targets: dense, predicted and measured ms, the table and how it was timed
+    teacher_logits: str | None = None  # distillation: "computed once" (distill.py) or "per batch"; None: no teacher
 
 
 def as_target(target):
@@ -178,7 +179,10 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
     sharded = getattr(data, "sharded", False)  # the loaders already yield this rank's share
-    finetune_batches = cycle(data.train) if real else None
+    train_data = data.train if real else None
+    if real and recipe.teacher is not None and (schedule.finetune_iters > 0 or schedule.epochs > 0):
+        train_data = distill.with_logits(data.train, recipe, log) or data.train
+    finetune_batches = cycle(train_data) if real else None
     resume = resume or {}
     if finetune_batches is not None and resume.get("stream"):
         finetune_batches.restore(resume["stream"])
@@ -304,18 +308,20 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         def save(train):
             on_step(schedule.steps, model, records, "final-finetune", {"train": train})
 
-        train_epochs(model, data.train, schedule.epochs, schedule.lr, desc="final fine-tune", recipe=recipe,
+        train_epochs(model, train_data, schedule.epochs, schedule.lr, desc="final fine-tune", recipe=recipe,
                      resume=resume.get("train") if in_final else None, save=save if on_step else None,
                      save_every=save_every)
         finetune_seconds = round(time.time() - t, 2)
         if on_step:
             on_step(schedule.steps, model, records, "finetuned", {})
+    logits = None if not real or recipe.teacher is None else "per batch" if train_data is data.train else "computed once"
     if table is not None:
         info = dict(_latency_result(timer, dense_model, model, table, records, target, checked),
                     corrections=corrections["run"], replanned=corrections["replanned"])
-        return PruneResult(model, records, info["hit"], finetune_seconds, info)
+        return PruneResult(model, records, info["hit"], finetune_seconds, info, logits)
     final = measure(model, shape, target.metric)
-    return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds)
+    return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds,
+                       teacher_logits=logits)
 
 
 def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log, unit):

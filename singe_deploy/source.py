@@ -38,10 +38,11 @@ class Source:
     train_limit: int | None = None
     val_limit: int | None = None
     seed: int = 0
+    augment: str = "auto"  # fine-tuning data augmentation: auto, on, off (data.make_data)
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+        return cls(**{f.name: cfg.get(f.name, f.default) for f in fields(cls)})
 
     @property
     def kind(self):
@@ -90,7 +91,7 @@ class Source:
 
     def _data(self, shape, classes=None):
         return make_data(self.data, self.batch_size, shape, self.data_dir, self.seed, self.train_limit,
-                         self.val_limit, classes)
+                         self.val_limit, classes, augment=self.augment)
 
     def load(self, log=print):
         """(model, data, shape, checkpoint): every bad input (spec, file, shape, classes) is a UserError."""

@@ -51,7 +51,7 @@ class Diverged(CheckFailed):
 class Recipe:
     """How fine-tuning trains, between pruning steps and at the end. With a teacher (the dense model) the loss is
     distill_alpha x T^2 x KL(teacher || student at temperature T) + (1 - distill_alpha) x cross-entropy; the
-    teacher runs once per batch in eval mode, without gradients."""
+    teacher runs once per batch in eval mode, without gradients, unless the batches carry its logits (distill.py)."""
 
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -159,22 +159,24 @@ def train_iters(model, loader, iters, lr, weight_decay=5e-4, schedule="cosine", 
                 for g in opt.param_groups:
                     g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * i / iters))
             faults.point("finetune")
-            x, y = next(batches)
-            while len(y) == 0:  # every image of the batch was unreadable (data.Skipped counts them)
-                x, y = next(batches)
+            batch = next(batches)
+            while len(batch[1]) == 0:  # every image of the batch was unreadable (data.Skipped counts them)
+                batch = next(batches)
+            x, y, soft = batch if len(batch) == 3 else (*batch, None)  # soft: the teacher's logits (distill.py)
             if not sharded:
-                x, y = distributed.shard(x, y)
+                x, y, soft = distributed.shard(x, y, soft)
             x, y = nchw(x).to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=fmt)
             n = distributed.all_sum(torch.tensor([float(len(y))]))[0] if ctx.active else len(y)
+            teacher_logits = soft.to(ctx.device, non_blocking=True) if soft is not None and teacher is not None else None
             with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
-                if teacher is not None:
+                if teacher is not None and teacher_logits is None:
                     with torch.no_grad():
                         teacher_logits = teacher(x)
                 logits = net(x)
             loss = recipe_loss(logits.float(), y, recipe,
-                               teacher_logits.float() if teacher is not None else None) * (ctx.world / n)
+                               teacher_logits.float() if teacher_logits is not None else None) * (ctx.world / n)
             if not torch.isfinite(loss):
                 raise Diverged(f"{desc} diverged: the loss is {loss.item()} at iteration {i + 1} of {iters} (learning "
                                f"rate {lr:g}); rerun with a lower --lr, e.g. {lr / 10:g}")

@@ -4,8 +4,12 @@ import tempfile
 from pathlib import Path
 
 # latency tables, layer times and alignment probes go to a cache of the test session's own, not the user's
-# (set before singe_deploy is imported, and inherited by the compress runs tests start as subprocesses)
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="singe-deploy-test-cache-")
+# (set before singe_deploy is imported, and inherited by the compress runs tests start as subprocesses). This file is
+# also loaded as a model file (tests/conftest.py:tiny_factory), in the session and in its subprocesses: they reuse the
+# session's folder rather than leave one more in /tmp
+if "SINGE_DEPLOY_TEST_CACHE" not in os.environ:
+    os.environ["SINGE_DEPLOY_TEST_CACHE"] = tempfile.mkdtemp(prefix="singe-deploy-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ["SINGE_DEPLOY_TEST_CACHE"]
 
 import pytest
 import torch

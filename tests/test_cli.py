@@ -9,9 +9,10 @@ import torch
 from singe_deploy.cli import main
 from singe_deploy.compress import run
 from singe_deploy.config import defaults, validate
+from singe_deploy.device import TELLING_FLAGS
 from singe_deploy.models import build_model, load_pruned
 
-from .conftest import ROOT, SHARED, needs_fashion
+from .conftest import ROOT, SHARED, load_tool, needs_fashion
 
 FAST = ["--train-limit", "512", "--val-limit", "256", "--steps", "2", "--finetune-iters", "3", "--epochs", "0.02",
         "--calib-batches", "1", "--singe-steps", "2", "--latency-iters", "5", "--latency-seconds", "0.05",
@@ -148,6 +149,9 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     assert auto["source"].startswith(("measured", "the only setting")) and training["device"] == "cpu"
     assert training["precision"] == {"off": "fp32", "bf16": "bf16"}[auto["amp"]]
     assert training["channels_last"] == (auto["channels_last"] == "on")
+    # --augment auto: Fashion-MNIST fine-tunes unaugmented, so the dense model's logits were computed once
+    assert report["schedule"]["augment"] is False and training["teacher_logits"] == "computed once"
+    assert set(report["environment"]["device"]["cpu_flags"]) <= TELLING_FLAGS
     assert {e["format"] for e in report["exports"]} == {"onnx", "torch"}
     assert all(e["parity"]["max_abs_diff"] < 1e-3 for e in report["exports"])
     graph = {e["variant"]: e["graph_count"] for e in report["exports"] if e["format"] == "onnx"}
@@ -169,6 +173,12 @@ def test_compress_end_to_end_on_fashion_mnist(tmp_path, capsys):
     again = main(["compress", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")] + FAST)
     assert again == 0  # the saved config holds no output folder, so it reruns into a new one
     assert json.loads((tmp_path / "again" / "report.json").read_text())["pruned"]["macs"] == p["macs"]
+    assert "training samples, computed before" in capsys.readouterr().out  # the second run reads the teacher's logits from the cache
+    tool = load_tool("demo_figures")  # the README's table of the two runs
+    table = tool.table([tool.load(out), tool.load(tmp_path / "again")])
+    acc = 100 * p["accuracy"]
+    assert f"| Fashion-MNIST test accuracy | {100 * d['accuracy']:.2f}% | **{acc:.2f}% +- 0.00** " in table
+    assert f"{d['macs'] / p['macs']:.2f}x fewer" in table and "seeds 0, 0;" in table
 
 
 def test_synthetic_data_scores_with_a_data_free_criterion_unless_told(tmp_path, capsys):

@@ -55,12 +55,26 @@ def test_fashion_from_data_dir_is_seeded_and_shaped(tmp_path):
     assert next(iter(rgb.val))[0].shape[1:] == (3, 32, 32)
 
 
+def test_fashion_mnist_is_fine_tuned_unaugmented_unless_asked_and_samples_are_the_batches_unshuffled(tmp_path):
+    _fake_fashion(tmp_path)
+    plain = make_data("fashion-mnist", batch_size=8, data_dir=tmp_path)  # auto: off
+    on = make_data("fashion-mnist", batch_size=8, data_dir=tmp_path, augment="on")
+    assert not plain.train.augment and on.train.augment
+    (xp, yp), (xa, ya) = next(iter(plain.train)), next(iter(on.train))
+    assert torch.equal(yp, ya) and not torch.equal(xp, xa)  # the same order, only augmentation differs
+    x, y = torch.cat([b[0] for b in plain.train.samples(16)]), torch.cat([b[1] for b in plain.train.samples(16)])
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0 * 1000003))[:8]
+    assert torch.equal(x[order], xp) and torch.equal(y[order], yp)
+    with pytest.raises(UserError, match="--augment"):
+        make_data("fashion-mnist", data_dir=tmp_path, augment="yes")
+
+
 def test_augmented_batches_have_plain_nchw_strides(tmp_path):
     """A one-channel batch permuted from NHWC passes is_contiguous() with channels-last strides, which sent
     pruned convs down a oneDNN backward that corrupted the heap on one thread (data.nchw)."""
     from singe_deploy.data import nchw
     _fake_fashion(tmp_path)
-    x, _ = next(iter(make_data("fashion-mnist", batch_size=8, data_dir=tmp_path).train))  # augmented
+    x, _ = next(iter(make_data("fashion-mnist", batch_size=8, data_dir=tmp_path, augment="on").train))
     assert x.stride() == (784, 784, 28, 1)
     odd = torch.randn(8, 28, 28, 1).permute(0, 3, 1, 2)
     assert odd.is_contiguous() and odd.stride() != (784, 784, 28, 1)
@@ -159,6 +173,7 @@ def test_a_stream_restored_mid_pass_gives_the_batches_the_uninterrupted_one_give
         if spec.startswith("imagefolder"):
             _folder(tmp_path / "img", n=5)
         kw = dict(data_dir=tmp_path) if spec == "fashion-mnist" else dict(sample_shape=(3, 16, 16), workers=0)
+        kw["augment"] = "on"  # its random numbers are part of the place restored
         whole = Stream(make_data(spec, batch_size=4, seed=3, **kw).train)
         for _ in range(5):
             next(whole)

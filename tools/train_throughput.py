@@ -5,6 +5,7 @@ train_iters, on synthetic batches of a fixed size.
     python tools/train_throughput.py --device cuda --model torchvision:resnet50 --input-shape 1,3,224,224 \
         --batch-size 64
     python tools/train_throughput.py --distill                # with the dense model as teacher
+    python tools/train_throughput.py --settings bf16+cl --compile # also torch.compile'd: compile seconds, images/s
 
 Each setting runs --warmup iterations, then --iters timed ones, --repeat times (best kept, medians printed too).
 Run it with nothing else on the machine.
@@ -47,6 +48,8 @@ def main():
     ap.add_argument("--settings", default=None, help=f"comma list of {', '.join(SETTINGS)} (default: those that run "
                                                      "on the device)")
     ap.add_argument("--distill", action="store_true", help="a teacher (a copy of the model) runs on every batch")
+    ap.add_argument("--compile", action="store_true", help="also time each setting with the model torch.compile'd "
+                                                           "(default inductor backend); its first call is timed apart")
     args = ap.parse_args()
     device = torch.device(args.device)
     distributed._current = distributed.Context(device=device)
@@ -74,7 +77,15 @@ def main():
         best, median = rates[-1], rates[len(rates) // 2]
         base = base or best
         kind = str(dtype or 'fp32').replace('torch.', '')
-        print(f"| {name} | {kind} | {channels_last} | {best:.0f} | {median:.0f} | {best / base:.2f}x |")
+        print(f"| {name} | {kind} | {channels_last} | {best:.0f} | {median:.0f} | {best / base:.2f}x |", flush=True)
+        if args.compile:
+            compiled = torch.compile(model)
+            first = timed(compiled, x, y, 1, recipe, device)  # compiles forward and backward
+            timed(compiled, x, y, args.warmup, recipe, device)
+            rates = sorted(args.batch_size * args.iters / timed(compiled, x, y, args.iters, recipe, device)
+                           for _ in range(args.repeat))
+            print(f"| {name} + compile (first iteration {first:.1f} s) | {kind} | {channels_last} | {rates[-1]:.0f} | "
+                  f"{rates[len(rates) // 2]:.0f} | {rates[-1] / base:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

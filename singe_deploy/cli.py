@@ -87,7 +87,9 @@ def _main(argv):
             try:
                 run(cfg)
             finally:
-                launch.finish()
+                from . import distributed
+
+                distributed.shutdown()  # under torchrun: leave the process group (imports go distributed -> launch)
         elif args.command == "compare":
             from .commands.compare import run
 

@@ -26,12 +26,6 @@ def record_exit(code):
         Path(folder, f"rank{os.environ.get('RANK', '0')}").write_text(str(code))
 
 
-def finish():
-    from . import distributed
-
-    distributed.shutdown()
-
-
 def torchrun(nproc, argv):
     """Run `singe-deploy ARGV` on nproc local workers; returns the run's exit code (2 when any rank
     had bad input, else 1 when any failed, else 0)."""

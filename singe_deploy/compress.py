@@ -341,21 +341,6 @@ def _quiet(*args, **kwargs):
     pass
 
 
-def _augmented(data):
-    """Whether fine-tuning augmented its data (None without real data). Image folders read through torchvision: their
-    transform is random when it holds a Random* transform."""
-    if not data.real:
-        return None
-    loader = data.train
-    if hasattr(loader, "augment"):
-        return bool(loader.augment)
-    dataset = getattr(getattr(loader, "loader", loader), "dataset", None)
-    while hasattr(dataset, "dataset"):  # Subset
-        dataset = dataset.dataset
-    steps = getattr(getattr(dataset, "transform", None), "transforms", [])
-    return any(type(t).__name__.startswith("Random") for t in steps)
-
-
 def _training(schedule, device):
     """How fine-tuning ran: the device, the precision and memory format that 'auto' resolved to."""
     dtype, channels_last = train_precision(schedule.amp, schedule.channels_last, device)
@@ -500,7 +485,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "criterion": {"name": p.criterion.name, "options": dict(p.criterion.options, ranking=cfg["ranking"],
                                                                 calib_batches=cfg["calib_batches"])},
         "schedule": {"flowchart": "one-shot" if schedule.steps == 1 and schedule.finetune_iters == 0 else "entwined",
-                     **schedule.__dict__, "augment": _augmented(p.data),
+                     **schedule.__dict__, "augment": p.data.augmented if p.data.real else None,
                      "training": dict(_training(schedule, ctx.device),
                                       **({"teacher_logits": result.teacher_logits}
                                          if result is not None and result.teacher_logits else {}),

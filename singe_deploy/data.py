@@ -41,6 +41,7 @@ class Data:
     sharded: bool = False  # under torchrun: the loaders yield this rank's share of each batch already
     skipped: object = None  # Skipped: unreadable images met while loading (image folders)
     shape_from: str | None = None  # where sample_shape came from, in words (set by source.Source.load)
+    augmented: bool | None = None  # whether the training loader augments (make_data's --augment); None: no training data
 
     def calibration(self, n):
         """The same n training batches every time it is called (for scoring)."""
@@ -215,7 +216,7 @@ def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, tr
                              drop_last=len(yt) > batch_size, **common)  # a set under one batch is one batch
         val = TensorLoader(xv, yv, 256, **common)
         calib = _Fixed(TensorLoader(xt, yt, batch_size, shuffle=True, seed=seed + 1, **common))
-        return Data(spec, train, val, 10, shape, True, calib)
+        return Data(spec, train, val, 10, shape, True, calib, augmented=train.augment)
     if spec == "synthetic":
         shape = tuple(sample_shape or (3, 224, 224))
         classes = num_classes or 1000
@@ -351,7 +352,7 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
                         sampler)
         mine = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
         val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers, collate_fn=collate), None)
-        return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped)
+        return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped, augmented=augment)
     gen = torch.Generator().manual_seed(seed)
     train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen, num_workers=workers,
                                         drop_last=len(train_set) > batch_size, collate_fn=collate)
@@ -359,7 +360,7 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     # scoring and int8 calibration see the same unaugmented training batches every time, whatever ran before
     calib = _Reseeded(torch.utils.data.DataLoader(calib_set, batch_size, shuffle=True, num_workers=workers,
                                                   generator=torch.Generator(), collate_fn=collate), seed + 1)
-    return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped)
+    return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped, augmented=augment)
 
 
 def folder_image_size(root, limit=256):

@@ -13,6 +13,7 @@ import torch
 
 from . import distributed, memo
 from .data import TensorLoader
+from .train import precision
 
 MAX_BYTES = 1 << 30  # logits above this (samples x classes x 4 bytes) are not held; the teacher runs per batch
 
@@ -43,8 +44,6 @@ def with_logits(loader, recipe, log=print):
     copy shares the loader's images and order."""
     if not isinstance(loader, TensorLoader) or loader.augment or loader.soft is not None:
         return None
-    from .train import precision
-
     t = time.time()
     device = distributed.current().device
     dtype, channels_last = precision(recipe.amp, recipe.channels_last, device)

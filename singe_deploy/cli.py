@@ -63,7 +63,7 @@ def _parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     code = _main(argv)
-    from . import launch
+    from .training import launch
 
     launch.record_exit(code)  # under torchrun: the launcher reads every rank's exit code
     return code
@@ -76,8 +76,8 @@ def _main(argv):
         return 2
     try:
         if args.command == "compress":
-            from . import launch
             from .config import resolve
+            from .training import launch
 
             cfg = resolve(args)
             if cfg["nproc"] > 1 and not launch.launched():
@@ -87,7 +87,7 @@ def _main(argv):
             try:
                 run(cfg)
             finally:
-                from . import distributed
+                from .training import distributed
 
                 distributed.shutdown()  # under torchrun: leave the process group (imports go distributed -> launch)
         elif args.command == "compare":
@@ -137,7 +137,7 @@ def _main(argv):
     except Exception as e:  # noqa: BLE001 - one line; the traceback goes to a file, not over the user's screen
         if _is_oom(e):
             return _out_of_memory(e, args)
-        from . import launch
+        from .training import launch
 
         lost = ("closed by peer", "timed out", "timeout", "connection reset")
         if launch.launched() and any(w in str(e).lower() for w in lost):  # a peer failed: its own error says why

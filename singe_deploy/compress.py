@@ -19,20 +19,30 @@ from pathlib import Path
 
 import torch
 
-from . import bench, distributed, memo, outdir, report
+from . import outdir, report
 from .config import PER_RUN, to_yaml
-from .deploy import Deployed, DeploySettings, deploy
+from .deploy.deployables import Deployed, DeploySettings, deploy
+from .deploy.quantize import QUANTIZED
+from .deploy.trt import EngineOptions
 from .errors import CheckFailed, UserError, first_line
 from .files import partial, save_torch, write_json, write_text
-from .flops import CONVENTION, count
-from .importance import make_criterion
-from .models import is_dense_output, load_pruned, parse_spec, pruned_dict, read_checkpoint, save_pruned, task_of
-from .prune import Schedule, Target, check_reachable, in_window, prune
-from .quantize import QUANTIZED
+from .measure import bench
+from .measure.flops import CONVENTION, count
+from .models.specs import (
+    is_dense_output,
+    load_pruned,
+    parse_spec,
+    pruned_dict,
+    read_checkpoint,
+    save_pruned,
+    task_of,
+)
+from .pruning.entwined import Schedule, Target, check_reachable, in_window, prune
+from .scoring.importance import make_criterion
 from .source import Source
-from .train import evaluate
-from .train import precision as train_precision
-from .trt import EngineOptions
+from .training import distributed, memo
+from .training.loops import evaluate
+from .training.loops import precision as train_precision
 
 STATE = "state.pt"
 # options that only the export stage reads: a run whose export failed resumes with them changed
@@ -67,7 +77,7 @@ def _timer(cfg, input_shape, threads=None):
     """What a latency target is timed with (None for a MACs or params target)."""
     if not (cfg["latency_reduction"] or cfg["latency_budget_ms"]):
         return None
-    from .latency import timer_for
+    from .pruning.latency import timer_for
 
     limits = dict(min_iters=min(cfg["latency_iters"], 30), min_seconds=min(cfg["latency_seconds"], 0.5))
     return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], threads, cfg["opset"],
@@ -84,7 +94,7 @@ def _threads(cfg, model, input_shape, state, log):
     timed = cfg["export"] or cfg["round_to"] == "auto" or cfg["latency_reduction"] or cfg["latency_budget_ms"]
     if not timed:
         return {"threads": None, "source": "nothing timed"}
-    from . import threads
+    from .measure import threads
 
     return threads.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], log=log, opset=cfg["opset"])[1]
 
@@ -94,7 +104,7 @@ def _precision(schedule, model, input_shape, data, state, log):
     resumed run's record, or precision.resolved's; None where train.precision decides (a GPU, no fine-tuning)."""
     if state and "precision" in state:
         return state["precision"]
-    from . import precision
+    from .training import precision
 
     return precision.resolved(schedule, model, input_shape, data, log)[1]
 
@@ -105,7 +115,7 @@ def _alignment(cfg, model, input_shape, state, threads, log):
         return state["alignment"]
     if cfg["round_to"] != "auto":
         return {"round_to": cfg["round_to"], "source": "option"}
-    from . import alignment
+    from .pruning import alignment
 
     return alignment.resolve(model, input_shape, cfg["target"], cfg["latency_batch"], cfg["device"], threads,
                              log=log, cuda_graph=cfg["cuda_graph"], int8="int8" in (cfg["quantize"] or []))[1]
@@ -168,7 +178,7 @@ def prepare(cfg, log=print):
 
 
 # the default calibration budget when scoring runs on a CPU: criterion passes x MACs per sample; about a minute of
-# SInGE (m = 8) on torchvision:resnet50 at 224 on 2 cores (docs/criteria.md); the demo model stays far below it
+# SInGE (m = 8) on torchvision:resnet50 at 224 on 2 cores (docs/research/criteria.md); the demo model stays far below it
 CPU_CALIB_MACS = 4e12
 
 
@@ -326,7 +336,7 @@ def _interrupt(signum, frame):
 
 
 def _ignored(model, names):
-    from .groups import default_ignored
+    from .pruning.groups import default_ignored
 
     layers = default_ignored(model)
     modules = dict(model.named_modules())
@@ -517,7 +527,7 @@ def _clone(model):
 
 
 def _classes(model):
-    from .models import _num_outputs
+    from .models.specs import _num_outputs
 
     return _num_outputs(model)
 

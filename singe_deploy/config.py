@@ -350,7 +350,7 @@ def validate(cfg):
     if cfg["cuda_graph"] and not (cfg["target"] == "trt" or (cfg["target"] == "torch" and cfg["device"] == "cuda")):
         raise UserError("--cuda-graph times CUDA-graph replay on a GPU; use it with --target trt or "
                         "--target torch --device cuda")
-    from .quantize import parse_precisions
+    from .deploy.quantize import parse_precisions
 
     cfg["quantize"] = parse_precisions(",".join(cfg["quantize"] or []) or "none")
     if cfg["quantize"] and (cfg["target"] == "torch" or not cfg["export"]):

@@ -13,7 +13,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from . import distributed
+from .training import distributed
 
 EVERY_SECONDS, EVERY_FRACTION, QUIET_SECONDS = 30.0, 0.1, 300.0
 

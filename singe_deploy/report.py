@@ -8,7 +8,7 @@ import sys
 import torch
 
 from . import __version__, schemas
-from .bench import says
+from .measure.bench import says
 
 
 def schema():
@@ -29,7 +29,7 @@ def environment(threads=None):
             env[mod] = found
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    from .device import describe
+    from .measure.device import describe
 
     env["device"] = describe(threads=threads)
     if "tensorrt" in sys.modules:  # only when a trt target loaded it

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .data import make_data
+from .data.specs import make_data
 from .errors import UserError, first_line
-from .models import default_input_shape, load_model, parse_spec, task_of
+from .models.specs import default_input_shape, load_model, parse_spec, task_of
 
 DEMO_MODEL, DEMO_DATA, DEMO_ASSET = "builtin:resnet20", "fashion-mnist", "resnet20_fashion_mnist.pt"
 # the trained baselines singe-deploy ships (tools/train_baseline.py), used when --checkpoint is auto
@@ -74,7 +74,7 @@ class Source:
             return (1, 28, 28), "Fashion-MNIST's images"
         default = default_input_shape(self.model)
         if self.data.startswith("imagefolder:"):
-            from .data import folder_image_size
+            from .data.specs import folder_image_size
 
             size, kinds = folder_image_size(self.data.split(":", 1)[1])
             if size is None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from singe_deploy.data import find_fashion_mnist
+from singe_deploy.data.specs import find_fashion_mnist
 from singe_deploy.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +155,6 @@ class Chain(nn.Module):
 
 
 def chain_groups(model, shape=(1, 1, 16, 16)):
-    from singe_deploy.groups import all_groups, default_ignored
+    from singe_deploy.pruning.groups import all_groups, default_ignored
 
     return all_groups(model, torch.zeros(shape), default_ignored(model))[1]

@@ -9,8 +9,8 @@ import torch
 from singe_deploy.cli import main
 from singe_deploy.compress import run
 from singe_deploy.config import defaults, validate
-from singe_deploy.device import TELLING_FLAGS
-from singe_deploy.models import build_model, load_pruned
+from singe_deploy.measure.device import TELLING_FLAGS
+from singe_deploy.models.specs import build_model, load_pruned
 
 from .conftest import ROOT, SHARED, load_tool, needs_fashion
 
@@ -288,7 +288,7 @@ def test_a_failed_parity_check_exits_1_and_still_writes_the_output(tmp_path, cap
 
 
 def test_graph_macs_that_disagree_with_the_model_exit_1(tmp_path, capsys, monkeypatch):
-    from singe_deploy import onnx_flops
+    from singe_deploy.measure import onnx_flops
 
     real = onnx_flops.node_macs
     monkeypatch.setattr(onnx_flops, "node_macs", lambda n, s: real(n, s) * (3 if "stem.weight" in n.input else 1))

@@ -81,7 +81,7 @@ def test_every_shipped_config_is_valid_and_demo_matches_defaults():
 def test_python_api_defaults_are_the_cli_defaults():
     from dataclasses import fields
 
-    from singe_deploy.prune import Schedule
+    from singe_deploy.pruning.entwined import Schedule
 
     for f in fields(Schedule):
         if f.name == "calib_macs":  # not an option: compress derives it from --calib-samples and the device
@@ -90,7 +90,7 @@ def test_python_api_defaults_are_the_cli_defaults():
 
 
 def test_a_schedule_is_read_from_a_config_with_overrides():
-    from singe_deploy.prune import Schedule
+    from singe_deploy.pruning.entwined import Schedule
 
     cfg = resolve(_args(["--steps", "3", "--no-distill", "--ranking", "cost"]))
     schedule = Schedule.from_config(cfg, epochs=0, calib_macs=5.0)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch.nn as nn
 
-from singe_deploy.models import load_pruned
+from singe_deploy.models.specs import load_pruned
 
 from .conftest import load_tool, tiny_factory
 

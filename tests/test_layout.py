@@ -36,3 +36,14 @@ def test_no_two_modules_import_each_other_and_stages_do_not_import_commands():
                     if b.startswith("singe_deploy.commands") and not a.startswith(("singe_deploy.commands",
                                                                                   "singe_deploy.cli")))
     assert upward == []
+
+
+STAGES = ("models", "data", "scoring", "pruning", "training", "deploy", "measure")
+
+
+def test_the_package_is_laid_out_by_stage_and_the_tests_mirror_it():
+    for stage in STAGES:
+        doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
+        assert doc and "\n" not in doc.strip(), stage
+    folders = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert [f for f in folders if not (ROOT / "tests" / f / "__init__.py").is_file()] == []

@@ -65,7 +65,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(capsys):
 
 
 def test_training_reports_its_loss_in_a_log(capsys, monkeypatch):
-    from singe_deploy.train import train_iters
+    from singe_deploy.training.loops import train_iters
 
     monkeypatch.setattr(P, "EVERY_SECONDS", 0.0)
     monkeypatch.setattr(P, "EVERY_FRACTION", 0.5)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from singe_deploy import alignment
-from singe_deploy.device import cpu_model
-from singe_deploy.models import build_model
+from singe_deploy.pruning import alignment
+from singe_deploy.measure.device import cpu_model
+from singe_deploy.models.specs import build_model
 
 
 def main():

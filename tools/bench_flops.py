@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from singe_deploy import onnx_flops
-from singe_deploy.export import export_onnx
-from singe_deploy.flops import count
-from singe_deploy.models import build_model, default_input_shape
+from singe_deploy.measure import onnx_flops
+from singe_deploy.deploy.export import export_onnx
+from singe_deploy.measure.flops import count
+from singe_deploy.models.specs import build_model, default_input_shape
 
 
 def timed(fn, repeats):

@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from singe_deploy import plan as P
-from singe_deploy.data import make_data
-from singe_deploy.groups import all_groups, default_ignored
-from singe_deploy.importance import make_criterion
-from singe_deploy.models import build_model
-from singe_deploy.prune import Schedule
+from singe_deploy.pruning import plan as P
+from singe_deploy.data.specs import make_data
+from singe_deploy.pruning.groups import all_groups, default_ignored
+from singe_deploy.scoring.importance import make_criterion
+from singe_deploy.models.specs import build_model
+from singe_deploy.pruning.entwined import Schedule
 
 MODELS = "torchvision:mobilenet_v3_small,torchvision:mobilenet_v2,torchvision:efficientnet_b0,torchvision:resnet50"
 

@@ -15,8 +15,8 @@ import time
 import torch
 
 from singe_deploy.config import defaults, validate
-from singe_deploy.groups import all_groups, default_ignored
-from singe_deploy.importance import make_criterion
+from singe_deploy.pruning.groups import all_groups, default_ignored
+from singe_deploy.scoring.importance import make_criterion
 from singe_deploy.source import Source
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from singe_deploy.device import TELLING_FLAGS, cpu_flags, cpu_model, physical_cores
+from singe_deploy.measure.device import TELLING_FLAGS, cpu_flags, cpu_model, physical_cores
 
 
 def run(seed, out, extra):

@@ -9,7 +9,7 @@ out="${2:-$(mktemp -d)/export-check}"
 # --round-to, --amp and --channels-last pinned: `auto` measures them on the runner's CPU (alignment 16 on AVX-512,
 # 8 on AVX2; bf16 fine-tuning where the CPU has bf16 instructions and it trains faster), and a check held to fixed
 # budgets must keep the same channels and train the same way on every runner; --augment on: the fine-tuning the
-# budget was set with (docs/ci.md)
+# budget was set with (docs/guide/ci.md)
 singe-deploy compress --steps 1 --finetune-iters 40 --epochs 0 --calib-batches 1 --val-limit 2000 \
   --parity-batches 2 --latency-iters 20 --latency-seconds 0.5 --round-to 8 --amp off --channels-last off \
   --augment on --out "$out"

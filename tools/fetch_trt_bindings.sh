@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the TensorRT 10 and 11 Python binding wheels (about 1.3 MB each) and unpack their extension
-# modules for tests/test_trt.py's API-surface check. The wheels cannot be imported without TensorRT's
+# modules for tests/deploy/test_trt.py's API-surface check. The wheels cannot be imported without TensorRT's
 # libraries; the test only reads the names compiled into them. Needs the package registry, not a GPU.
 #   tools/fetch_trt_bindings.sh [DIR]      (default .cache/trt-bindings; the test reads $SINGE_TRT_BINDINGS or that)
 set -euo pipefail

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from singe_deploy import distill
-from singe_deploy.data import make_data
-from singe_deploy.models import load_model, load_pruned
+from singe_deploy.training import distill
+from singe_deploy.data.specs import make_data
+from singe_deploy.models.specs import load_model, load_pruned
 from singe_deploy.source import DEMO_ASSET, DEMO_MODEL, asset_path
-from singe_deploy.train import Recipe, evaluate, train_iters
+from singe_deploy.training.loops import Recipe, evaluate, train_iters
 
 
 def parse(text):

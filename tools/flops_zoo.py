@@ -6,7 +6,7 @@ For every model (and every resolution its weights use): singe-deploy's MACs agai
 backends), torch-pruning's counter and torch's FlopCounterMode (on the meta device and on CPU
 tensors under no_grad) where installed.
 
-    python tools/flops_zoo.py --out docs/zoo            # all models, ours vs torchvision (about 1 min)
+    python tools/flops_zoo.py --out docs/research/zoo          # all models, ours vs torchvision (about 1 min)
     python tools/flops_zoo.py --onnx --others --models resnet50,vit_b_16 --out /tmp/zoo
 
 Writes OUT.json and OUT.md; exit 1 when a model misses torchvision's figure (0.5%, or the published
@@ -27,7 +27,7 @@ import torch
 import torchvision.models as tvm
 
 from singe_deploy.errors import CheckFailed, UserError
-from singe_deploy.flops import count, cross_check
+from singe_deploy.measure.flops import count, cross_check
 
 TOLERANCE = 0.005
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The criteria study's GPU measurements, for one NVIDIA GPU with CUDA PyTorch (docs/criteria.md):
+# The criteria study's GPU measurements, for one NVIDIA GPU with CUDA PyTorch (docs/research/criteria.md):
 #   1. SInGE's paths on the demo model (shipped resnet20, 128 Fashion-MNIST images, m = 8): seconds, as a
 #      multiple of Taylor's, and Spearman against the exact unit path, with the replicated unit paths (R = 8);
 #   2. compare on builtin:resnet56 with the longer schedule (4 steps of 150 iterations, 1 final epoch, 4

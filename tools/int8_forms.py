@@ -58,8 +58,8 @@ def time_forms(model, batch, threads):
     import numpy as np
     from onnxruntime import quantization as q
 
-    from singe_deploy.bench import OnnxRuntime
-    from singe_deploy.quantize import _Reader
+    from singe_deploy.measure.bench import OnnxRuntime
+    from singe_deploy.deploy.quantize import _Reader
 
     shape = [batch] + list(OnnxRuntime(model, 1).input_shape[1:])
     rng = np.random.default_rng(0)
@@ -97,12 +97,12 @@ def main(argv=None):
     import torch
     from onnxruntime import quantization as q
 
-    from singe_deploy.bench import OnnxRuntime
+    from singe_deploy.measure.bench import OnnxRuntime
     from singe_deploy.source import asset_path
-    from singe_deploy.data import make_data
-    from singe_deploy.export import export_onnx, runtime_accuracy
-    from singe_deploy.models import build_model
-    from singe_deploy.quantize import _Reader
+    from singe_deploy.data.specs import make_data
+    from singe_deploy.deploy.export import export_onnx, runtime_accuracy
+    from singe_deploy.models.specs import build_model
+    from singe_deploy.deploy.quantize import _Reader
 
     model = build_model("builtin:resnet20", 10, 1)
     state = torch.load(asset_path("resnet20_fashion_mnist.pt"), weights_only=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from singe_deploy import bench
-from singe_deploy.latency import OnnxTimer, export_fast
-from singe_deploy.models import build_model
+from singe_deploy.measure import bench
+from singe_deploy.pruning.latency import OnnxTimer, export_fast
+from singe_deploy.models.specs import build_model
 
 
 def main():

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from singe_deploy.models import build_model
-from singe_deploy.precision import SETTINGS
-from singe_deploy.train import Recipe, precision, train_iters
+from singe_deploy.models.specs import build_model
+from singe_deploy.training.precision import SETTINGS
+from singe_deploy.training.loops import Recipe, precision, train_iters
 
 
 def plain(model, teacher, x, y, iters, dtype, channels_last, soft=None):

@@ -1,6 +1,6 @@
 """Merge compare.json files of the same set-up (runs split by seed or target across processes) into one table.
 
-    python tools/merge_compare.py docs/results/compare-r56-*.json --out docs/results/r56
+    python tools/merge_compare.py docs/research/r56-short/compare-r56-*.json --out docs/research/r56-short/compare-r56
     python tools/merge_compare.py OUT/compare.json OUT2/.cut.partial --out merged   # and an interrupted compare
 
 An input may also be a compare output folder, or the hidden .NAME.partial folder an interrupted compare leaves:
@@ -14,12 +14,12 @@ has it. Files run with and without --distill are labelled as `compare --distill-
 (singe:distill=true), so the table keeps them apart.
 Writes OUT.json (the merged runs) and OUT.md (compare's table plus each run's accuracy by seed).
 
-    python tools/merge_compare.py --coverage docs/results/compare-*.json
+    python tools/merge_compare.py --coverage docs/research/*/compare-*.json
 
 prints instead which settings (the options that differ among the files), flowcharts and targets each criterion
 was run at, and with how many seeds, over files of any set-ups; runs are counted once.
 
-    python tools/merge_compare.py --standing singe docs/results/compare-*.json
+    python tools/merge_compare.py --standing singe docs/research/*/compare-*.json
 
 prints, over the same cells, where one criterion stands in each: its mean, its rank, the best other criterion,
 the gap in points, on how many shared seeds it is ahead of that one, and random's mean.

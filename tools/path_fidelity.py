@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from bench_scoring import load  # tools/ is on the path when run as a script
-from singe_deploy.groups import all_groups, default_ignored, param_names, slices
-from singe_deploy.importance import SInGE, make_criterion
+from singe_deploy.pruning.groups import all_groups, default_ignored, param_names, slices
+from singe_deploy.scoring.importance import SInGE, make_criterion
 
 
 def ranks(v):

@@ -1,9 +1,9 @@
 """Prune every torchvision classification model with `singe-deploy compress`; write OUT.json and OUT.md.
 
-    python tools/prune_zoo.py --out docs/zoo/prune                      # every model (hours on 2 CPU cores)
+    python tools/prune_zoo.py --out docs/research/zoo/prune                      # every model (hours on 2 CPU cores)
     python tools/prune_zoo.py --models shufflenet_v2_x1_0,vit_b_16 --out /tmp/zoo
-    python tools/prune_zoo.py --models timm:resnet18@64,timm:vit_tiny_patch16_224@224 --out docs/zoo/prune-timm
-    python tools/prune_zoo.py --models fasterrcnn_mobilenet_v3_large_fpn@320,fcn_resnet50@128 --out docs/zoo/prune-detseg
+    python tools/prune_zoo.py --models timm:resnet18@64,timm:vit_tiny_patch16_224@224 --out docs/research/zoo/prune-timm
+    python tools/prune_zoo.py --models fasterrcnn_mobilenet_v3_large_fpn@320,fcn_resnet50@128 --out docs/research/zoo/prune-detseg
     python tools/prune_zoo.py --models vit_b_16,swin_t@224 --reduction 2 --latency --threads 2 --out /tmp/vit2x
 
 A name without a kind is torchvision's; `@N` sets the input to NxN.

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from singe_deploy.data import make_data
-from singe_deploy.models import build_model
-from singe_deploy.train import evaluate, train_epochs
+from singe_deploy.data.specs import make_data
+from singe_deploy.models.specs import build_model
+from singe_deploy.training.loops import evaluate, train_epochs
 
 
 def main():

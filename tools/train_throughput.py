@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from singe_deploy import distributed
-from singe_deploy.models import build_model
-from singe_deploy.train import Recipe, precision, train_iters
+from singe_deploy.training import distributed
+from singe_deploy.models.specs import build_model
+from singe_deploy.training.loops import Recipe, precision, train_iters
 
 SETTINGS = {"fp32": ("off", "off"), "fp32+cl": ("off", "on"), "bf16": ("bf16", "off"), "bf16+cl": ("bf16", "on"),
             "fp16+cl": ("fp16", "on"), "auto": ("auto", "auto")}

@@ -52,7 +52,7 @@ def _option_rows(parser):
             value = "" if a.nargs == 0 else (a.metavar or a.dest.upper())
         else:
             flags, value = f"`{a.metavar or a.dest}` (positional)", "..." if a.nargs in ("*", "+") else ""
-        rows.append(f"| {flags} | {_cell(value)} | {_cell(a.help or '')} |")
+        rows.append(f"| {flags} | {_cell(value)} | {_cell((a.help or '').replace('%%', '%'))} |")
     return rows
 
 

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 from .. import __version__
+from ..deploy.quantize import QUANTIZED
 from ..errors import UserError, first_line
 from ..files import onnx_metadata, write_atomic
-from ..quantize import QUANTIZED
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt", ".pt": "torch"}
@@ -141,7 +141,7 @@ def engine_shape(info, args, path):
 
 def runner_for(path, backend, args):
     """(runner, declared input shape, metadata the file carries) for one file."""
-    from .. import bench
+    from ..measure import bench
 
     if backend == "onnxruntime":
         try:
@@ -153,7 +153,7 @@ def runner_for(path, backend, args):
         return r, r.input_shape, onnx_metadata(path)
     if backend == "tensorrt":
         _need_cuda_torch("the tensorrt backend")
-        from .. import trt
+        from ..deploy import trt
 
         record = Path(str(path) + ".json")
         info = json.loads(record.read_text()) if record.is_file() else {}
@@ -162,7 +162,7 @@ def runner_for(path, backend, args):
         _need_cuda_torch("--device cuda")
     else:
         _need_torch("the torch backend")
-    from ..models import load_pruned, read_checkpoint
+    from ..models.specs import load_pruned, read_checkpoint
 
     obj = read_checkpoint(path)
     model = load_pruned(path, obj)
@@ -188,7 +188,7 @@ def _need_cuda_torch(what):
 
 def measure_files(args):
     """Latency file content for the artifacts in `args` (one entry per file and batch size)."""
-    from .. import bench, device
+    from ..measure import bench, device
 
     batches = _ints(args.batch_sizes, "--batch-sizes")
     for key in ("iters", "threads"):
@@ -243,7 +243,7 @@ def measure_files(args):
 def threads_from_reports(artifacts):
     """(threads, note): the count compress measured for its folder's model on this CPU (report.json's threads
     block, --threads auto), so that bench times what the report timed; (None, None) when no folder says one."""
-    from ..device import cpu_model
+    from ..measure.device import cpu_model
 
     for a in artifacts:
         try:
@@ -260,7 +260,7 @@ def threads_from_reports(artifacts):
 def add_speedups(entries):
     """Each file's speedup over the run's dense file at the same batch size and backend, with its 95% interval
     (bench.speedup: paired by round when the files were timed interleaved); the calls' times are then dropped."""
-    from .. import bench
+    from ..measure import bench
 
     for e in entries:
         dense = [d for d in entries if d["variant"] == "dense" and d["batch_size"] == e["batch_size"]
@@ -276,7 +276,7 @@ def write_json(data, path):
 
 
 def table(data):
-    from ..bench import says
+    from ..measure.bench import says
 
     rows = [("| model | variant | precision | backend | device | batch | median ms | p90 ms | throughput /s | "
              "speedup over dense |"), "|---|---|---|---|---|---:|---:|---:|---:|---|"]
@@ -289,7 +289,7 @@ def table(data):
 
 def run(args):
     data = measure_files(args)
-    from .. import device
+    from ..measure import device
 
     print(f"device: {device.label(data['device'])}, {data['device']['os']}")
     for note in data["notes"]:

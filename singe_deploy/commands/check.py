@@ -5,7 +5,7 @@
     singe-deploy check --budget budget.yaml latency.json        # latency measured on a device
 
 Budget keys (YAML): max_macs, max_params, min_accuracy, max_accuracy_drop, min_macs_reduction,
-max_latency_ms, max_parity_abs_diff, min_top1_agreement, onnx_opset, max_size_mb. See docs/ci.md for their forms.
+max_latency_ms, max_parity_abs_diff, min_top1_agreement, onnx_opset, max_size_mb. See docs/guide/ci.md for their forms.
 min_accuracy and max_size_mb take a number (the pruned fp32 model) or one per precision ({fp32: 0.93, int8: 0.92}),
 read from the report's deployables; a latency rule may name a precision.
 On an .onnx file the checks are: the ONNX checker, an onnxruntime load and run (finite outputs),
@@ -20,8 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from ..deploy.quantize import PRECISIONS
 from ..errors import CheckFailed, UserError, first_line
-from ..quantize import PRECISIONS
 
 STATS = {"median": "median_ms", "p90": "p90_ms"}
 RULE_KEYS = {"backend", "device", "batch_size", "stat", "ms", "variant", "provider", "precision"}
@@ -39,7 +39,7 @@ KEYS = list(SCALARS) + ["max_latency_ms", "max_parity_abs_diff", "onnx_opset", "
 
 def add_arguments(ap):
     ap.add_argument("artifact", metavar="ARTIFACT", help="report.json (compress), a latency file (bench) or an .onnx")
-    ap.add_argument("--budget", required=True, metavar="FILE", help="YAML budget (keys in docs/ci.md)")
+    ap.add_argument("--budget", required=True, metavar="FILE", help="YAML budget (keys in docs/guide/ci.md)")
     ap.add_argument("--input-shape", metavar="1,C,H,W", help=".onnx only: when its H/W are not fixed")
     ap.add_argument("--parity-samples", type=int, default=8, metavar="N",
                     help=".onnx only: random samples for parity (default: 8)")
@@ -156,7 +156,7 @@ def facts_from_report(kind, data):
 
 def facts_from_onnx(path, budget, args):
     """Run the export checks on an .onnx file; returns (facts, problems found while checking)."""
-    from .. import onnx_flops
+    from ..measure import onnx_flops
     from .bench import input_shape as shape_for
 
     try:
@@ -173,7 +173,7 @@ def facts_from_onnx(path, budget, args):
     except Exception as e:  # noqa: BLE001 - ValidationError and shape-inference errors
         problems.append(("onnx checker", "passes", first_line(e, 120)))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    from .. import bench
+    from ..measure import bench
 
     try:
         runner = bench.OnnxRuntime(path, None, "cpu")
@@ -226,7 +226,7 @@ def _reference_parity(model, runner, x, out):
     import numpy as np
     from onnx.reference import ReferenceEvaluator
 
-    from ..agreement import top1_agreement
+    from ..measure.agreement import top1_agreement
 
     ref = ReferenceEvaluator(model)
     expected = np.asarray(ref.run(None, {runner.input: x})[0])

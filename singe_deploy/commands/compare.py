@@ -18,16 +18,16 @@ import statistics
 import time
 from pathlib import Path
 
+from .. import outdir
 from ..config import OPTIONS, add_arguments
 from ..config import PER_RUN as WHERE_TO_WRITE
-from .. import outdir
 from ..errors import CheckFailed, UserError
 from ..files import write_atomic, write_json, write_text
 
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
 # flags override them); no distillation on this schedule, where it lost at 3x (docs/training.md); augmented
-# fine-tuning, as every comparison in docs/criteria.md and docs/benchmarks.md ran (compress's --augment auto turns it
+# fine-tuning, as every comparison in docs/research/criteria.md and docs/research/benchmarks.md ran (compress's --augment auto turns it
 # off for Fashion-MNIST since 2026-12-06, measured on compress's schedule only)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False,
             "distill": False, "augment": "on"}
@@ -146,13 +146,13 @@ def run(args, log=print):
     from ..compress import run as compress
     from ..config import TARGETS, resolve, validate
     from ..files import partial
-    from ..launch import launched
+    from ..training.launch import launched
 
     if launched():
         raise UserError("compare runs in one process; run each compress under torchrun (or with --nproc) instead")
     criteria = _list(args.criteria, str, "--criteria")
     rankings = _list(args.rankings, str, "--rankings") if getattr(args, "rankings", None) else None
-    from ..prune import RANKINGS
+    from ..pruning.entwined import RANKINGS
 
     if rankings and any(r not in RANKINGS for r in rankings):
         raise UserError(f"--rankings must be among {', '.join(RANKINGS)}, got {args.rankings}")

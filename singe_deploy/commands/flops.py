@@ -32,7 +32,13 @@ def parse_shape(text):
 
 def load(spec, shape, num_classes):
     """(model, full input shape) for a model spec or a pruned .pt file."""
-    from ..models import PRUNED_FORMAT, default_input_shape, load_pruned, parse_spec, read_checkpoint
+    from ..models.specs import (
+        PRUNED_FORMAT,
+        default_input_shape,
+        load_pruned,
+        parse_spec,
+        read_checkpoint,
+    )
 
     if spec.endswith((".pt", ".pth")) and ".py:" not in spec:
         obj = read_checkpoint(spec)
@@ -40,7 +46,7 @@ def load(spec, shape, num_classes):
             raise UserError(f"{spec} is not a pruned model saved by singe-deploy; pass the model spec instead "
                             "(weights do not change MACs)")
         return load_pruned(spec, obj=obj), shape or list(obj["input_shape"])
-    from ..models import build_model
+    from ..models.specs import build_model
 
     parse_spec(spec)
     shape = shape or [1, *default_input_shape(spec)]
@@ -52,7 +58,7 @@ def run(args):
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     if args.spec.endswith(".onnx"):
-        from .. import onnx_flops
+        from ..measure import onnx_flops
 
         if args.onnx_check:
             raise UserError(f"{args.spec} is already an ONNX graph; --onnx-check compares a model spec or a "
@@ -63,7 +69,7 @@ def run(args):
                       convention=onnx_flops.CONVENTION, **graph.to_dict(args.per_layer))
         print(json.dumps(result, indent=1) if args.json else text_onnx(result))
         return 0
-    from ..flops import count, cross_check, disagreement
+    from ..measure.flops import count, cross_check, disagreement
 
     model, shape = load(args.spec, shape, args.num_classes)
     try:

@@ -75,7 +75,7 @@ def backend_label(e):
 
 def collect(files):
     """rows: {(model, device, backend, batch): {variant: entry}}, MACs ratio per model, sources, notes."""
-    from ..device import label
+    from ..measure.device import label
 
     rows, macs, sources, notes = {}, {}, [], []
     for number, f in enumerate(files, 1):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..deploy.quantize import METHODS, PRECISIONS, TARGETS, input_name, quantize
 from ..errors import UserError
 from ..files import write_atomic
-from ..quantize import METHODS, PRECISIONS, TARGETS, input_name, quantize
 
 
 def add_arguments(ap):
@@ -55,8 +55,8 @@ def run(args, log=print):
     size = lambda p: os.path.getsize(p) / 1e6  # noqa: E731
     log(f"wrote {out} ({size(out):.2f} MB; fp32 {size(src):.2f} MB)")
     if data is not None and data.real:
-        from ..bench import OnnxRuntime
-        from ..export import runtime_accuracy
+        from ..deploy.export import runtime_accuracy
+        from ..measure.bench import OnnxRuntime
 
         for name, path in (("fp32", src), (args.precision, out)):
             acc = runtime_accuracy(OnnxRuntime(path, args.threads), data.val, args.val_limit)
@@ -66,9 +66,9 @@ def run(args, log=print):
 
 
 def _data(args, src):
-    from ..bench import OnnxRuntime
+    from ..data.specs import make_data
+    from ..measure.bench import OnnxRuntime
     from .bench import input_shape
-    from ..data import make_data
 
     if args.data is None:
         raise UserError("int8 needs calibration data; pass --data fashion-mnist, imagefolder:DIR or synthetic")

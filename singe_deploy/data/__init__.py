@@ -1,0 +1,1 @@
+"""Data from specs: Fashion-MNIST, image folders, synthetic inputs."""

@@ -1,0 +1,1 @@
+"""Models from specs, the built-in ResNets, and the adapters that make attention and detectors prunable."""

@@ -1,0 +1,1 @@
+"""Dependency groups, the plan per step, latency targets and channel alignment, and the entwined loop."""

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation loops, distillation from the dense model, precision, and torchrun."""

@@ -23,6 +23,7 @@ from . import outdir, report
 from .config import PER_RUN, to_yaml
 from .deploy.deployables import Deployed, DeploySettings, deploy
 from .deploy.quantize import QUANTIZED
+from .deploy.recommend import says
 from .deploy.trt import EngineOptions
 from .errors import CheckFailed, UserError, first_line
 from .files import partial, save_torch, write_json, write_text
@@ -438,6 +439,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     quantized = "".join(f", {e['path']}" for e in deployed.exports if e.get("precision") in QUANTIZED)
     log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
         f"{quantized})")
+    if deployed.recommended:
+        log(says(deployed.recommended, out))  # the last line: the file to ship
     if failures:
         raise CheckFailed("; ".join(failures) + f" (details in {out}/report.md)")
     return rep, out
@@ -503,6 +506,7 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "steps": records,
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": deployed.exports, "latency": deployed.latency, "deployables": deployed.deployables,
+        **({"recommended": deployed.recommended} if deployed.recommended else {}),
         "checks": {"passed": not failures, "failures": failures},
         "timings": live.get("timings", {}), "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),

@@ -8,6 +8,7 @@ import sys
 import torch
 
 from . import __version__, schemas
+from .deploy import recommend
 from .measure.bench import says
 
 
@@ -188,9 +189,14 @@ def markdown(r):
             ms = " | ".join((f"{row['latency_ms'][str(b)]:.3f}" if str(b) in row["latency_ms"] else "") + " | "
                             + (says(row["speedup"][str(b)]) if str(b) in row.get("speedup", {}) else "")
                             for b in batches)
-            lines.append(f"| {row['name']} | {row['format']} | {row['precision']} | {_acc(row['accuracy'])} | {agree} "
-                         f"| {row['macs']:,} | {row['params']:,} | {size} | {ms} |")
+            slower = " (slower than pruned fp32)" if row.get("slower_than_pruned_fp32") else ""
+            lines.append(f"| {row['name']}{slower} | {row['format']} | {row['precision']} | {_acc(row['accuracy'])} "
+                         f"| {agree} | {row['macs']:,} | {row['params']:,} | {size} | {ms} |")
         lines.append("")
+        rec = r.get("recommended")
+        if rec:
+            lines += [f"**To ship**: {recommend.says(rec)}.", ""]
+            lines += [f"- not {x['path']}: {x['why']}" for x in rec["rejected"]] + ([""] if rec["rejected"] else [])
     if r.get("exports"):
         lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
                   "MACs counted on the graph |", "|---|---|---|---|---:|---:|---:|"]

@@ -39,7 +39,10 @@ KEYS = list(SCALARS) + ["max_latency_ms", "max_parity_abs_diff", "onnx_opset", "
 
 def add_arguments(ap):
     ap.add_argument("artifact", metavar="ARTIFACT", help="report.json (compress), a latency file (bench) or an .onnx")
-    ap.add_argument("--budget", required=True, metavar="FILE", help="YAML budget (keys in docs/guide/ci.md)")
+    ap.add_argument("--budget", metavar="FILE", help="YAML budget (keys in docs/guide/ci.md)")
+    ap.add_argument("--max-accuracy-drop", type=float, metavar="P",
+                    help="report.json: at most P points (0-100) of accuracy below dense; with --budget it replaces "
+                         "the file's max_accuracy_drop")
     ap.add_argument("--input-shape", metavar="1,C,H,W", help=".onnx only: when its H/W are not fixed")
     ap.add_argument("--parity-samples", type=int, default=8, metavar="N",
                     help=".onnx only: random samples for parity (default: 8)")
@@ -341,10 +344,23 @@ def table(rows):
     return "\n".join(out)
 
 
+def _budget(args):
+    """The budget file's, with --max-accuracy-drop (points) in place of its max_accuracy_drop (a fraction)."""
+    drop = args.max_accuracy_drop
+    if args.budget is None and drop is None:
+        raise UserError("give a budget: --budget FILE (keys in docs/guide/ci.md) or --max-accuracy-drop P (points)")
+    if drop is not None and not 0 <= drop <= 100:
+        raise UserError(f"--max-accuracy-drop is in points of accuracy, 0 to 100 (0.5 for half a point), got {drop:g}")
+    budget = load_budget(args.budget) if args.budget is not None else {}
+    if drop is not None:
+        budget["max_accuracy_drop"] = drop / 100
+    return budget
+
+
 def run(args):
     if args.parity_samples < 1:
         raise UserError(f"--parity-samples must be >= 1, got {args.parity_samples}")
-    budget = load_budget(args.budget)
+    budget = _budget(args)
     rows = check(args.artifact, budget, args)
     misses = [r for r in rows if not r["ok"]]
     if args.json:

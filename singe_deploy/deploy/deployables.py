@@ -15,6 +15,7 @@ from ..models.specs import load_pruned
 from ..progress import progress
 from . import export
 from .quantize import QUANTIZED
+from .recommend import recommend
 from .trt import EngineOptions
 
 CPU_PARITY_MACS = 2e12
@@ -69,6 +70,7 @@ class Deployed:
     latency: list = field(default_factory=list)  # one record per runner and batch size
     failures: list = field(default_factory=list)  # checks that failed (exit 1)
     deployables: list = field(default_factory=list)  # one row per deployable: accuracy, costs, size, latency
+    recommended: dict | None = None  # the file to ship (recommend.py), None when nothing was timed
 
 
 def parity_batches(s, data, dense_macs, log=print):
@@ -117,6 +119,7 @@ def deploy(dense, pruned, pruned_pt, data, input_shape, work, s, costs, spec, lo
         bar.update(len(runners))
     bar.close()
     out.deployables = _deployables(runners, data, costs, work, s, out, log)
+    out.recommended = recommend(out.deployables)
     return out
 
 

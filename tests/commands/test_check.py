@@ -228,3 +228,22 @@ def test_per_precision_budgets_read_the_deployables(compressed, tmp_path, capsys
         assert f"| {missed}" in capsys.readouterr().out.split("checks missed:")[1]
     assert main(["check", "--budget", _budget(tmp_path, "max_size_mb: {int4: 1}"), str(report)]) == 2
     assert "unknown precision 'int4'" in capsys.readouterr().err
+
+
+def test_max_accuracy_drop_in_points_on_the_command_line(compressed, tmp_path, capsys):
+    report = json.loads((compressed / "report.json").read_text())
+    report["dense"]["accuracy"], report["pruned"]["accuracy"] = 0.9421, 0.9371  # a real run's figures
+    drop = 100 * (report["dense"]["accuracy"] - report["pruned"]["accuracy"])  # points
+    path = str(tmp_path / "report.json")
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert main(["check", "--max-accuracy-drop", f"{drop + 0.01:.4f}", path]) == 0
+    assert "| max_accuracy_drop" in capsys.readouterr().out
+    assert main(["check", "--max-accuracy-drop", f"{drop - 0.01:.4f}", path]) == 1
+    loose = _budget(tmp_path, "max_accuracy_drop: 0.5\nmax_macs: 1e12\n")  # the flag replaces the file's fraction
+    assert main(["check", "--budget", loose, "--max-accuracy-drop", f"{drop - 0.01:.4f}", path]) == 1
+    capsys.readouterr()
+    for argv, match in ((["--max-accuracy-drop", "-1"], "0 to 100"), (["--max-accuracy-drop", "101"], "0 to 100"),
+                        ([], "give a budget")):
+        assert main(["check", *argv, path]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1

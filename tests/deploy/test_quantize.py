@@ -148,12 +148,18 @@ def test_compress_writes_quantized_deployables_with_their_runtime_accuracy(tmp_p
     assert "## Deployables" in (out / "report.md").read_text()
     int8 = onnx.load(str(out / "pruned.int8.onnx")).graph
     assert any(n.op_type == "QuantizeLinear" for n in int8.node)
+    rec = report["recommended"]  # the fastest file within 0.5 points of pruned fp32, named on the console's last line
+    fast = min((r for r in rows.values() if r["accuracy"] >= rows["pruned"]["accuracy"] - 0.005),
+               key=lambda r: r["latency_ms"]["1"])
+    assert rec["path"] == fast["path"] or rec["precision"] == "fp32"  # a quantized file must also be 2% faster
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"ship {out}/{rec['path']} ")
     monkeypatch.setattr(Q, "quantize", broken)
     capsys.readouterr()
     assert main(argv + ["--out", str(tmp_path / "broken")]) == 1  # a broken int8 file fails its own thresholds
     broken_report = json.loads((tmp_path / "broken" / "report.json").read_text())
     rows = {r["name"]: r for r in broken_report["deployables"]}
     assert rows["pruned.int8"]["accuracy"] < 0.3 < rows["pruned"]["accuracy"]
+    assert broken_report["recommended"]["path"] != "pruned.int8.onnx"
     failures = broken_report["checks"]["failures"]
     assert any(f.startswith("pruned.int8.onnx: top-1 agreement") and "--quant-top1" in f for f in failures)
     assert any(f.startswith("pruned.int8.onnx: accuracy") and "--quant-accuracy-drop" in f for f in failures)

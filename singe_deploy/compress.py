@@ -437,8 +437,9 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     outdir.publish(work, out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
     quantized = "".join(f", {e['path']}" for e in deployed.exports if e.get("precision") in QUANTIZED)
-    log(f"wrote {out}/ (report.md, report.json, pruned.pt{files.get(cfg['target'], '') if cfg['export'] else ''}"
-        f"{quantized})")
+    plot = ", tradeoff.png" if (out / "tradeoff.png").exists() else ""
+    log(f"wrote {out}/ (report.md, report.json{plot}, pruned.pt"
+        f"{files.get(cfg['target'], '') if cfg['export'] else ''}{quantized})")
     if deployed.recommended:
         log(says(deployed.recommended, out))  # the last line: the file to ship
     if failures:
@@ -451,6 +452,10 @@ def _write_report(work, rep, cfg):
     write_json(work / "report.json", rep)
     write_text(work / "report.md", report.markdown(rep))
     write_text(work / "config.yaml", to_yaml(cfg))
+    try:
+        report.plot_tradeoff(rep, work / "tradeoff.png")
+    except Exception as e:  # noqa: BLE001 - a figure is not worth the run: the report holds its numbers
+        print(f"(no tradeoff.png: {first_line(e)})")
 
 
 def _report(cfg, p, schedule, live, deployed=None, failed=None):

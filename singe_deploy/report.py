@@ -158,6 +158,9 @@ def markdown(r):
         lines.append(f"| fine-tuned | {_pct(p['macs'], d['macs'])} | {p['params']:,} | {_acc(p['accuracy'])} "
                      f"| | | | |")
         lines.append("")
+        if p.get("accuracy") is not None:
+            lines += ["tradeoff.png plots these steps, and each deployable's accuracy against its measured latency.",
+                      ""]
     if r.get("latency"):
         lines += ["## Latency", "", "| backend | device | variant | precision | batch | median ms | p90 ms | p99 ms | "
                   "mean ms | std ms | CV | throughput/s | speedup |",
@@ -195,7 +198,7 @@ def markdown(r):
         lines.append("")
         rec = r.get("recommended")
         if rec:
-            lines += [f"**To ship**: {recommend.says(rec)}.", ""]
+            lines += [f"**To ship**: {recommend.describe(rec)}.", ""]
             lines += [f"- not {x['path']}: {x['why']}" for x in rec["rejected"]] + ([""] if rec["rejected"] else [])
     if r.get("exports"):
         lines += ["## Exports", "", "| format | variant | file | reference | max abs diff | top-1 agreement | "
@@ -239,3 +242,49 @@ def layer_table(dense, pruned):
                      "dense_out": l.out_channels, "pruned_out": q.out_channels, "dense_macs": l.macs,
                      "pruned_macs": q.macs, "dense_params": l.params, "pruned_params": q.params})
     return rows
+
+
+def plot_tradeoff(r, path):
+    """tradeoff.png: accuracy after each pruning step against its MACs, with dense and the fine-tuned model marked;
+    beside it, each deployable's accuracy against its measured latency, the file to ship marked. Written atomically;
+    returns whether there was an accuracy to plot (none on synthetic data)."""
+    steps = [s for s in r.get("steps", []) if s.get("accuracy") is not None]
+    if r["pruned"].get("accuracy") is None or r["dense"].get("accuracy") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import write_atomic
+
+    rows = [row for row in r.get("deployables", []) if row.get("accuracy") is not None and row.get("latency_ms")]
+    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(10 if rows else 5.5, 4), squeeze=False)
+    dense_macs, ax = r["dense"]["macs"], axes[0][0]
+    ax.plot([1.0] + [s["macs"] / dense_macs for s in steps], [r["dense"]["accuracy"]] + [s["accuracy"] for s in steps],
+            "-o", color="C0", label="after each step's fine-tuning")
+    ax.plot([1.0], [r["dense"]["accuracy"]], "s", color="k", label="dense")
+    ax.plot([r["pruned"]["macs"] / dense_macs], [r["pruned"]["accuracy"]], "*", color="C3", markersize=14,
+            label="after the final fine-tuning")
+    ax.invert_xaxis()
+    ax.set(xlabel="MACs / dense", ylabel="accuracy", title="pruning steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if rows:
+        batch = min(int(b) for row in rows for b in row["latency_ms"])
+        ax = axes[0][1]
+        ship = (r.get("recommended") or {}).get("name")
+        for i, row in enumerate(rows):
+            ms = row["latency_ms"].get(str(batch))
+            if ms is None:
+                continue
+            marker = "*" if row["name"] == ship else ("s" if row["variant"] == "dense" else "o")
+            ax.plot([ms], [row["accuracy"]], marker, color=f"C{i}", markersize=14 if marker == "*" else 7,
+                    label=row["name"] + (" (to ship)" if row["name"] == ship else ""))
+        ax.set(xlabel=f"measured latency at batch {batch}, ms", ylabel="accuracy", title="deployables")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return True

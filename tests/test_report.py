@@ -122,3 +122,25 @@ def test_environment_versions_come_from_package_metadata():
     assert env["torch_pruning"] == metadata.version("torch-pruning")
     assert env["onnxruntime"] in (installed_version("onnxruntime"),)
     assert installed_version("no_such_module_here") is None
+
+
+def test_the_tradeoff_plot_needs_accuracies_and_marks_the_file_to_ship(tmp_path):
+    from singe_deploy.deploy.recommend import recommend
+    from singe_deploy.report import plot_tradeoff
+
+    r = _minimal()
+    assert plot_tradeoff(r, tmp_path / "none.png") is False and not (tmp_path / "none.png").exists()
+    r["dense"]["accuracy"], r["pruned"]["accuracy"] = 0.94, 0.93
+    step = {"removed_channels": 1, "score_seconds": 0.1, "plan_seconds": 0.1, "finetune_seconds": 1.0}
+    r["steps"] = [dict(step, step=1, macs=7, params=4, accuracy=0.92), dict(step, step=2, macs=5, params=3,
+                                                                         accuracy=None)]
+    row = {"variant": "pruned", "format": "onnx", "precision": "fp32", "accuracy": 0.93, "latency_ms": {"1": 0.5},
+           "speedup": {}, "top1_agreement": 1.0, "macs": 5, "params": 3, "size_bytes": 100}
+    r["deployables"] = [dict(row, name="dense", variant="dense", accuracy=0.94, latency_ms={"1": 1.0}, path="d.onnx"),
+                        dict(row, name="pruned", path="p.onnx")]
+    r["recommended"] = recommend(r["deployables"])
+    assert plot_tradeoff(r, tmp_path / "t.png") is True
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = markdown(r)
+    assert "tradeoff.png plots" in md and "**To ship**: p.onnx (fp32, 0.500 ms at batch 1, 93.00%)" in md
+    assert "| dense (slower than pruned fp32) |" in md

@@ -80,8 +80,12 @@ def _rejected(r, mine, fp32_ms, bar):
 
 
 def says(rec, folder=None):
-    """One line for the console (the file under `folder`) and report.md."""
+    """The console's last line: the file to ship (under `folder`), and why."""
+    return "ship " + describe(rec, folder)
+
+
+def describe(rec, folder=None):
+    """The file, its precision, latency and accuracy, and why it was chosen."""
     acc = "" if rec["accuracy"] is None else f", {100 * rec['accuracy']:.2f}%"
     path = f"{folder}/{rec['path']}" if folder else rec["path"]
-    return (f"ship {path} ({rec['precision']}, {rec['latency_ms']:.3f} ms at batch {rec['batch_size']}{acc}): "
-            f"{rec['why']}")
+    return f"{path} ({rec['precision']}, {rec['latency_ms']:.3f} ms at batch {rec['batch_size']}{acc}): {rec['why']}"

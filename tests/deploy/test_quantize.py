@@ -146,6 +146,7 @@ def test_compress_writes_quantized_deployables_with_their_runtime_accuracy(tmp_p
     assert {(x["precision"], x["batch_size"]) for x in report["latency"] if x["variant"] == "pruned"} == {
         (p, b) for p in ("fp32", "int8", "fp16") for b in (1, 2)}
     assert "## Deployables" in (out / "report.md").read_text()
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     int8 = onnx.load(str(out / "pruned.int8.onnx")).graph
     assert any(n.op_type == "QuantizeLinear" for n in int8.node)
     rec = report["recommended"]  # the fastest file within 0.5 points of pruned fp32, named on the console's last line

@@ -27,8 +27,8 @@ from ..files import write_atomic, write_json, write_text
 # the compare command's own defaults: a short schedule, accuracy after the last step only, so that
 # 7 criteria x 2 targets x 3 seeds fit in 20 minutes on 2 CPU cores for the demo model (config files and
 # flags override them); no distillation on this schedule, where it lost at 3x (docs/training.md); augmented
-# fine-tuning, as every comparison in docs/research/criteria.md and docs/research/benchmarks.md ran (compress's --augment auto turns it
-# off for Fashion-MNIST since 2026-12-06, measured on compress's schedule only)
+# fine-tuning, as every comparison in docs/research/criteria.md and docs/research/benchmarks.md ran (compress's
+# --augment auto turns it off for Fashion-MNIST since 2026-12-06, measured on compress's schedule only)
 DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2, "export": False, "step_eval": False,
             "distill": False, "augment": "on"}
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms",

@@ -9,6 +9,7 @@ import torch
 
 from . import __version__, schemas
 from .deploy import recommend
+from .files import write_atomic
 from .measure.bench import says
 
 
@@ -256,8 +257,6 @@ def plot_tradeoff(r, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import write_atomic
-
     rows = [row for row in r.get("deployables", []) if row.get("accuracy") is not None and row.get("latency_ms")]
     fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(10 if rows else 5.5, 4), squeeze=False)
     dense_macs, ax = r["dense"]["macs"], axes[0][0]
@@ -271,7 +270,7 @@ def plot_tradeoff(r, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if rows:
-        batch = min(int(b) for row in rows for b in row["latency_ms"])
+        batch = recommend.reference_batch(rows)  # the batch the file to ship was chosen at
         ax = axes[0][1]
         ship = (r.get("recommended") or {}).get("name")
         for i, row in enumerate(rows):

@@ -35,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=20, help="validation images per class, from the test set (default 20)")
     ap.add_argument("--data-dir", default=None, help="where Fashion-MNIST's idx files are (default: found)")
     args = ap.parse_args(argv)
+    if args.train < 1 or args.val < 1:
+        print(f"make_imagefolder: --train and --val must be at least 1, got {args.train} and {args.val}", file=sys.stderr)
+        return 2
     if args.out.exists():
         print(f"make_imagefolder: {args.out} exists; name a new folder", file=sys.stderr)
         return 2

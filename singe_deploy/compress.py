@@ -38,9 +38,11 @@ from .models.specs import (
     save_pruned,
     task_of,
 )
+from .pruning.budget import AccuracyBudget
 from .pruning.entwined import Schedule, Target, check_reachable, in_window, prune
 from .scoring.importance import make_criterion
 from .source import Source
+from .sweep import finetune_points, front, save_step
 from .training import distributed, memo
 from .training.loops import evaluate
 from .training.loops import precision as train_precision
@@ -68,10 +70,26 @@ def check_target(cfg):
 
 
 def _target(cfg):
+    """The run's target; with --max-accuracy-drop and none given, the default 2x MACs sets only the steps' ratio."""
     if cfg["latency_budget_ms"]:
         return Target("latency", None, cfg["latency_budget_ms"])
-    key = next(k for k in ("macs_reduction", "params_reduction", "latency_reduction") if cfg[k])
-    return Target(key.split("_")[0], cfg[key])
+    key = next((k for k in ("macs_reduction", "params_reduction", "latency_reduction") if cfg[k]), None)
+    return Target(key.split("_")[0], cfg[key]) if key else Target("macs", 2.0)
+
+
+def _has_floor(cfg):
+    return any(cfg[k] for k in ("macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms"))
+
+
+def _step_timer(cfg, input_shape, threads):
+    """What each step's model is timed with, against the dense one, for the report's trade-off curve: the --target's
+    timer, kept short; None without export or for a latency target (its steps are timed by the target's own)."""
+    if not cfg["export"] or cfg["latency_reduction"] or cfg["latency_budget_ms"]:
+        return None
+    from .pruning.latency import timer_for
+
+    return timer_for(cfg["target"], input_shape, cfg["latency_batch"], cfg["device"], threads, cfg["opset"],
+                     engine=EngineOptions.from_config(cfg), min_iters=10, min_seconds=0.2)
 
 
 def _timer(cfg, input_shape, threads=None):
@@ -247,7 +265,8 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
         if ctx.main:
             p.threads = _threads(cfg, model, input_shape, state, log)
             p.alignment = _alignment(cfg, model, input_shape, state, p.threads["threads"], log)
-        if p.target.metric != "latency":  # a latency target is checked against its table, once measured
+        if p.target.metric != "latency" and (_has_floor(cfg) or cfg["max_accuracy_drop"] is None):
+            # a latency target is checked against its table, once measured; a budget without a floor needs no check
             # other ranks learn the alignment later (broadcast): they check with any count, rank 0 with its own
             aligned = replace(schedule, round_to=p.alignment["round_to"] if p.alignment else 1)
             check_reachable(model, input_shape, p.target, aligned, _ignored(model, cfg["ignore_layers"]))
@@ -373,6 +392,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
         model = load_pruned(work / STATE, state["model"])
         records, start, dense_channels = state["records"], state["step"], state["dense_channels"]
         resume = dict(state.get("extra") or {}, phase=state["phase"])
+        if resume.get("kept"):  # the model before a budget step, which it may be rolled back to
+            resume["kept"] = load_pruned(work / STATE, resume["kept"])
         log(f"resuming {work} after step {start}/{schedule.steps}"
             + {"step-finetune": ", inside the next step's fine-tuning", "final-finetune": ", inside the final "
                "fine-tuning", "finetuned": ", at the export"}.get(state["phase"], ""))
@@ -393,6 +414,8 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     def checkpoint(step, m, recs, phase="prune", extra=None):
         """One atomic file holds the model and where the run is: a kill leaves the old state or the new one."""
         final = phase == "final-finetune" or (phase == "prune" and step >= schedule.steps)  # what runs next
+        if sweep and phase == "prune" and 1 <= step <= len(sweep):  # the point's model, before the state says so
+            save_step(work, sweep[step - 1], m, cfg["model"], _classes(m), input_shape)
         live.update(stage="export" if phase == "finetuned" else "finetune" if final else "prune", model=m,
                     records=recs)
         saved = pruned_dict(m, cfg["model"], _classes(m), shape[0], input_shape)
@@ -400,21 +423,40 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
             train = dict(extra["train"])
             saved["state_dict"] = train.pop("weights")
             extra = dict(extra, train=train)
+        if extra and extra.get("kept") is not None:
+            extra = dict(extra, kept=pruned_dict(extra["kept"], cfg["model"], _classes(m), shape[0], input_shape))
         save_torch({"config": cfg, "step": step, "records": recs, "dense_accuracy": dense_acc, "phase": phase,
                     "dense_channels": dense_channels, "extra": extra, "model": saved,
                     "alignment": p.alignment, "threads": p.threads, "precision": p.precision}, work / STATE)
 
     t = time.time()
+    sweep = cfg["sweep"]
+    if sweep:  # one step per point, each fine-tuned on its own afterwards (sweep.py)
+        schedule = replace(schedule, steps=len(sweep))
     finetuned = state is not None and state.get("phase") == "finetuned"
-    result = prune(model, input_shape, criterion, target, schedule, data, ignored, start, records,
+    budget = None
+    if cfg["max_accuracy_drop"] is not None:
+        budget = live["budget"] = AccuracyBudget(cfg["max_accuracy_drop"], dense_acc, data.holdout, _has_floor(cfg))
+    result = prune(model, input_shape, criterion, target, replace(schedule, epochs=0) if sweep else schedule, data,
+                   ignored, start, records,
                    checkpoint if ctx.main else None, log, finetuned, dense_channels, teacher=dense_model,
                    timer=p.timer, latency_table=cfg["latency_table"], latency_unit=cfg["latency_unit"],
-                   resume=resume, save_every=60 * cfg["checkpoint_minutes"])
+                   resume=resume, save_every=60 * cfg["checkpoint_minutes"], budget=budget,
+                   step_timer=_step_timer(cfg, input_shape, p.threads["threads"]) if ctx.main else None,
+                   reductions=sweep)
     records = result.steps
+    if sweep:
+        live["stage"] = "finetune"
+        points, model, result.finetune_seconds = finetune_points(
+            work, sweep, records, data, schedule, dense_model, cfg["seed"], cfg["model"], _classes(model), input_shape,
+            cfg["export"], log)
+        live.update(model=model, sweep=points)
     timings["prune_s"] = round(time.time() - t - result.finetune_seconds, 2)
     timings["finetune_s"] = result.finetune_seconds
     live.update(stage="export", records=records, result=result,
                 pruned_acc=evaluate(model, data.val) if data.real else None)
+    if budget is not None:  # how far the held-out estimate and the evaluation set were apart, for the report
+        live["holdout"] = {"dense": budget.measure(dense_model), "pruned": budget.measure(model)}
     pruned_costs = live["pruned_costs"] = count(model, input_shape)
     log(f"pruned: {pruned_costs.macs:,} MACs ({dense_costs.macs / pruned_costs.macs:.2f}x fewer), "
         f"{pruned_costs.params:,} params, accuracy {_fmt(live['pruned_acc'])}")
@@ -437,7 +479,7 @@ def _run(cfg, log, t_start, p, schedule, input_shape, state, dense_accuracy, liv
     outdir.publish(work, out)
     files = {"onnx": ", dense.onnx, pruned.onnx", "trt": ", dense.onnx, pruned.onnx, dense.engine, pruned.engine"}
     quantized = "".join(f", {e['path']}" for e in deployed.exports if e.get("precision") in QUANTIZED)
-    plot = ", tradeoff.png" if (out / "tradeoff.png").exists() else ""
+    plot = "".join(f", {name}" for name in ("tradeoff.png", "sweep.png", "sweep/") if (out / name).exists())
     log(f"wrote {out}/ (report.md, report.json{plot}, pruned.pt"
         f"{files.get(cfg['target'], '') if cfg['export'] else ''}{quantized})")
     if deployed.recommended:
@@ -452,10 +494,11 @@ def _write_report(work, rep, cfg):
     write_json(work / "report.json", rep)
     write_text(work / "report.md", report.markdown(rep))
     write_text(work / "config.yaml", to_yaml(cfg))
-    try:
-        report.plot_tradeoff(rep, work / "tradeoff.png")
-    except Exception as e:  # noqa: BLE001 - a figure is not worth the run: the report holds its numbers
-        print(f"(no tradeoff.png: {first_line(e)})")
+    for name, plot in (("tradeoff.png", report.plot_tradeoff), ("sweep.png", report.plot_sweep)):
+        try:
+            plot(rep, work / name)
+        except Exception as e:  # noqa: BLE001 - a figure is not worth the run: the report holds its numbers
+            print(f"(no {name}: {first_line(e)})")
 
 
 def _report(cfg, p, schedule, live, deployed=None, failed=None):
@@ -466,7 +509,9 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
     model, records, input_shape = live["model"], live["records"], live["input_shape"]
     dense_costs, result = live["dense_costs"], live.get("result")
     pruned_costs = live.get("pruned_costs") or count(model, input_shape)
-    pruned_acc = live.get("pruned_acc", records[-1]["accuracy"] if records else None)
+    kept = [r for r in records if not r.get("rolled_back")]  # a step rolled back is in the curve, not the model
+    pruned_acc = live.get("pruned_acc", kept[-1]["accuracy"] if kept else None)
+    budget = live.get("budget")
     failures = list(deployed.failures)
     target = p.target
     if result is not None and result.latency is not None:  # measured against the dense model at the end of prune()
@@ -475,13 +520,21 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         window = "measured pruned <= measured dense/X*1.03"
     elif target.metric == "latency":
         achieved, hit, window = None, False, "measured pruned <= measured dense/X*1.03"
+    elif budget is not None:  # the target is a floor, or there is none
+        before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
+        achieved, hit = before / after, not budget.floor or after <= before / target.reduction * 1.03
+        window = "a floor: pruned <= dense/X*1.03" if budget.floor else "none: as far as the accuracy budget allows"
     else:
         before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
         achieved, hit = before / after, in_window(after, before, target.reduction)
         window = "dense/X*0.9 <= pruned <= dense/X*1.03"
+    spent = _budget(budget, records, live, pruned_acc) if budget is not None else None
     if failed:
         failures.append(f"{failed['stage']} failed: {failed['error']}")
-    elif not hit:
+    elif spent is not None and spent["within"] is False:
+        failures.append(f"accuracy budget missed: {spent['drop_points']:.2f} points below dense on {cfg['data']}'s "
+                        f"evaluation set, over --max-accuracy-drop {budget.max_drop:g}")
+    if not failed and not hit:
         asked = f"<= {target.budget_ms:g} ms" if target.reduction is None else f"/ {target.reduction:g}"
         got = "not measured" if achieved is None else f"got / {achieved:.3f}"
         failures.append(f"target {target.metric} {asked} missed: {got}")
@@ -492,8 +545,8 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
                   "num_classes": _classes(model)},
         "data": {"spec": cfg["data"], "real": p.data.real, **_skipped(p.data)},
         "dense": _cost(dense_costs, live["dense_acc"]),
-        "pruned": dict(_cost(pruned_costs, pruned_acc), accuracy_before_finetune=records[-1]["accuracy"]
-                       if records else None),
+        "pruned": dict(_cost(pruned_costs, pruned_acc), accuracy_before_finetune=kept[-1]["accuracy"]
+                       if kept else None),
         "reduction": {"macs": dense_costs.macs / pruned_costs.macs, "params": dense_costs.params / pruned_costs.params},
         "target": {"metric": target.metric, "reduction": target.reduction, "achieved": achieved, "hit": hit,
                    **({"budget_ms": target.budget_ms} if target.budget_ms else {}),
@@ -512,15 +565,32 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         "layers": report.layer_table(dense_costs, pruned_costs),
         "exports": deployed.exports, "latency": deployed.latency, "deployables": deployed.deployables,
         **({"recommended": deployed.recommended} if deployed.recommended else {}),
+        **({"accuracy_budget": spent} if spent is not None else {}),
+        **({"sweep": {"points": live["sweep"], "front": [q["reduction"] for q in front(live["sweep"])]}}
+           if live.get("sweep") else {}),
         "checks": {"passed": not failures, "failures": failures},
         "timings": live.get("timings", {}), "convention": CONVENTION,
         "distributed": {"world_size": ctx.world, "backend": ctx.backend, "device": str(ctx.device),
                         "sync_bn": ctx.sync_bn},
         "environment": report.environment((p.threads or {}).get("threads") or bench.default_threads()),
     }
+    if budget is not None and not budget.floor:
+        rep["target"]["reduction"] = None  # 2x MACs only set the steps' ratio
     if failed:
         rep["failed"] = failed
     return rep
+
+
+def _budget(budget, records, live, pruned_acc):
+    """report.json's accuracy_budget: the budget, where the steps stopped and why, and the drop on the evaluation
+    set (within: None until the final accuracy is measured) beside the held-out estimate."""
+    judged = [r for r in records if r.get("judged")]
+    drop = None if pruned_acc is None else 100 * (budget.reference - pruned_acc)
+    return dict(budget.describe(), steps_beyond_floor=len([r for r in judged if not r.get("rolled_back")]),
+                rolled_back=any(r.get("rolled_back") for r in records),
+                stop=next((r["stop"] for r in reversed(records) if r.get("stop")), None),
+                drop_points=drop, within=None if drop is None else drop <= budget.max_drop + 1e-9,
+                holdout_accuracy=live.get("holdout"))
 
 
 def _skipped(data):

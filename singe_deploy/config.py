@@ -69,6 +69,15 @@ OPTIONS = [
     Option("latency_table", "str", None, "latency table file for latency targets: read when it was measured for "
            "this model, input shape, backend, device, batch and threads, else measured and written there "
            "(default: a file in ~/.cache/singe-deploy/latency)"),
+    Option("max_accuracy_drop", "float", None, "prune as far as an accuracy budget allows (points, 0 to 100): the "
+           "target becomes a floor (none when no target is given) and pruning goes on in steps of the same ratio while "
+           "the accuracy on --holdout training data, after each step's fine-tuning, stays within P points of the dense "
+           "model's; a step past it is rolled back and half a step tried instead (real data only)"),
+    Option("sweep", "floats", None, "prune to each of these MACs reductions in one entwined run, one step each, and "
+           "fine-tune every step's model on its own: one model per reduction in OUT/sweep/ and sweep.png, accuracy "
+           "against measured latency (e.g. 1.5,2,3,4; the run's pruned.pt is the last)"),
+    Option("holdout", "float", 0.1, "fraction of the training data held out of fine-tuning and calibration to judge "
+           "--max-accuracy-drop's steps by (the same samples for every seed)"),
     Option("steps", "int", 4, "pruning steps S of the entwined flowchart"),
     Option("finetune_iters", "int", 150, "fine-tuning iterations K after each pruning step"),
     Option("epochs", "float", 3.0, "epochs E of final fine-tuning"),
@@ -200,6 +209,12 @@ def _convert(opt, value, where):
             raise bad("a list of integers like 1,8") from None
         if any(v < 1 for v in value):
             raise bad("positive integers")
+    elif t == "floats":
+        items = str(value).split(",") if isinstance(value, (str, int, float)) else value
+        try:
+            value = [float(str(v).strip()) for v in items]
+        except (TypeError, ValueError):
+            raise bad("a list of numbers like 1.5,2,3") from None
     elif t == "strs":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -290,7 +305,7 @@ def _metavar(o):
         return "{" + ",".join(map(str, o.choices)) + "}"
     if o.name in METAVARS:
         return METAVARS[o.name]
-    return {"ints": "N[,N]", "strs": "NAME[,NAME]", "int": "N", "float": "X"}.get(o.type, "VALUE")
+    return {"ints": "N[,N]", "floats": "X[,X]", "strs": "NAME[,NAME]", "int": "N", "float": "X"}.get(o.type, "VALUE")
 
 
 def resolve(args, base=None):
@@ -317,7 +332,21 @@ def validate(cfg):
     given = [k for k in TARGETS if cfg[k] is not None]
     if len(given) > 1:
         raise UserError(f"give one target, not {' and '.join('--' + k.replace('_', '-') for k in given)}")
-    if not given:
+    budget = cfg["max_accuracy_drop"]
+    if budget is not None:
+        if not 0 <= budget <= 100:
+            raise UserError(f"--max-accuracy-drop is in accuracy points, 0 to 100, got {budget:g}")
+        if cfg["data"] == "synthetic":
+            raise UserError("--max-accuracy-drop needs real data to measure accuracy on, and --data synthetic has "
+                            "none; pass --data fashion-mnist or imagefolder:DIR")
+        if not 0 < cfg["holdout"] < 1:
+            raise UserError(f"--holdout is a fraction of the training data, above 0 and below 1, got {cfg['holdout']:g}")
+        if cfg["finetune_iters"] == 0:
+            raise UserError("--max-accuracy-drop judges each step after its fine-tuning; give --finetune-iters > 0")
+    if cfg["sweep"] is not None:
+        _check_sweep(cfg, given, budget)
+        cfg["macs_reduction"] = cfg["sweep"][-1]
+    if not given and budget is None and cfg["macs_reduction"] is None:  # with a budget and no target: no floor
         cfg["macs_reduction"] = 2.0
     if cfg["latency_budget_ms"] is not None and not cfg["latency_budget_ms"] > 0:
         raise UserError(f"--latency-budget-ms must be > 0, got {cfg['latency_budget_ms']:g}")
@@ -369,6 +398,23 @@ def validate(cfg):
     if cfg["trt_workspace_gb"] <= 0:
         raise UserError(f"--trt-workspace-gb must be > 0, got {cfg['trt_workspace_gb']:g}")
     return cfg
+
+
+def _check_sweep(cfg, given, budget):
+    xs = cfg["sweep"]
+    if len(xs) < 2 or any(not x > 1 for x in xs) or len(set(xs)) < len(xs):
+        raise UserError(f"--sweep takes two or more different reductions above 1 (pruned = dense / X), got "
+                        f"{','.join(f'{x:g}' for x in xs)}")
+    echoed = given == ["macs_reduction"] and cfg["macs_reduction"] == max(xs)  # a sweep's saved config.yaml
+    if budget is not None or (given and not echoed):
+        raise UserError("--sweep gives the MACs reductions to prune to; drop --max-accuracy-drop and the other "
+                        "targets, or drop --sweep")
+    if cfg["nproc"] > 1:
+        raise UserError("--sweep runs in one process; drop --nproc")
+    if cfg["data"] == "synthetic":
+        raise UserError("--sweep fine-tunes each point and draws accuracy against latency, which needs real data; "
+                        "pass --data fashion-mnist or imagefolder:DIR")
+    cfg["sweep"] = sorted(xs)
 
 
 def round_to(value):

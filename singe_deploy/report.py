@@ -91,6 +91,8 @@ def _target(t):
     """'macs / 2' or 'latency <= 25 ms (1.55x of dense)'."""
     if t.get("budget_ms"):
         return f"{t['metric']} <= {t['budget_ms']:g} ms" + (f" ({t['reduction']:.3g}x of dense)" if t["reduction"] else "")
+    if t["reduction"] is None:
+        return "none (as far as --max-accuracy-drop allows)"
     return f"{t['metric']} / {t['reduction']:g}"
 
 
@@ -149,19 +151,33 @@ def markdown(r):
         ["## Checks", "", "All checks passed.", ""]
     steps = r.get("steps", [])
     if steps:
-        lines += ["## Accuracy per step", "", "| step | MACs / dense | params | accuracy | channels removed | "
-                  "score s | plan s | fine-tune s |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| dense | 1.000 | {d['params']:,} | {_acc(d['accuracy'])} | | | | |"]
+        budget = r.get("accuracy_budget")
+        held = budget.get("holdout_accuracy") or {} if budget else {}
+        extra = " held-out accuracy |" if budget else ""
+        lines += ["## Accuracy per step", "", "The trade-off curve: each step after its own fine-tuning, the latency "
+                  "timed against the dense model's in the same run.", "",
+                  "| step | MACs / dense | params | latency / dense | accuracy |" + extra + " channels removed | "
+                  "score s | plan s | fine-tune s |", "|---:" * (9 + bool(budget)) + "|",
+                  f"| dense | 1.000 | {d['params']:,} | 1.000 | {_acc(d['accuracy'])} |"
+                  + (f" {_acc(held.get('dense'))} |" if budget else "") + " | | | |"]
         for s in steps:
-            lines.append(f"| {s['step']} | {_pct(s['macs'], d['macs'])} | {s['params']:,} | {_acc(s['accuracy'])} | "
-                         f"{s['removed_channels']} | {s['score_seconds']:.1f} | {s['plan_seconds']:.1f} | "
+            ms = step_latency(s)
+            name = f"{s['step']}" + (" (rolled back)" if s.get("rolled_back") else "")
+            lines.append(f"| {name} | {_pct(s['macs'], d['macs'])} | {s['params']:,} | "
+                         f"{'' if ms is None else f'{ms[1] / ms[0]:.3f}'} | {_acc(s['accuracy'])} | "
+                         + (f"{_acc(s.get('holdout_accuracy'))} | " if budget else "")
+                         + f"{s['removed_channels']} | {s['score_seconds']:.1f} | {s['plan_seconds']:.1f} | "
                          f"{s['finetune_seconds']:.1f} |")
-        lines.append(f"| fine-tuned | {_pct(p['macs'], d['macs'])} | {p['params']:,} | {_acc(p['accuracy'])} "
-                     f"| | | | |")
+        lines.append(f"| fine-tuned | {_pct(p['macs'], d['macs'])} | {p['params']:,} | | {_acc(p['accuracy'])} |"
+                     + (f" {_acc(held.get('pruned'))} |" if budget else "") + " | | | |")
         lines.append("")
+        if budget:
+            lines += _budget_lines(budget)
         if p.get("accuracy") is not None:
             lines += ["tradeoff.png plots these steps, and each deployable's accuracy against its measured latency.",
                       ""]
+    if r.get("sweep"):
+        lines += _sweep_lines(r["sweep"], d)
     if r.get("latency"):
         lines += ["## Latency", "", "| backend | device | variant | precision | batch | median ms | p90 ms | p99 ms | "
                   "mean ms | std ms | CV | throughput/s | speedup |",
@@ -245,30 +261,85 @@ def layer_table(dense, pruned):
     return rows
 
 
+def step_latency(step):
+    """(dense ms, ms) of a step as it was timed (a MACs or params run's step timer, or a latency target's own
+    measurement, else its table's prediction), or None."""
+    if step.get("latency_ms") is not None:
+        return step["dense_latency_ms"], step["latency_ms"]
+    ms = step.get("latency_measured_ms") or step.get("latency_predicted_ms")
+    return None if ms is None else (step["dense"], ms)
+
+
+def _sweep_lines(sweep, d):
+    """report.md's table of a sweep's points."""
+    lines = ["## Sweep", "", "One model per MACs reduction from one entwined run, each fine-tuned on its own; sweep.png "
+             "draws them. Latency is each step's, timed against the dense model in the same run.", "",
+             "| asked | MACs / dense | latency / dense | accuracy before fine-tuning | accuracy | on the front | "
+             "file |", "|---:|---:|---:|---:|---:|---|---|"]
+    for q in sweep["points"]:
+        lat = f"{q['latency_ms'] / q['dense_latency_ms']:.3f}" if q.get("latency_ms") else ""
+        lines.append(f"| {q['reduction']:g}x | {_pct(q['macs'], d['macs'])} | {lat} | "
+                     f"{_acc(q['accuracy_before_finetune'])} | {_acc(q['accuracy'])} | "
+                     f"{'yes' if q['reduction'] in sweep['front'] else 'no'} | {q['pruned_onnx'] or q['pruned_pt']} |")
+    return lines + [""]
+
+
+def _points(p):
+    return f"{p:g} point{'' if p == 1 else 's'}"
+
+
+def _budget_lines(b):
+    """report.md's paragraph on an accuracy budget: where the steps stopped, and the two accuracies' drops."""
+    held = b.get("holdout_accuracy") or {}
+    drop = "not measured" if b["drop_points"] is None else f"{b['drop_points']:.2f} points"
+    verdict = {True: "within the budget", False: "OVER the budget", None: "not measured yet"}[b["within"]]
+    gap = (f" On the {b['holdout_samples']:,} held-out training samples the pruned model scored {_acc(held['pruned'])} "
+           f"and the dense model {_acc(held['dense'])} (it was trained on them)." if held else "")
+    won_back = (f", allowing {b['recovery_margin_points']:g} points that the final fine-tuning wins back"
+                if b["recovery_margin_points"] else "")
+    return [f"Accuracy budget: at most {_points(b['max_drop_points'])} below dense ({_acc(b['reference_accuracy'])}); "
+            f"steps were judged on held-out training data{won_back}. {b['steps_beyond_floor']} step(s) kept beyond the "
+            f"{'target' if b['floor'] else 'dense model'}; {b['stop'] or 'the run ended there'}. The evaluation set's "
+            f"drop after the final fine-tuning: {drop}, {verdict}.{gap}", ""]
+
+
 def plot_tradeoff(r, path):
-    """tradeoff.png: accuracy after each pruning step against its MACs, with dense and the fine-tuned model marked;
+    """tradeoff.png: accuracy after each pruning step against its measured latency (its MACs where steps were not
+    timed), with dense, the fine-tuned model, a rolled-back step and the accuracy budget marked;
     beside it, each deployable's accuracy against its measured latency, the file to ship marked. Written atomically;
     returns whether there was an accuracy to plot (none on synthetic data)."""
     steps = [s for s in r.get("steps", []) if s.get("accuracy") is not None]
     if r["pruned"].get("accuracy") is None or r["dense"].get("accuracy") is None:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [row for row in r.get("deployables", []) if row.get("accuracy") is not None and row.get("latency_ms")]
     fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(10 if rows else 5.5, 4), squeeze=False)
-    dense_macs, ax = r["dense"]["macs"], axes[0][0]
-    ax.plot([1.0] + [s["macs"] / dense_macs for s in steps], [r["dense"]["accuracy"]] + [s["accuracy"] for s in steps],
-            "-o", color="C0", label="after each step's fine-tuning")
-    ax.plot([1.0], [r["dense"]["accuracy"]], "s", color="k", label="dense")
-    ax.plot([r["pruned"]["macs"] / dense_macs], [r["pruned"]["accuracy"]], "*", color="C3", markersize=14,
-            label="after the final fine-tuning")
+    ax, dense_acc = axes[0][0], r["dense"]["accuracy"]
+    timed = [step_latency(s) for s in steps]
+    by_latency = bool(steps) and all(t is not None for t in timed)  # else by MACs
+    xs = [t[1] / t[0] for t in timed] if by_latency else [s["macs"] / r["dense"]["macs"] for s in steps]
+    kept = [(x, s["accuracy"]) for x, s in zip(xs, steps) if not s.get("rolled_back")]
+    ax.plot([1.0] + [x for x, _ in kept], [dense_acc] + [a for _, a in kept], "-o", color="C0",
+            label="test accuracy after each step's fine-tuning")
+    budget = r.get("accuracy_budget")
+    if budget:  # what the steps were judged by, against the budget line
+        held = [(x, s["holdout_accuracy"]) for x, s in zip(xs, steps) if s.get("holdout_accuracy") is not None]
+        ax.plot([x for x, _ in held], [a for _, a in held], "o", color="C1", markerfacecolor="none",
+                label="held-out accuracy of each step (judged)")
+        ax.axhline(dense_acc - budget["max_drop_points"] / 100, color="C2", linestyle="--", linewidth=1,
+                   label=f"budget: {_points(budget['max_drop_points'])} below dense")
+    rolled = [(x, s.get("holdout_accuracy", s["accuracy"])) for x, s in zip(xs, steps) if s.get("rolled_back")]
+    if rolled:
+        ax.plot([x for x, _ in rolled], [a for _, a in rolled], "x", color="C3", markersize=9, linestyle="none",
+                label="rolled back (held-out over the budget)")
+    ax.plot([1.0], [dense_acc], "s", color="k", label="dense")
+    final_x = kept[-1][0] if kept else 1.0  # the final fine-tuning keeps the last kept step's shapes
+    ax.plot([final_x], [r["pruned"]["accuracy"]], "*", color="C3", markersize=14, label="after the final fine-tuning")
     ax.invert_xaxis()
-    ax.set(xlabel="MACs / dense", ylabel="accuracy", title="pruning steps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set(xlabel="measured latency / dense" if by_latency else "MACs / dense", ylabel="accuracy",
+           title="pruning steps")
+    _dress(ax)
     if rows:
         batch = recommend.reference_batch(rows)  # the batch the file to ship was chosen at
         ax = axes[0][1]
@@ -281,8 +352,60 @@ def plot_tradeoff(r, path):
             ax.plot([ms], [row["accuracy"]], marker, color=f"C{i}", markersize=14 if marker == "*" else 7,
                     label=row["name"] + (" (to ship)" if row["name"] == ship else ""))
         ax.set(xlabel=f"measured latency at batch {batch}, ms", ylabel="accuracy", title="deployables")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _dress(ax)
+    return _save(plt, fig, path)
+
+
+def plot_sweep(r, path):
+    """sweep.png: each sweep point's accuracy after its own fine-tuning against its latency measured against the
+    dense model's (MACs where untimed), the front joined, dense and the run's model marked; returns whether written."""
+    sweep = r.get("sweep")
+    if not sweep:
+        return False
+    plt = _pyplot()
+
+    points = sweep["points"]
+    timed = all(q.get("latency_ms") for q in points)
+
+    def x(q):
+        return q["latency_ms"] / q["dense_latency_ms"] if timed else q["macs"] / r["dense"]["macs"]
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    on_front = sorted((q for q in points if q["reduction"] in sweep["front"]), key=x)
+    ax.plot([x(q) for q in on_front], [q["accuracy"] for q in on_front], "-", color="C0", alpha=0.5,
+            label="front (no point both faster and more accurate)")
+    for q in points:
+        ax.plot([x(q)], [q["accuracy"]], "o", color="C0")
+        got = r["dense"]["macs"] / q["macs"]
+        ax.annotate(f"{got:.2f}x fewer MACs" + ("" if abs(got / q["reduction"] - 1) < 0.05 else
+                                                f" (asked {q['reduction']:g}x)"),
+                    (x(q), q["accuracy"]), textcoords="offset points", xytext=(-6, 4), ha="right", fontsize=7)
+    ax.plot([1.0], [r["dense"]["accuracy"]], "s", color="k", label="dense")
+    last = points[-1]
+    ax.plot([x(last)], [last["accuracy"]], "*", color="C3", markersize=14, label="the run's pruned.pt")
+    ax.invert_xaxis()
+    ax.set(xlabel="measured latency / dense" if timed else "MACs / dense", ylabel="accuracy after fine-tuning",
+           title="sweep: one model per reduction")
+    _dress(ax)
+    return _save(plt, fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _dress(ax):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(plt, fig, path):
+    """The figure written to `path` atomically, then closed; True."""
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

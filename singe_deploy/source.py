@@ -39,10 +39,14 @@ class Source:
     val_limit: int | None = None
     seed: int = 0
     augment: str = "auto"  # fine-tuning data augmentation: auto, on, off (data.make_data)
+    holdout: float = 0.0  # training data set apart to judge steps by (accuracy budgets only)
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(**{f.name: cfg.get(f.name, f.default) for f in fields(cls)})
+        given = {f.name: cfg.get(f.name, f.default) for f in fields(cls)}
+        if cfg.get("max_accuracy_drop") is None:  # without a budget every training sample is fine-tuned on
+            given["holdout"] = 0.0
+        return cls(**given)
 
     @property
     def kind(self):
@@ -91,7 +95,7 @@ class Source:
 
     def _data(self, shape, classes=None):
         return make_data(self.data, self.batch_size, shape, self.data_dir, self.seed, self.train_limit,
-                         self.val_limit, classes, augment=self.augment)
+                         self.val_limit, classes, augment=self.augment, holdout=self.holdout)
 
     def load(self, log=print):
         """(model, data, shape, checkpoint): every bad input (spec, file, shape, classes) is a UserError."""

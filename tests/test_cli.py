@@ -65,6 +65,17 @@ CASES = [
     (["--latency-reduction", "2", "--target", "torch", "--device", "cuda"], "CUDA"),
     (["--amp", "fp16", "--train-device", "cpu", "--data", "synthetic"], "--amp fp16 needs a CUDA device"),
     (["--resume"], "--resume: no interrupted run was found"),
+    (["--max-accuracy-drop", "-0.5"], "--max-accuracy-drop is in accuracy points, 0 to 100, got -0.5"),
+    (["--max-accuracy-drop", "101"], "--max-accuracy-drop is in accuracy points, 0 to 100, got 101"),
+    (["--max-accuracy-drop", "1", "--data", "synthetic"], "--max-accuracy-drop needs real data"),
+    (["--max-accuracy-drop", "1", "--holdout", "1"], "--holdout is a fraction of the training data"),
+    (["--max-accuracy-drop", "1", "--finetune-iters", "0"], "give --finetune-iters > 0"),
+    (["--sweep", "2"], "--sweep takes two or more different reductions above 1"),
+    (["--sweep", "0.5,2"], "--sweep takes two or more different reductions above 1"),
+    (["--sweep", "2,x"], "'sweep' must be a list of numbers like 1.5,2,3"),
+    (["--sweep", "2,3", "--max-accuracy-drop", "1"], "--sweep gives the MACs reductions to prune to"),
+    (["--sweep", "2,3", "--latency-reduction", "1.5"], "--sweep gives the MACs reductions to prune to"),
+    (["--sweep", "2,3", "--data", "synthetic"], "--sweep fine-tunes each point"),
     (["--input-shape", "1,3,28,28"], "takes 1-channel input (conv1.weight is (16, 1, 3, 3) in the file) but the "
                                      "model was built for 3 channels (--input-shape or the data's); pass "
                                      "--input-shape 1,1,H,W or drop it"),
@@ -409,3 +420,28 @@ def test_a_finished_run_that_cannot_be_put_in_place_stays_whole_in_the_work_fold
     assert "the finished run is in" in capsys.readouterr().err
     report = json.loads((work / "report.json").read_text())
     assert "failed" not in report and (work / "pruned.pt").is_file() and report["checks"]["passed"]
+
+
+@needs_fashion
+def test_an_accuracy_budget_run_reports_its_curve_and_keeps_what_the_budget_allows(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compress", "--out", str(out), "--criterion", "l2", "--max-accuracy-drop", "2", "--macs-reduction",
+                 "1.3", "--quantize", "fp16"] + FAST + ["--steps", "1"])
+    stdout = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    _validate(report)
+    budget, steps, d, p = report["accuracy_budget"], report["steps"], report["dense"], report["pruned"]
+    assert budget["max_drop_points"] == 2 and budget["floor"] and budget["holdout_samples"] == 51
+    assert steps[0].get("judged") is None and all(s["judged"] for s in steps[1:]) and budget["stop"]
+    kept = [s for s in steps if not s.get("rolled_back")]
+    assert p["macs"] == kept[-1]["macs"] <= d["macs"] / 1.3 * 1.03 and report["target"]["hit"]
+    assert all(0 <= s["holdout_accuracy"] <= 1 and s["latency_ms"] > 0 and s["dense_latency_ms"] > 0 for s in steps)
+    assert budget["drop_points"] == pytest.approx(100 * (d["accuracy"] - p["accuracy"]))
+    assert budget["within"] == (budget["drop_points"] <= 2) and code == (0 if budget["within"] else 1)
+    held = budget["holdout_accuracy"]
+    assert 0 <= held["dense"] <= 1 and 0 <= held["pruned"] <= 1
+    assert "within the 2-point budget below dense" in report["recommended"]["rule"]
+    text = (out / "report.md").read_text()
+    assert "| held-out accuracy |" in text and "Accuracy budget: at most 2 points below dense" in text
+    assert (out / "tradeoff.png").is_file() and stdout.strip().splitlines()[-1].startswith("ship ")
+

@@ -34,6 +34,8 @@ DEFAULTS = {"steps": 2, "finetune_iters": 30, "epochs": 0.2, "calib_batches": 2,
 PER_RUN = ("criterion", "macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms",
            "seed") + WHERE_TO_WRITE
 ONE_PROCESS = ("nproc", "dist_backend", "dist_timeout", "dist_sync_bn")  # compare runs its compress runs in this process
+# a comparison holds the targets fixed: runs that choose their own end point (a budget) or many (a sweep) are compress's
+NOT_COMPARED = ONE_PROCESS + ("max_accuracy_drop", "holdout", "sweep")
 STARTED = "started.json"  # an unfinished comparison's shared options, checked by --resume
 CRITERIA = ("singe", "l1", "l2", "taylor", "hessian", "bn", "random")
 FLOWCHARTS = ("entwined", "one-shot")
@@ -63,7 +65,7 @@ def add_compare_arguments(p):
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted comparison into the same --out, or add runs (seeds, criteria, "
                         "flowcharts) to a finished one")
-    shared = [o for o in OPTIONS if o.name not in PER_RUN + ONE_PROCESS]
+    shared = [o for o in OPTIONS if o.name not in PER_RUN + NOT_COMPARED]
     add_arguments(p, shared, DEFAULTS)
 
 
@@ -90,7 +92,7 @@ def entry(text):
         key, eq, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         full = f"{name}_{key}" if f"{name}_{key}" in BY_NAME else key
-        if not eq or full not in BY_NAME or full in PER_RUN + ONE_PROCESS:
+        if not eq or full not in BY_NAME or full in PER_RUN + NOT_COMPARED:
             raise UserError(f"--criteria entry '{text}': '{pair}' is not KEY=VALUE with KEY a compress option; fix it")
         opts[full] = _convert(BY_NAME[full], value, f"--criteria entry '{text}':")
     return text, opts

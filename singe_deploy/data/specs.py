@@ -42,6 +42,7 @@ class Data:
     skipped: object = None  # Skipped: unreadable images met while loading (image folders)
     shape_from: str | None = None  # where sample_shape came from, in words (set by source.Source.load)
     augmented: bool | None = None  # whether the training loader augments (make_data's --augment); None: no training data
+    holdout: object | None = None  # training samples held out of fine-tuning, for accuracy budgets (make_data's holdout)
 
     def calibration(self, n):
         """The same n training batches every time it is called (for scoring)."""
@@ -196,27 +197,48 @@ def first_samples(batches, n):
     return out
 
 
+HOLDOUT_SEED = 20261206  # fixed, so that runs with other seeds judge their steps on the same samples
+
+
+def holdout_split(n, fraction):
+    """(kept, held out) sorted index tensors: a seeded random `fraction` of n samples held out (at least one)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    k = min(n - 1, max(1, round(n * fraction)))
+    if k < 1:
+        raise UserError(f"{n} training sample(s) leave none to hold out; use more training data")
+    return order[k:].sort().values, order[:k].sort().values
+
+
 def _subset(x, y, limit):
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
 def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, train_limit=None,
-              val_limit=None, num_classes=None, workers=2, augment="auto"):
+              val_limit=None, num_classes=None, workers=2, augment="auto", holdout=0.0):
     """Build a `Data` from a spec. sample_shape (C, H, W) is what the model takes; None = the data's own. augment
-    (auto, on, off): whether the training loader augments; auto is off for Fashion-MNIST and on for image folders."""
+    (auto, on, off): whether the training loader augments; auto is off for Fashion-MNIST and on for image folders.
+    holdout: the fraction of the training samples (after train_limit) set apart as `Data.holdout`, never fine-tuned
+    or calibrated on; the same samples whatever the seed."""
     if augment not in ("auto", "on", "off"):
         raise UserError(f"--augment must be auto, on or off, got {augment!r}")
+    if not 0 <= holdout < 1:
+        raise UserError(f"--holdout must be a fraction in [0, 1), got {holdout:g}")
     if spec == "fashion-mnist":
         xt, yt, xv, yv = load_fashion_mnist(data_dir)
         xt, yt = _subset(xt, yt, train_limit)
         xv, yv = _subset(xv, yv, val_limit)
         shape = tuple(sample_shape or (1, 28, 28))
         common = dict(shape=shape, mean=(FASHION_MEAN,), std=(FASHION_STD,))
+        held = None
+        if holdout:
+            keep, out = holdout_split(len(yt), holdout)
+            held = TensorLoader(xt[out], yt[out], 256, **common)
+            xt, yt = xt[keep], yt[keep]
         train = TensorLoader(xt, yt, batch_size, shuffle=True, augment=augment == "on", seed=seed,
                              drop_last=len(yt) > batch_size, **common)  # a set under one batch is one batch
         val = TensorLoader(xv, yv, 256, **common)
         calib = _Fixed(TensorLoader(xt, yt, batch_size, shuffle=True, seed=seed + 1, **common))
-        return Data(spec, train, val, 10, shape, True, calib, augmented=train.augment)
+        return Data(spec, train, val, 10, shape, True, calib, augmented=train.augment, holdout=held)
     if spec == "synthetic":
         shape = tuple(sample_shape or (3, 224, 224))
         classes = num_classes or 1000
@@ -228,7 +250,7 @@ def make_data(spec, batch_size=128, sample_shape=None, data_dir=None, seed=0, tr
         return Data(spec, loader, loader, classes, shape, False)
     if spec.startswith("imagefolder:"):
         return _imagefolder(spec, spec.split(":", 1)[1], batch_size, sample_shape, seed,
-                            train_limit, val_limit, workers, augment != "off")
+                            train_limit, val_limit, workers, augment != "off", holdout)
     raise UserError(f"unknown data spec '{spec}'; use fashion-mnist, imagefolder:DIR or synthetic")
 
 
@@ -291,6 +313,14 @@ def _pass_token(loader):
     return None
 
 
+def rewind(loader, seed):
+    """Make the loader's next pass the one a fresh run with `seed` would see first, whatever passes ran before."""
+    if hasattr(loader, "epoch"):
+        loader.epoch = 0
+    elif getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed)
+
+
 def _set_pass_token(loader, token):
     if token is None:
         return
@@ -312,7 +342,8 @@ class _Fixed:
         return iter(self.loader)
 
 
-def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers, augment=True):
+def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_limit, workers, augment=True,
+                 holdout=0.0):
     from torchvision import transforms
 
     root = Path(root)
@@ -337,6 +368,12 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     if train_limit:
         train_set = torch.utils.data.Subset(train_set, range(min(train_limit, len(train_set))))
         calib_set = torch.utils.data.Subset(calib_set, range(min(train_limit, len(calib_set))))
+    held = None
+    if holdout:
+        keep, out = holdout_split(len(train_set), holdout)
+        held = torch.utils.data.Subset(calib_set, out.tolist())  # read as the validation images are
+        train_set = torch.utils.data.Subset(train_set, keep.tolist())
+        calib_set = torch.utils.data.Subset(calib_set, keep.tolist())
     if val_limit:
         val_set = torch.utils.data.Subset(val_set, range(min(val_limit, len(val_set))))
     _check_images(train_set, val_set)
@@ -352,7 +389,8 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
                         sampler)
         mine = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
         val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers, collate_fn=collate), None)
-        return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped, augmented=augment)
+        return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped, augmented=augment,
+                    holdout=_loader(held, batch_size, workers, collate))
     gen = torch.Generator().manual_seed(seed)
     train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen, num_workers=workers,
                                         drop_last=len(train_set) > batch_size, collate_fn=collate)
@@ -360,7 +398,13 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     # scoring and int8 calibration see the same unaugmented training batches every time, whatever ran before
     calib = _Reseeded(torch.utils.data.DataLoader(calib_set, batch_size, shuffle=True, num_workers=workers,
                                                   generator=torch.Generator(), collate_fn=collate), seed + 1)
-    return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped, augmented=augment)
+    return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped, augmented=augment,
+                holdout=_loader(held, batch_size, workers, collate))
+
+
+def _loader(dataset, batch_size, workers, collate):
+    return None if dataset is None else torch.utils.data.DataLoader(dataset, batch_size, num_workers=workers,
+                                                                    collate_fn=collate)
 
 
 def folder_image_size(root, limit=256):

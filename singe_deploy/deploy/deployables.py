@@ -43,6 +43,7 @@ class DeploySettings:
     quantize: tuple = ()  # extra precisions of pruned.onnx: fp16, int8
     quantize_method: str = "minmax"
     calib_batches: int = 4  # int8 calibrates on the scoring batches
+    max_accuracy_drop: float | None = None  # the file to ship keeps within this many points of dense (recommend.py)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     @classmethod
@@ -119,7 +120,7 @@ def deploy(dense, pruned, pruned_pt, data, input_shape, work, s, costs, spec, lo
         bar.update(len(runners))
     bar.close()
     out.deployables = _deployables(runners, data, costs, work, s, out, log)
-    out.recommended = recommend(out.deployables)
+    out.recommended = recommend(out.deployables, max_drop=s.max_accuracy_drop)
     return out
 
 

@@ -121,7 +121,7 @@ class Torch:
     def info(self):
         import torch
 
-        return {"backend": self.name, "version": torch.__version__, "threads": self.threads,
+        return {"backend": self.name, "version": str(torch.__version__), "threads": self.threads,
                 "cuda_graph": self.cuda_graph}
 
 

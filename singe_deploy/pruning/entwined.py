@@ -24,6 +24,7 @@ from ..measure.flops import count
 from ..training import distill, precision
 from ..training.loops import Recipe, cycle, evaluate, train_epochs, train_iters
 from . import alignment
+from .budget import MAX_STEPS
 from .groups import all_groups, default_ignored
 from .latency import time_against
 from .plan import (
@@ -118,6 +119,21 @@ class PruneResult:
     teacher_logits: str | None = None  # distillation: "computed once" (distill.py) or "per batch"; None: no teacher
 
 
+def recipe_for(schedule, teacher):
+    """How fine-tuning trains: the schedule's optimiser settings and precision, distilling from `teacher` when
+    schedule.distill."""
+    return Recipe(schedule.weight_decay, schedule.momentum, schedule.label_smoothing,
+                  teacher if schedule.distill else None, schedule.distill_t, schedule.distill_alpha, schedule.amp,
+                  schedule.channels_last)
+
+
+def training_data(data, recipe, schedule, log=print):
+    """The fine-tuning batches: data.train, carrying the teacher's logits computed once where they can be held."""
+    if recipe.teacher is not None and (schedule.finetune_iters > 0 or schedule.epochs > 0):
+        return distill.with_logits(data.train, recipe, log) or data.train
+    return data.train
+
+
 def as_target(target):
     """A Target from a Target or a dict like {"macs_reduction": 2}, {"params_reduction": 3},
     {"latency_reduction": 2} or {"latency_budget_ms": 5}."""
@@ -149,7 +165,8 @@ def in_window(pruned, dense, reduction):
 
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
           history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None, timer=None,
-          latency_table=None, latency_unit="layer", resume=None, save_every=None):
+          latency_table=None, latency_unit="layer", resume=None, save_every=None, budget=None, step_timer=None,
+          reductions=None):
     """Run the entwined flowchart in place on `model`; returns a PruneResult with one record per step.
 
     input_shape: the full input shape (1, C, H, W). target: a Target or {"macs_reduction": X} /
@@ -166,18 +183,23 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     `latency_table` (a path) when that holds one for this model and timer (`latency_unit`: latency.UNITS); the
     levels are then chosen by the table's prediction, and the pruned model is timed against the dense one, with
     correction steps while it misses.
+    budget: an AccuracyBudget (budget.py): the target's steps are a floor (or none), then steps of the same ratio go on
+    while each one, judged on the held-out data after its fine-tuning, stays within the budget; the first that does
+    not is rolled back and ends the loop. step_timer (latency.timer_for): every step's model is timed against the
+    dense one, for the report's trade-off curve. reductions: one per step, step s pruned to dense / reductions[s] (a
+    sweep's points) instead of the target's geometric schedule.
     """
     target, schedule = as_target(target), as_schedule(schedule)
     schedule = alignment.resolved(schedule, model, input_shape, timer, log)
     schedule, _ = precision.resolved(schedule, model, input_shape, data, log)
     if schedule.distill and teacher is None:
         teacher = copy.deepcopy(model).eval()
-    recipe = Recipe(schedule.weight_decay, schedule.momentum, schedule.label_smoothing,
-                    teacher if schedule.distill else None, schedule.distill_t, schedule.distill_alpha, schedule.amp,
-                    schedule.channels_last)
+    recipe = recipe_for(schedule, teacher)
     shape = [1] + list(input_shape)[1:]
     example = torch.zeros(shape)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored(model)
+    # by name: a step rolled back (_restore) replaces the model's modules with copies, which the objects would miss
+    ignored_names = {n for n, m in model.named_modules() if any(m is x for x in ignored)}
     records = list(history or [])
     table, dense_model = None, None
     if target.metric == "latency":
@@ -188,23 +210,24 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
     dense_channels = {} if dense_channels is None else dense_channels  # root layer -> dense channel count
     real = data is not None and data.real
     sharded = getattr(data, "sharded", False)  # the loaders already yield this rank's share
-    train_data = data.train if real else None
-    if real and recipe.teacher is not None and (schedule.finetune_iters > 0 or schedule.epochs > 0):
-        train_data = distill.with_logits(data.train, recipe, log) or data.train
+    train_data = training_data(data, recipe, schedule, log) if real else None
     finetune_batches = cycle(train_data) if real else None
     resume = resume or {}
     if finetune_batches is not None and resume.get("stream"):
         finetune_batches.restore(resume["stream"])
     pending0 = resume.get("pending")  # a step interrupted in its fine-tuning: its plan is applied already
     before = {"model": None, "records": 0}  # latency targets: the model before the last step's plan
+    dense_ref = teacher if teacher is not None else copy.deepcopy(model).eval() if step_timer else None
 
-    def one_step(s, step_target, label, correction=False, pending=None, train_state=None):
+    def one_step(s, step_target, label, correction=False, pending=None, train_state=None, judged=False, kept=None,
+                 half=False):
         """Score, plan to step_target, prune and fine-tune; returns whether the plan reached the target. pending
-        and train_state: continue a step that was interrupted in its fine-tuning."""
+        and train_state: continue a step that was interrupted in its fine-tuning. judged: a budget step, rolled back
+        to `kept` (the model before it) when it exceeds the budget; half: the half step after one that did."""
         if pending is None:
             names = {id(m): n for n, m in model.named_modules()}
             t0 = time.time()
-            graph, groups = all_groups(model, example, ignored)
+            graph, groups = all_groups(model, example, [m for n, m in model.named_modules() if n in ignored_names])
             batches = data.calibration(schedule.calib_batches) if data is not None else []
             batches, n_calib = calibration(batches, schedule, criterion, model, groups, shape,
                                            log if s == start_step else None)
@@ -223,6 +246,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                 _unreachable(target, dense_cost, cost)
             if table is not None:  # a latency step that overshoots is undone and planned again (see below)
                 before["model"], before["records"] = copy.deepcopy(model), len(records)
+            if judged:
+                kept = copy.deepcopy(model)
             apply_plan(model, plan, example, graph)
             pending = {"s": s, "removed": sum(len(i) for _, _, i in plan), "cost": cost, "reached": reached,
                        "timed": timed, "predicted": getattr(planner, "predicted", None),
@@ -233,7 +258,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         if real and schedule.finetune_iters > 0:
             def save(train):
                 on_step(s, model, records, "step-finetune",
-                        {"pending": dict(pending, finetune_s=pending["finetune_s"] + time.time() - t2), "train": train})
+                        {"pending": dict(pending, finetune_s=pending["finetune_s"] + time.time() - t2), "train": train,
+                         **({"kept": kept} if judged else {})})
 
             train_iters(model, None, schedule.finetune_iters, schedule.lr, batches=finetune_batches,
                         desc=f"fine-tune step {label}", sharded=sharded, recipe=recipe, resume=train_state,
@@ -246,6 +272,11 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
         rec = StepRecord(s + 1, step_target, macs, params, acc, pending["removed"], pending["score_s"],
                          pending["plan_s"], round(pending["finetune_s"] + t3 - t2, 3), pending["n_calib"]).__dict__
         rec["dense"] = dense_cost
+        if step_timer is not None and table is None:
+            rec["dense_latency_ms"], rec["latency_ms"] = map(float, time_against(step_timer, dense_ref, model))
+        if budget is not None:
+            held = float(budget.measure(model))
+            rec["holdout_accuracy"], rec["estimated_drop"] = held, round(budget.drop(held), 3)
         if table is not None:
             rec["latency_predicted_ms"] = predicted
             if timed:
@@ -254,20 +285,36 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                 rec["latency_table"] = str(table_path)
             if correction:
                 rec["correction"] = True
+        if judged:
+            rec["judged"] = True
+            stop = _budget_stop(budget, rec, reached, schedule.steps * MAX_STEPS <= _taken(records) + 1, half)
+            if stop:
+                rec["stop"] = stop
+            if rec.get("rolled_back"):
+                _restore(model, kept)
         records.append(rec)
         if on_step:
             on_step(s + 1, model, records, "prune", {"stream": finetune_batches.state() if finetune_batches else None})
         how = (", measured" if timed else ", predicted") if table else ""
+        held = (f", held-out {_fmt(rec['holdout_accuracy'])} ({rec['estimated_drop']:+.2f} points below dense)"
+                if budget is not None else "")
         log(f"step {label}: {target.metric} {cost / dense_cost:.3f} of dense "
             f"(target {step_target / dense_cost:.3f}{how}), removed {rec['removed_channels']} channels, "
-            f"accuracy {_fmt(acc)}; score {rec['score_seconds']:.1f} s, plan {rec['plan_seconds']:.1f} s, "
+            f"accuracy {_fmt(acc)}{held}; score {rec['score_seconds']:.1f} s, plan {rec['plan_seconds']:.1f} s, "
             f"fine-tune {rec['finetune_seconds']:.1f} s")
+        if rec.get("stop"):
+            log(f"step {label}: {rec['stop']}")
+        elif rec.get("rolled_back"):
+            log(f"step {label}: {rec['estimated_drop']:.2f} points below dense on the held-out data, over the budget: "
+                "rolled back; half a step follows")
         return reached and rec["removed_channels"] > 0
 
     in_final = resume.get("phase") == "final-finetune"
-    for s in range(start_step, schedule.steps if not in_final else 0):
+    floor_steps = schedule.steps if budget is None or budget.floor else 0
+    for s in range(start_step, floor_steps if not in_final else 0):
         resumed = pending0 is not None and pending0["s"] == s
-        one_step(s, dense_cost / target.reduction ** ((s + 1) / schedule.steps), f"{s + 1}/{schedule.steps}",
+        goal = dense_cost / (reductions[s] if reductions else target.reduction ** ((s + 1) / schedule.steps))
+        one_step(s, goal, f"{s + 1}/{schedule.steps}",
                  pending=pending0 if resumed else None, train_state=resume.get("train") if resumed else None)
     checked = None  # the check the loop ended on: (dense ms, ms), reported as it stands (fine-tuning keeps the shapes)
     met = None  # the last model that met the target, faster than asked: (model, records, check)
@@ -281,7 +328,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
             dense_ms, measured = _latency_pair(timer, dense_model, model, table, rounds=CONFIRM_ROUNDS)
         goal = dense_ms / target.reduction
         checked = dense_ms, measured
-        faster = measured < goal / LATENCY_SLACK
+        faster = measured < goal / LATENCY_SLACK and budget is None  # a budget goes beyond the floor anyway
         if measured <= goal * LATENCY_SLACK and not (faster and before["model"] is not None):
             break
         if k == CORRECTIONS:
@@ -310,6 +357,16 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
             _restore(model, met[0])  # removing fewer channels missed the target: keep the model that met it
             records[:] = met[1]
             checked = met[2]
+    while budget is not None and not finetuned and not in_final and not (records and records[-1].get("stop")):
+        s = len(records)
+        resumed = pending0 is not None and pending0["s"] == s
+        # after a step over the budget, half of one (in the ratio's exponent) from the model before it, and no more
+        half = any(r.get("rolled_back") for r in records)
+        along = _taken(records) - half + (0.5 if half else 1)
+        one_step(s, dense_cost / target.reduction ** (along / schedule.steps), f"{s + 1} (budget{', half' * half})",
+                 pending=pending0 if resumed else None, train_state=resume.get("train") if resumed else None,
+                 judged=True, kept=resume.get("kept") if resumed else None, half=half)
+        checked = None  # the model changed since the correction loop's check
     finetune_seconds = 0.0
     if real and schedule.epochs > 0 and not finetuned:
         t = time.time()
@@ -329,8 +386,9 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                     corrections=corrections["run"], replanned=corrections["replanned"])
         return PruneResult(model, records, info["hit"], finetune_seconds, info, logits)
     final = measure(model, shape, target.metric)
-    return PruneResult(model, records, in_window(final, dense_cost, target.reduction), finetune_seconds,
-                       teacher_logits=logits)
+    hit = (in_window(final, dense_cost, target.reduction) if budget is None
+           else not budget.floor or final <= dense_cost / target.reduction * LATENCY_SLACK)  # a floor: as far or further
+    return PruneResult(model, records, hit, finetune_seconds, teacher_logits=logits)
 
 
 def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log, unit):
@@ -392,6 +450,29 @@ def _latency_result(timer, dense_model, model, table, records, target, checked=N
             # a budget: as asked, and at the speed the machine ran the dense model at this check
             **({"budget_ms": target.budget_ms, "budget_ms_at_check": target.budget_ms * dense_ms / table.dense_ms}
                if target.budget_ms else {})}
+
+
+def _taken(records):
+    """Steps taken along the target's ratio (correction steps aside)."""
+    return sum(not r.get("correction") for r in records)
+
+
+def _budget_stop(budget, rec, reached, last, half):
+    """Why a budget step ends the loop (None: go on); marks the record rolled back when it exceeds the budget. A full
+    step over the budget is followed by half a step, which ends the loop either way."""
+    if not budget.allows(rec["holdout_accuracy"]):
+        rec["rolled_back"] = True
+        won_back = f" plus the {budget.margin:g} the final fine-tuning wins back" if budget.margin else ""
+        over = (f"{rec['estimated_drop']:.2f} points below dense on the held-out data, over the budget of "
+                f"{budget.max_drop:g}{won_back}: rolled back to the model before this step")
+        return f"{over}; done" if half else None
+    if half:
+        return "within the budget at half a step, where the full step was over it; done"
+    if not reached or rec["removed_channels"] == 0:
+        return "within the budget, and no further step is possible within --max-layer-ratio and --round-to"
+    if last:
+        return f"within the budget after {MAX_STEPS} x --steps steps, the most a run takes"
+    return None
 
 
 def _restore(model, saved):

@@ -103,7 +103,7 @@ class TorchTimer(_Timer):
 
     def key(self):
         name = torch.cuda.get_device_name() if self.device == "cuda" else cpu_model()
-        return {"backend": "torch", "version": torch.__version__, "device": f"{self.device}: {name}",
+        return {"backend": "torch", "version": str(torch.__version__), "device": f"{self.device}: {name}",
                 "threads": self.threads or torch.get_num_threads(), "batch": self.batch}
 
 

@@ -75,7 +75,7 @@ def resolve(amp, channels_last, model, input_shape, batch, distill, num_classes,
     if len(settings) == 1:
         a, cl = SETTINGS[settings[0]]
         return a, cl, {"amp": a, "channels_last": cl, "source": "the only setting open on this CPU"}
-    key = {"device": cpu_model(), "bf16": sorted(f for f in BF16_FLAGS if f in flags), "torch": torch.__version__,
+    key = {"device": cpu_model(), "bf16": sorted(f for f in BF16_FLAGS if f in flags), "torch": str(torch.__version__),
            "threads": torch.get_num_threads(), "architecture": architecture(model), "input_shape": list(input_shape),
            "batch": batch, "distill": bool(distill), "settings": settings, "margin": MARGIN}
     path = Path(cache) if cache else cache_path(CACHE, key)

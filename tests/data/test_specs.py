@@ -69,6 +69,24 @@ def test_fashion_mnist_is_fine_tuned_unaugmented_unless_asked_and_samples_are_th
         make_data("fashion-mnist", data_dir=tmp_path, augment="yes")
 
 
+def _all_samples(loader):
+    return {bytes(x.numpy().tobytes()) for xb, _ in ((b[0], b[1]) for b in loader) for x in xb}
+
+
+def test_a_holdout_is_set_apart_from_fine_tuning_and_calibration_and_is_the_same_for_every_seed(tmp_path):
+    _fake_fashion(tmp_path)
+    whole = make_data("fashion-mnist", batch_size=4, data_dir=tmp_path)
+    d = make_data("fashion-mnist", batch_size=4, data_dir=tmp_path, holdout=0.25)
+    assert whole.holdout is None and len(d.holdout.labels) == 10 and len(d.train.labels) == 30
+    held, trained = _all_samples(d.holdout), _all_samples(d.train.samples())
+    assert not held & trained and held | trained == _all_samples(whole.train.samples())
+    assert not held & _all_samples(d.calibration(100))
+    other_seed = make_data("fashion-mnist", batch_size=4, data_dir=tmp_path, holdout=0.25, seed=5)
+    assert _all_samples(other_seed.holdout) == held
+    with pytest.raises(UserError, match="--holdout"):
+        make_data("fashion-mnist", data_dir=tmp_path, holdout=1.5)
+
+
 def test_augmented_batches_have_plain_nchw_strides(tmp_path):
     """A one-channel batch permuted from NHWC passes is_contiguous() with channels-last strides, which sent
     pruned convs down a oneDNN backward that corrupted the heap on one thread (data.nchw)."""
@@ -111,6 +129,9 @@ def test_imagefolder(tmp_path):
     assert x.shape == (2, 3, 16, 16)
     with pytest.raises(UserError, match="train/<class>"):
         make_data(f"imagefolder:{tmp_path / 'nope'}")
+    held = make_data(f"imagefolder:{tmp_path}", batch_size=2, sample_shape=(3, 16, 16), workers=0, holdout=0.34)
+    assert len(held.holdout.dataset) == 2 and len(held.train.dataset) == 4
+    assert not set(held.holdout.dataset.indices) & set(held.train.dataset.indices)
 
 
 @needs_fashion

@@ -41,6 +41,8 @@ def test_the_choice_is_measured_once_per_key_and_cached(tmp_path, monkeypatch):
     args = (TinyNet(), [1, 1, 16, 16], 32, True, 10)
     amp, cl, record = precision.resolve("auto", "auto", *args, cache=cache, log=lambda *a: None)
     assert (amp, cl, record["source"]) == ("bf16", "on", "measured")
+    torch.save(record, tmp_path / "state.pt")  # it goes into the resume state, which loads without unpickling code
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["key"]["torch"] == torch.__version__
     assert json.loads(cache.read_text())["images_per_s"]["bf16+cl"] == 200.0
     again = precision.resolve("auto", "auto", *args, cache=cache, log=lambda *a: None)
     assert again[:2] == ("bf16", "on") and again[2]["source"] == "measured (cached)" and len(calls) == 1

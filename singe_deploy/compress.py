@@ -83,8 +83,9 @@ def _has_floor(cfg):
 
 def _step_timer(cfg, input_shape, threads):
     """What each step's model is timed with, against the dense one, for the report's trade-off curve: the --target's
-    timer, kept short; None without export or for a latency target (its steps are timed by the target's own)."""
-    if not cfg["export"] or cfg["latency_reduction"] or cfg["latency_budget_ms"]:
+    timer, kept short; None without export, for a latency target (its steps are timed by the target's own), and for
+    TensorRT, where each timing would build two engines (the curve is then drawn against MACs)."""
+    if not cfg["export"] or cfg["latency_reduction"] or cfg["latency_budget_ms"] or cfg["target"] == "trt":
         return None
     from .pruning.latency import timer_for
 

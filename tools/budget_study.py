@@ -60,7 +60,7 @@ def budget_table(budget, fixed):
             rec = r.get("recommended") or {}
             drop = 100 * (r["dense"]["accuracy"] - r["pruned"]["accuracy"])
             held = kept_step(r).get("estimated_drop") if b else None
-            rows.append(f"| {kind} | {Path(f).stem} | "
+            rows.append(f"| {kind} | {_name(f)} | "
                         f"{r['reduction']['macs']:.2f}x | {_x(speedup(r))} | {drop:.2f} | "
                         f"{'' if held is None else f'{held:.2f}'} | {rec.get('name', '')} | "
                         f"{_x(rec.get('speedup_over_dense'))} | {rec.get('accuracy_drop_points', '')} | "
@@ -86,7 +86,7 @@ def margin_table(folders):
         r = load(f)
         s, b = kept_step(r), r["accuracy_budget"]
         final, held = r["pruned"]["accuracy"], b["holdout_accuracy"]
-        rows.append(f"| {Path(f).stem} | {s['step']} | {s['macs'] / r['dense']['macs']:.3f} | "
+        rows.append(f"| {_name(f)} | {s['step']} | {s['macs'] / r['dense']['macs']:.3f} | "
                     f"{100 * s['holdout_accuracy']:.2f} | {100 * s['accuracy']:.2f} | {100 * final:.2f} | "
                     f"{100 * (final - s['holdout_accuracy']):+.2f} | {100 * (final - s['accuracy']):+.2f} | "
                     f"{100 * (held['pruned'] - final):+.2f} | {100 * (held['dense'] - r['dense']['accuracy']):+.2f} |")
@@ -101,17 +101,24 @@ def sweep_table(sweep, separate):
         rows.append(f"| {q['reduction']:g}x | {q['macs'] / r['dense']['macs']:.3f} | "
                     f"{'' if lat is None else f'{lat:.3f}'} | {100 * q['accuracy']:.2f}% | "
                     f"{'yes' if q['reduction'] in r['sweep']['front'] else 'no'} |")
-    rows += ["", "| run | MACs / dense | accuracy | wall s |", "|---|---:|---:|---:|",
-             f"| the sweep, all points | | | {r['timings']['total_s']:.0f} |"]
+    rows += ["", "| run | MACs / dense | latency / dense (pruned fp32, batch 1) | accuracy | wall s |",
+             "|---|---:|---:|---:|---:|", f"| the sweep, all points | | | | {r['timings']['total_s']:.0f} |"]
     total = 0.0
     for f in separate:
         s = load(f)
         total += s["timings"]["total_s"]
-        rows.append(f"| {Path(f).stem} | {s['pruned']['macs'] / s['dense']['macs']:.3f} | "
-                    f"{100 * s['pruned']['accuracy']:.2f}% | {s['timings']['total_s']:.0f} |")
+        up = speedup(s)
+        rows.append(f"| {_name(f)} | {s['pruned']['macs'] / s['dense']['macs']:.3f} | "
+                    f"{'n/a' if up is None else f'{1 / up:.3f}'} | {100 * s['pruned']['accuracy']:.2f}% | "
+                    f"{s['timings']['total_s']:.0f} |")
     if separate:
-        rows.append(f"| separate runs, together | | | {total:.0f} |")
+        rows.append(f"| separate runs, together | | | | {total:.0f} |")
     return "\n".join(rows)
+
+
+def _name(path):
+    path = Path(path)
+    return path.stem if path.suffix == ".json" else path.name
 
 
 def _x(v):

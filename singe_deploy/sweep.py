@@ -48,6 +48,7 @@ def finetune_points(work, reductions, records, data, schedule, teacher, seed, sp
         if done.is_file() and (folder / "pruned.pt").is_file():  # finished before a kill
             point = json.loads(done.read_text())
             model = load_pruned(folder / "pruned.pt")
+            (folder / "step.pt").unlink(missing_ok=True)  # a kill may have come between the two
             log(f"sweep {x:g}x: fine-tuned before, {point['accuracy']:.4f}")
         else:
             t = time.time()

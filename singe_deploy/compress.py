@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import outdir, report
-from .config import PER_RUN, to_yaml
+from .config import PER_RUN, TARGETS, to_yaml
 from .deploy.deployables import Deployed, DeploySettings, deploy
 from .deploy.quantize import QUANTIZED
 from .deploy.recommend import says
@@ -39,7 +39,7 @@ from .models.specs import (
     task_of,
 )
 from .pruning.budget import AccuracyBudget
-from .pruning.entwined import Schedule, Target, check_reachable, in_window, prune
+from .pruning.entwined import Schedule, Target, check_reachable, prune, target_hit
 from .scoring.importance import make_criterion
 from .source import Source
 from .sweep import finetune_points, front, save_step
@@ -73,12 +73,12 @@ def _target(cfg):
     """The run's target; with --max-accuracy-drop and none given, the default 2x MACs sets only the steps' ratio."""
     if cfg["latency_budget_ms"]:
         return Target("latency", None, cfg["latency_budget_ms"])
-    key = next((k for k in ("macs_reduction", "params_reduction", "latency_reduction") if cfg[k]), None)
+    key = next((k for k in TARGETS if k.endswith("_reduction") and cfg[k]), None)
     return Target(key.split("_")[0], cfg[key]) if key else Target("macs", 2.0)
 
 
 def _has_floor(cfg):
-    return any(cfg[k] for k in ("macs_reduction", "params_reduction", "latency_reduction", "latency_budget_ms"))
+    return any(cfg[k] for k in TARGETS)
 
 
 def _step_timer(cfg, input_shape, threads):
@@ -521,14 +521,11 @@ def _report(cfg, p, schedule, live, deployed=None, failed=None):
         window = "measured pruned <= measured dense/X*1.03"
     elif target.metric == "latency":
         achieved, hit, window = None, False, "measured pruned <= measured dense/X*1.03"
-    elif budget is not None:  # the target is a floor, or there is none
-        before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
-        achieved, hit = before / after, not budget.floor or after <= before / target.reduction * 1.03
-        window = "a floor: pruned <= dense/X*1.03" if budget.floor else "none: as far as the accuracy budget allows"
     else:
         before, after = getattr(dense_costs, target.metric), getattr(pruned_costs, target.metric)
-        achieved, hit = before / after, in_window(after, before, target.reduction)
-        window = "dense/X*0.9 <= pruned <= dense/X*1.03"
+        achieved, hit = before / after, target_hit(after, before, target.reduction, budget)
+        window = ("dense/X*0.9 <= pruned <= dense/X*1.03" if budget is None else "a floor: pruned <= dense/X*1.03"
+                  if budget.floor else "none: as far as the accuracy budget allows")
     spent = _budget(budget, records, live, pruned_acc) if budget is not None else None
     if failed:
         failures.append(f"{failed['stage']} failed: {failed['error']}")

@@ -334,8 +334,7 @@ def validate(cfg):
         raise UserError(f"give one target, not {' and '.join('--' + k.replace('_', '-') for k in given)}")
     budget = cfg["max_accuracy_drop"]
     if budget is not None:
-        if not 0 <= budget <= 100:
-            raise UserError(f"--max-accuracy-drop is in accuracy points, 0 to 100, got {budget:g}")
+        accuracy_points(budget)
         if cfg["data"] == "synthetic":
             raise UserError("--max-accuracy-drop needs real data to measure accuracy on, and --data synthetic has "
                             "none; pass --data fashion-mnist or imagefolder:DIR")
@@ -398,6 +397,13 @@ def validate(cfg):
     if cfg["trt_workspace_gb"] <= 0:
         raise UserError(f"--trt-workspace-gb must be > 0, got {cfg['trt_workspace_gb']:g}")
     return cfg
+
+
+def accuracy_points(drop):
+    """An accuracy budget (--max-accuracy-drop of compress and check) is points below dense, 0 to 100."""
+    if not 0 <= drop <= 100:
+        raise UserError(f"--max-accuracy-drop is in accuracy points, 0 to 100, got {drop:g}")
+    return drop
 
 
 def _check_sweep(cfg, given, budget):

@@ -20,6 +20,7 @@ import json
 import math
 from pathlib import Path
 
+from ..config import accuracy_points
 from ..deploy.quantize import PRECISIONS
 from ..errors import CheckFailed, UserError, first_line
 
@@ -349,11 +350,9 @@ def _budget(args):
     drop = args.max_accuracy_drop
     if args.budget is None and drop is None:
         raise UserError("give a budget: --budget FILE (keys in docs/guide/ci.md) or --max-accuracy-drop P (points)")
-    if drop is not None and not 0 <= drop <= 100:
-        raise UserError(f"--max-accuracy-drop is in points of accuracy, 0 to 100 (0.5 for half a point), got {drop:g}")
     budget = load_budget(args.budget) if args.budget is not None else {}
     if drop is not None:
-        budget["max_accuracy_drop"] = drop / 100
+        budget["max_accuracy_drop"] = accuracy_points(drop) / 100
     return budget
 
 

@@ -379,6 +379,8 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     _check_images(train_set, val_set)
     classes = len(val_set.dataset.classes if val_limit else val_set.classes)
     collate = _collate_present
+    held = None if held is None else torch.utils.data.DataLoader(held, batch_size, num_workers=workers,
+                                                                 collate_fn=collate)
     ctx = distributed.current()
     if ctx.active:  # each rank decodes only its share: a sampler per rank, batch_size / world per rank
         per_rank = max(1, batch_size // ctx.world)
@@ -390,7 +392,7 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
         mine = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
         val = _Epochs(torch.utils.data.DataLoader(mine, per_rank, num_workers=workers, collate_fn=collate), None)
         return Data(spec, train, val, classes, (c, h, w), True, sharded=True, skipped=skipped, augmented=augment,
-                    holdout=_loader(held, batch_size, workers, collate))
+                    holdout=held)
     gen = torch.Generator().manual_seed(seed)
     train = torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, generator=gen, num_workers=workers,
                                         drop_last=len(train_set) > batch_size, collate_fn=collate)
@@ -399,12 +401,7 @@ def _imagefolder(spec, root, batch_size, sample_shape, seed, train_limit, val_li
     calib = _Reseeded(torch.utils.data.DataLoader(calib_set, batch_size, shuffle=True, num_workers=workers,
                                                   generator=torch.Generator(), collate_fn=collate), seed + 1)
     return Data(spec, train, val, classes, (c, h, w), True, calib, skipped=skipped, augmented=augment,
-                holdout=_loader(held, batch_size, workers, collate))
-
-
-def _loader(dataset, batch_size, workers, collate):
-    return None if dataset is None else torch.utils.data.DataLoader(dataset, batch_size, num_workers=workers,
-                                                                    collate_fn=collate)
+                holdout=held)
 
 
 def folder_image_size(root, limit=256):

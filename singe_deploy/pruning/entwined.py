@@ -163,6 +163,14 @@ def in_window(pruned, dense, reduction):
     return dense / reduction * 0.9 <= pruned <= dense / reduction * 1.03
 
 
+def target_hit(pruned, dense, reduction, budget=None):
+    """Whether a MACs or params target is met: in the window; with an accuracy budget the target is a floor (pruned
+    as far or further), or there is none to miss."""
+    if budget is None:
+        return in_window(pruned, dense, reduction)
+    return not budget.floor or pruned <= dense / reduction * 1.03
+
+
 def prune(model, input_shape, criterion, target, schedule, data=None, ignored_layers=None, start_step=0,
           history=None, on_step=None, log=print, finetuned=False, dense_channels=None, teacher=None, timer=None,
           latency_table=None, latency_unit="layer", resume=None, save_every=None, budget=None, step_timer=None,
@@ -386,9 +394,8 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                     corrections=corrections["run"], replanned=corrections["replanned"])
         return PruneResult(model, records, info["hit"], finetune_seconds, info, logits)
     final = measure(model, shape, target.metric)
-    hit = (in_window(final, dense_cost, target.reduction) if budget is None
-           else not budget.floor or final <= dense_cost / target.reduction * LATENCY_SLACK)  # a floor: as far or further
-    return PruneResult(model, records, hit, finetune_seconds, teacher_logits=logits)
+    return PruneResult(model, records, target_hit(final, dense_cost, target.reduction, budget), finetune_seconds,
+                       teacher_logits=logits)
 
 
 def _latency_setup(model, example, shape, ignored, schedule, target, timer, path, records, log, unit):

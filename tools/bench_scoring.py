@@ -23,7 +23,8 @@ from singe_deploy.source import Source
 def load(args):
     """Model, data and sample shape exactly as compress loads them (the demo's baseline for the demo)."""
     shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
-    cfg = validate(dict(defaults(), model=args.model, data=args.data, batch_size=args.batch_size, input_shape=shape))
+    cfg = validate(dict(defaults(), model=args.model, data=args.data, batch_size=args.batch_size, input_shape=shape,
+                        checkpoint=getattr(args, "checkpoint", None) or "auto"))
     model, data, shape, _ = Source.from_config(cfg).load(log=lambda *a: None)
     return model.eval(), data, shape
 
@@ -34,7 +35,7 @@ def main():
     ap.add_argument("--calib-batches", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--singe-steps", type=int, default=8)
-    ap.add_argument("--singe-path", default="network")
+    ap.add_argument("--singe-path", default="frozen")
     ap.add_argument("--singe-rule", default="riemann")
     ap.add_argument("--singe-batch-steps", default="auto", help="N or auto; a list like 1,2,8 times each")
     ap.add_argument("--repeat", type=int, default=3)

@@ -3,6 +3,7 @@
     python tools/demo_figures.py                                 # seeds 0, 1, 2 of the defaults, in /tmp/demo-figures
     python tools/demo_figures.py --out DIR -- --augment on --epochs 4   # options after -- go to every compress run
     python tools/demo_figures.py --reports DIR0 DIR1 DIR2        # the table of runs made before (their own timings)
+    python tools/demo_figures.py --reports docs/research/singe-paths/demo/frozen-*.json   # kept, trimmed reports
 
 Each run is timed from the outside (the process's wall time, start-up included). Run it with nothing else on the
 machine: the wall times are the point. Accuracies are means over the seeds with their sample standard deviation;
@@ -37,7 +38,11 @@ def run(seed, out, extra):
 
 
 def load(folder):
+    """A compress output folder, or a trimmed report file a study keeps (its seed in a `seed` field)."""
     folder = Path(folder)
+    if folder.suffix == ".json":
+        report = json.loads(folder.read_text())
+        return dict(report, _wall=None, _seed=report.get("seed"))
     report = json.loads((folder / "report.json").read_text())
     wall = folder / "wall.json"
     report["_wall"] = json.loads(wall.read_text())["wall_s"] if wall.is_file() else None
@@ -91,9 +96,17 @@ def table(reports):
         lines.append(f"| onnxruntime CPU latency, batch 1, median ({threads} thread{'s' if threads != 1 else ''}, "
                      f"interleaved) | {dm:.3f} ms | {pm:.3f} ms ({statistics.mean(speed):.2f}x faster) | "
                      f"{', '.join(f'{s:.2f}x' for s in speed)} |")
-    agree = [min(e["parity"]["top1_agreement"] for e in r["exports"] if e["format"] == "onnx") for r in reports]
-    diff = [max(e["parity"]["max_abs_diff"] for e in r["exports"] if e["format"] == "onnx") for r in reports]
-    lines.append(f"| ONNX vs PyTorch | | max abs diff {max(diff):.1e}, top-1 agreement {min(agree):.4f} | |")
+    onnx = [[e["parity"] for e in r.get("exports", []) if e["format"] == "onnx"] for r in reports]
+    if all(onnx):  # runs with --no-export have none
+        agree = [min(p["top1_agreement"] for p in ps) for ps in onnx]
+        diff = [max(p["max_abs_diff"] for p in ps) for ps in onnx]
+        lines.append(f"| ONNX vs PyTorch | | max abs diff {max(diff):.1e}, top-1 agreement {min(agree):.4f} | |")
+    score = [sum(s["score_seconds"] for s in r["steps"]) for r in reports]
+    sm, ssd = mean_sd(score)
+    crit = first["criterion"]
+    path = crit.get("options", {}).get("path")
+    lines.append(f"| scoring, all steps ({crit['name']}{f', {path} path' if path else ''}) | | {sm:.1f} s +- {ssd:.1f} | "
+                 f"{', '.join(f'{v:.1f} s' for v in score)} |")
     walls = [r["_wall"] for r in reports]
     source = "wall time" if all(walls) else "compress's own total (start-up not included)"
     walls = [w or r["timings"]["total_s"] for w, r in zip(walls, reports)]

@@ -156,7 +156,7 @@ def test_calibration_is_cut_to_the_sample_cap_or_the_mac_budget():
     groups = chain_groups(model)
     shape = (1, 1, 16, 16)
     data = [(torch.zeros(10, 1, 16, 16), torch.zeros(10, dtype=torch.long)) for _ in range(3)]
-    crit = make_criterion("singe", steps=8)
+    crit = make_criterion("singe", path="network", steps=8)
     cut, n = calibration(data, Schedule(calib_samples=14), crit, model, groups, shape)
     assert n == 14 and [len(x) for x, _ in cut] == [10, 4]
     macs = count(model, shape).macs

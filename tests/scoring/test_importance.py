@@ -10,7 +10,7 @@ from singe_deploy.errors import UserError
 from singe_deploy.pruning.groups import all_groups, default_ignored, param_names, slices
 from singe_deploy.scoring.importance import make_criterion
 
-from ..conftest import batches
+from ..conftest import batches, needs_fashion
 
 
 def _groups(model):
@@ -108,6 +108,64 @@ def test_singe_unit_path_matches_a_direct_riemann_sum(tiny):
         assert scores[unit].item() == pytest.approx(total / steps, rel=1e-4)
 
 
+def test_frozen_path_is_the_unit_path_with_its_gradient_held_at_one(tiny):
+    """frozen at m steps = the exact unit path at one step (mu = 1 only) times sum_k w_k mu_k, in one pass per
+    batch; the completeness form is |<W_g, grad_g L>| (the first-order loss change of removing g)."""
+    data = batches(2)
+    groups = _groups(tiny)
+    for elementwise in (False, True):
+        crit = make_criterion("singe", path="frozen", steps=8, elementwise=elementwise)
+        frozen = crit.score(tiny, groups, data)
+        assert crit.passes == len(data)
+        at_one = make_criterion("singe", path="unit", steps=1, elementwise=elementwise).score(tiny, groups, data)
+        for a, b in zip(frozen, at_one):
+            assert torch.allclose(a, b * 9 / 16, rtol=1e-5, atol=1e-12)  # mean of k/8, k = 1..8
+    signed = make_criterion("singe", path="frozen", variant="completeness", rule="gauss", steps=3).score(
+        tiny, groups, data)
+    params = dict(tiny.named_parameters())
+    grads = [_grads(tiny, x, y) for x, y in data]
+    for g, s in zip(groups, signed):  # the batches' signed sums averaged, then |.| (Gauss weights sum to 1)
+        mean = sum(_per_unit_manual(tiny, g, lambda n, m: (params[n].detach() * gr[n])[m].sum()) for gr in grads)
+        assert torch.allclose(s, (mean / len(data)).abs(), rtol=1e-4, atol=1e-9)
+
+
+def test_frozen_is_the_default_path_at_taylors_pass_count(tiny):
+    crit = make_criterion("singe")
+    assert crit.options["path"] == "frozen"
+    assert crit.passes_per_sample(_groups(tiny)) == make_criterion("taylor").passes_per_sample(_groups(tiny))
+
+
+@needs_fashion
+def test_frozen_path_ranks_channels_like_the_exact_unit_path_on_a_trained_model():
+    """On a small net trained on Fashion-MNIST (grouped and depthwise convolutions included), the frozen path's
+    ranking is within the tolerance measured on three real models (Spearman >= 0.93 against the exact unit path,
+    docs/research/singe-paths), and closer to it than the network path, the former default."""
+    from singe_deploy.data.specs import make_data
+
+    from ..conftest import TinyNet
+
+    torch.manual_seed(0)
+    data = make_data("fashion-mnist", batch_size=64, sample_shape=(1, 12, 12), seed=0, train_limit=12800)
+    model = TinyNet(num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _, (x, y) in zip(range(200), data.train):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    calib = data.calibration(1)
+    groups = _groups(model)
+    flat = lambda path: torch.cat(make_criterion("singe", path=path, steps=8).score(model, groups, calib)).numpy()  # noqa: E731
+    unit = flat("unit")
+    frozen, network = _spearman(flat("frozen"), unit), _spearman(flat("network"), unit)
+    assert frozen >= 0.93 and frozen > network
+
+
+def _spearman(a, b):
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
 def test_singe_paths_agree_on_a_single_group(tiny):
     data = batches(1)
     g = _groups(tiny)[:1]
@@ -119,8 +177,8 @@ def test_singe_paths_agree_on_a_single_group(tiny):
 def test_singe_is_not_magnitude_times_gradient_at_one_point(tiny):
     data = batches(1)
     groups = _groups(tiny)
-    one = make_criterion("singe", steps=1).score(tiny, groups, data)
-    many = make_criterion("singe", steps=8).score(tiny, groups, data)
+    one = make_criterion("singe", path="network", steps=1).score(tiny, groups, data)
+    many = make_criterion("singe", path="network", steps=8).score(tiny, groups, data)
     assert not all(torch.allclose(a, b) for a, b in zip(one, many))
 
 
@@ -193,7 +251,7 @@ def test_batched_path_steps_are_one_vmapped_pass(tiny, monkeypatch):
     calls = []
     real = imp._vmapped_grads
     monkeypatch.setattr(imp, "_vmapped_grads", lambda *a: calls.append(len(next(iter(a[1].values())))) or real(*a))
-    crit = make_criterion("singe", steps=8, batch_steps=3)
+    crit = make_criterion("singe", path="network", steps=8, batch_steps=3)
     crit.score(tiny, _groups(tiny), batches(2))
     assert calls == [3, 3, 2, 3, 3, 2]  # per batch: ceil(8 / 3) passes, not 8
     assert crit.fallback is None
@@ -207,11 +265,12 @@ def test_batched_path_steps_fall_back_when_vmap_cannot_batch(tiny, monkeypatch):
 
     data, groups = batches(1), _groups(tiny)
     monkeypatch.setattr(imp, "_vmapped_grads", refuse)
-    crit = make_criterion("singe", steps=4, batch_steps=4)
+    crit = make_criterion("singe", path="network", steps=4, batch_steps=4)
     fell_back = crit.score(tiny, groups, data)
     assert crit.fallback == "vmap: an op without a batching rule"
     monkeypatch.undo()
-    for a, b in zip(fell_back, make_criterion("singe", steps=4, batch_steps=1).score(tiny, groups, data)):
+    one_by_one = make_criterion("singe", path="network", steps=4, batch_steps=1).score(tiny, groups, data)
+    for a, b in zip(fell_back, one_by_one):
         assert torch.allclose(a, b)
 
 
@@ -219,7 +278,7 @@ def test_batch_steps_auto_is_one_by_one_on_cpu(tiny, monkeypatch):
     import singe_deploy.scoring.importance as imp
 
     monkeypatch.setattr(imp, "_vmapped_grads", lambda *a: pytest.fail("batched on CPU"))
-    crit = make_criterion("singe", steps=4)
+    crit = make_criterion("singe", path="network", steps=4)
     crit.score(tiny, _groups(tiny), batches(2))
     assert crit.describe()["options"]["batch_steps"] == 1
     for bad in (0, "two", -1):
@@ -258,11 +317,11 @@ def test_batched_path_steps_halve_on_out_of_memory(tiny, monkeypatch):
 
     data, groups = batches(2), _groups(tiny)
     monkeypatch.setattr(imp, "_vmapped_grads", small_memory)
-    crit = make_criterion("singe", steps=8, batch_steps=8)
+    crit = make_criterion("singe", path="network", steps=8, batch_steps=8)
     halved = crit.score(tiny, groups, data)
     assert crit.options["batch_steps"] == 2 and sizes.count(8) == 1 and sizes.count(4) == 1
     monkeypatch.undo()
-    for a, b in zip(halved, make_criterion("singe", steps=8, batch_steps=1).score(tiny, groups, data)):
+    for a, b in zip(halved, make_criterion("singe", path="network", steps=8, batch_steps=1).score(tiny, groups, data)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-10)
 
 
@@ -288,7 +347,8 @@ def test_gauss_rule_weights_each_node(tiny):
     half-scaled model's gradient, which a direct computation reproduces."""
     data = batches(1)
     groups = _groups(tiny)
-    half = make_criterion("singe", steps=1, rule="gauss", norm=1, elementwise=True).score(tiny, groups, data)
+    half = make_criterion("singe", path="network", steps=1, rule="gauss", norm=1, elementwise=True).score(
+        tiny, groups, data)
     scaled = copy.deepcopy(tiny)
     names = param_names(tiny)
     with torch.no_grad():
@@ -311,11 +371,11 @@ def test_gauss_rule_weights_each_node(tiny):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_batched_path_steps_on_cuda_match_the_cpu(tiny):
     data, groups = batches(2), _groups(tiny)
-    cpu = make_criterion("singe", steps=8, batch_steps=1).score(tiny, groups, data)
+    cpu = make_criterion("singe", path="network", steps=8, batch_steps=1).score(tiny, groups, data)
     gpu_model = copy.deepcopy(tiny).cuda()
     gpu_groups = _groups_on(gpu_model)
     for bs in (8, "auto"):
-        crit = make_criterion("singe", steps=8, batch_steps=bs)
+        crit = make_criterion("singe", path="network", steps=8, batch_steps=bs)
         scores = crit.score(gpu_model, gpu_groups, [(x.cuda(), y.cuda()) for x, y in data])
         assert crit.fallback is None and crit.options["batch_steps"] in (1, 4, 8)
         for a, b in zip(cpu, scores):
@@ -527,7 +587,7 @@ def test_singe_work_per_step_is_one_unit_sum_whatever_the_groups(monkeypatch):
 
     monkeypatch.setattr(groups_mod.UnitMap, "sums", counting)
     monkeypatch.setattr(importance, "per_unit", lambda *a: calls.__setitem__("per_unit", 1))
-    crit = make_criterion("singe", steps=6)
+    crit = make_criterion("singe", path="network", steps=6)
     crit.score(model, groups, data)
     assert crit.passes == 6 * len(data)
     assert calls["sums"] == 6 * len(data) + 1  # + the weight norms, once
@@ -537,7 +597,7 @@ def test_singe_work_per_step_is_one_unit_sum_whatever_the_groups(monkeypatch):
 def test_passes_per_sample_follow_path_and_variant():
     model, groups = _chain()
     units = sum(len(g[0].idxs) for g in groups)
-    assert make_criterion("singe", steps=8).passes_per_sample(groups) == 24
+    assert make_criterion("singe", path="network", steps=8).passes_per_sample(groups) == 24
     assert make_criterion("singe", steps=8, path="unit").passes_per_sample(groups) == 24 * units
     assert make_criterion("singe", variant="removal").passes_per_sample(groups) == units
     assert make_criterion("taylor").passes_per_sample(groups) == 3
@@ -559,13 +619,16 @@ def test_path_fidelity_ranks_each_path_against_the_unit_path_in_multiples_of_tay
     result = {"paths": {}}
     tool.paths(model, groups, data, 2, result, replicas=[4])
     rows = result["paths"]
-    assert list(rows) == ["unit", "group", "network", "unit, completeness, R = 4", "removal (measured), R = 4"]
+    assert list(rows) == ["unit", "frozen", "group", "network", "unit, completeness, R = 4",
+                          "removal (measured), R = 4"]
     assert result["taylor_seconds"] > 0 and rows["unit"]["spearman_all"] == 1.0
     for v in rows.values():
         assert v["x_taylor"] == pytest.approx(v["seconds"] / result["taylor_seconds"])
     unit = torch.cat(make_criterion("singe", path="unit", steps=2).score(model, groups, data)).numpy()
     network = torch.cat(make_criterion("singe", path="network", steps=2).score(model, groups, data)).numpy()
     assert rows["network"]["spearman_all"] == pytest.approx(tool.spearman(network, unit))
+    frozen = torch.cat(make_criterion("singe", path="frozen", steps=2).score(model, groups, data)).numpy()
+    assert rows["frozen"]["spearman_all"] == pytest.approx(tool.spearman(frozen, unit))
     # --unit-sample: the exact path on channels drawn at random gives those channels' exact scores
     full = [s.numpy() for s in make_criterion("singe", path="unit", steps=2).score(model, groups, data) if s is not None]
     idx, ref, seconds, total = tool.sampled_unit_path(model, groups, data, 2, 10)
@@ -602,3 +665,22 @@ def test_path_fidelity_calibration_sweep_ranks_a_drawn_subset_against_every_imag
     assert rows[1]["spearman_all"] == pytest.approx(np.mean(spearmans))
     assert rows[1]["spearman_all_min"] == min(spearmans)
     assert -1 <= rows[0]["spearman_all"] < 1  # 4 images of 16 do not give the same ranking
+
+
+def test_path_expansions_ranks_each_candidate_against_the_exact_path_of_the_drawn_channels(monkeypatch):
+    from ..conftest import ROOT, load_tool
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    tool = load_tool("path_expansions")
+    model, groups = _chain()
+    (x, y), = batches(1, size=8)
+    result = tool.study(model, groups, x, y, n=10, m=4)
+    assert result["channels"] == 10 and result["of"] == sum(len(g[0].idxs) for g in groups)
+    rows = result["rows"]
+    assert len(rows) == 5 and rows["frozen (gradient at mu = 1)"]["x_taylor"] == 1.0
+    # the exact path at all 4 nodes is the reference; the frozen row is the frozen path's own ranking of those channels
+    idx, ref, _, _ = load_tool("path_fidelity").sampled_unit_path(model, groups, [(x, y)], 4, 10)
+    frozen = [s.numpy() for s in make_criterion("singe", path="frozen", steps=4).score(model, groups, [(x, y)])
+              if s is not None]
+    picked = np.concatenate([f[i] for f, i in zip(frozen, idx)])
+    assert rows["frozen (gradient at mu = 1)"]["spearman"] == pytest.approx(_spearman(picked, np.concatenate(ref)))

@@ -21,7 +21,7 @@ Gauss-Legendre reference: how many passes the integral needs.
 
 `--oracle` measures each channel's removal damage (the loss change of zeroing it alone, `--singe-variant
 removal`, R channels per forward through activation hooks) and ranks every criterion against it: the
-SInGE forms and paths (spec, completeness; network, unit), Taylor, l1, l2. The completeness form on the
+SInGE forms and paths (spec, completeness; frozen, network, unit), Taylor, l1, l2. The completeness form on the
 unit path converges to the removal damage as m grows (integrated gradients' completeness axiom).
 
 `--calib-sweep N,...` asks what a smaller calibration set costs in ranking: each criterion (SInGE's default
@@ -152,8 +152,9 @@ def rules(model, groups, batches, result):
 
 
 ORACLE_RIVALS = [
-    ("singe spec, network, m=8", "singe", {"steps": 8}),
-    ("singe completeness, network, m=8", "singe", {"steps": 8, "variant": "completeness"}),
+    ("singe spec, frozen (the default)", "singe", {"steps": 8, "path": "frozen"}),
+    ("singe spec, network, m=8", "singe", {"steps": 8, "path": "network"}),
+    ("singe completeness, network, m=8", "singe", {"steps": 8, "variant": "completeness", "path": "network"}),
     ("singe completeness, unit, gauss m=2", "singe", {"steps": 2, "rule": "gauss", "variant": "completeness",
                                                       "path": "unit"}),
     ("taylor", "taylor", {}),
@@ -174,7 +175,7 @@ def oracle(model, groups, batches, result):
               f"{result['oracle'][label]['spearman_within_group_mean']:.4f} |", flush=True)
 
 
-SWEEP_CRITERIA = (("singe", {"steps": 8}), ("taylor", {}))
+SWEEP_CRITERIA = (("singe", {"steps": 8, "path": "network"}), ("taylor", {}))  # the study's setting (2026-12)
 
 
 def calibration_sweep(model, groups, batches, sizes, result, draws=3, criteria=SWEEP_CRITERIA):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
 import sys
@@ -14,7 +15,8 @@ from .errors import CheckFailed, UserError, first_line
 def _parser():
     ap = argparse.ArgumentParser(prog="singe-deploy", description="Prune a vision model with SInGE, export it, "
                                  "check it and measure it.")
-    ap.add_argument("--version", action="version", version=f"singe-deploy {__version__}")
+    ap.add_argument("--version", action=_Version, nargs=0, help="the versions of singe-deploy and of the libraries "
+                    "it runs on, then exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     from .config import add_arguments
 
@@ -57,7 +59,50 @@ def _parser():
     c2 = sub.add_parser("check", help="check a report.json or an .onnx file against a budget (exit 1 on a miss)",
                         description=check.__doc__.split("\n\n")[0])
     check.add_arguments(c2)
+    ap.commands = {"compress": c, "flops": f, "compare": k, "bench": b, "report": m, "quantize": q, "check": c2}
     return ap
+
+
+LIBRARIES = ("torch", "torchvision", "torch-pruning", "onnx", "onnxruntime")
+
+
+def version_text():
+    """singe-deploy's version and those of the libraries it runs on, read from the installed metadata (nothing
+    imported, so it answers even where torch is broken)."""
+    from importlib import metadata
+
+    def installed(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"singe-deploy {__version__} (" + ", ".join(f"{n} {installed(n)}" for n in LIBRARIES) + ")"
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def _parse(argv):
+    """The parsed arguments; an unknown option gets the sub-command's usage and the closest option (exit 2)."""
+    ap = _parser()
+    args, extra = ap.parse_known_args(argv)
+    if not extra:
+        return args
+    parser = ap.commands.get(args.command, ap)
+    unknown = next((a for a in extra if a.startswith("-")), extra[0])
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(unknown.split("=")[0], options, n=1, cutoff=0.6)
+    where = f"singe-deploy {args.command} --help" if args.command else "singe-deploy --help"
+    hint = f"did you mean {close[0]}?" if close else f"see '{where}'"
+    usage = parser.format_usage()
+    if usage.count("\n") > 4:  # compress's options fill a screen: name them, not list them
+        usage = f"usage: {parser.prog} [OPTIONS] (every option: {where})\n"
+    sys.stderr.write(usage)
+    parser.exit(2, f"{parser.prog}: error: unrecognized argument {unknown.split('=')[0]}; {hint}\n")
 
 
 def main(argv=None):
@@ -70,7 +115,7 @@ def main(argv=None):
 
 
 def _main(argv):
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command is None:
         _parser().print_help()
         return 2

@@ -445,3 +445,43 @@ def test_an_accuracy_budget_run_reports_its_curve_and_keeps_what_the_budget_allo
     assert "| held-out accuracy |" in text and "Accuracy budget: at most 2 points below dense" in text
     assert (out / "tradeoff.png").is_file() and stdout.strip().splitlines()[-1].startswith("ship ")
 
+
+
+@pytest.mark.parametrize("argv,command,unknown,suggested", [
+    (["compress", "--latency-reducton", "1.5"], "compress", "--latency-reducton", "--latency-reduction"),
+    (["compress", "--singe-pth=unit"], "compress", "--singe-pth", "--singe-path"),
+    (["flops", "builtin:resnet20", "--per-layr"], "flops", "--per-layr", "--per-layer"),
+    (["check", "--budjet", "b.yaml", "r.json"], "check", "--budjet", "--budget"),
+    (["quantize", "a.onnx", "--precison", "int8"], "quantize", "--precison", "--precision"),
+])
+def test_an_unknown_option_gets_the_closest_one_and_the_sub_commands_usage(tmp_path, capsys, monkeypatch, argv,
+                                                                           command, unknown, suggested):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert err[0].startswith(f"usage: singe-deploy {command} ")
+    assert err[-1] == f"singe-deploy {command}: error: unrecognized argument {unknown}; did you mean {suggested}?"
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_an_option_like_no_other_points_to_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", "--qqqqq"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert err == ["usage: singe-deploy compress [OPTIONS] (every option: singe-deploy compress --help)",
+                   "singe-deploy compress: error: unrecognized argument --qqqqq; see 'singe-deploy compress --help'"]
+
+
+def test_version_names_the_tool_and_the_libraries_it_runs_on(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert exit_.value.code == 0
+    for name in ("torch", "torchvision", "torch-pruning", "onnx", "onnxruntime"):
+        assert f"{name} {metadata.version(name)}" in out
+    assert out.startswith(f"singe-deploy {metadata.version('singe-deploy')} (")

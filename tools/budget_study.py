@@ -9,8 +9,9 @@ trimmed copies the study keeps); times are the reports' own `timings.total_s`.
 """
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+import kept_channels  # tools/ is on the path when run as a script
 
 
 def load(path):
@@ -42,11 +43,7 @@ def speedup(r):
 
 
 def spread(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} +- {sd:.2f}"
+    return kept_channels.spread(values, digits=2)
 
 
 def budget_table(budget, fixed):

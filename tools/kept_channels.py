@@ -54,12 +54,13 @@ def runs(paths):
     return out
 
 
-def _accuracy(values):
+def spread(values, digits=4):
+    """'mean +- sd' of the values given (None left out), or 'n/a'; tools/budget_study.py uses it too."""
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} +- {sd:.4f}"
+    return f"{statistics.mean(values):.{digits}f} +- {sd:.{digits}f}"
 
 
 def table(rows):
@@ -72,7 +73,7 @@ def table(rows):
              "|---|---|---|---|---:|---:|---:|" + "---:|" * len(widths)]
     for (model, target, flowchart, crit), rs in sorted(groups.items()):
         kept_cols = [f"{statistics.mean(r['kept'][w] for r in rs if w in r['kept']):.2f}" for w in widths]
-        accuracy, params = _accuracy([r["accuracy"] for r in rs]), statistics.mean(r["params"] for r in rs) / 1e3
+        accuracy, params = spread([r["accuracy"] for r in rs]), statistics.mean(r["params"] for r in rs) / 1e3
         lines.append(f"| {model} | {target} | {flowchart} | {crit} | {len(rs)} | {accuracy} | {params:.0f} K | "
                      + " | ".join(kept_cols) + " |")
     return "\n".join(lines)

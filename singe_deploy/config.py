@@ -228,13 +228,27 @@ def _convert(opt, value, where):
     return value
 
 
-def read_yaml(path, what, mapping_of):
-    """The top-level mapping of a YAML file ({} when empty), with one-line errors naming `what`."""
+SHIPPED = Path(__file__).parent / "configs"  # the configs and budgets in the package (configs/ in a checkout)
+
+
+def shipped(folder=""):
+    """Names of the YAML files shipped in SHIPPED/folder: what `--config NAME` or `--budget NAME` may give."""
+    return sorted(p.stem for p in (SHIPPED / folder).glob("*.yaml"))
+
+
+def read_yaml(path, what, mapping_of, folder=None):
+    """The top-level mapping of a YAML file ({} when empty), with one-line errors naming `what`. With `folder`,
+    a path that does not exist but names a shipped file ('demo', 'ci.yaml') reads that file, so that an install
+    from a wheel, which has no configs/ folder beside it, has them too."""
     import yaml
 
     path = Path(path)
+    if (not path.is_file() and folder is not None and path.name == str(path) and path.suffix in ("", ".yaml")
+            and path.stem in shipped(folder)):
+        path = SHIPPED / folder / f"{path.stem}.yaml"
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; fix the path")
+        names = f" or name a shipped one: {', '.join(shipped(folder))}" if folder is not None else ""
+        raise UserError(f"{what} {path} does not exist; fix the path{names}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -263,7 +277,7 @@ def _where(e):
 
 def load_yaml(path):
     """The options in a YAML config file, validated."""
-    raw = read_yaml(path, "config file", "option: value")
+    raw = read_yaml(path, "config file", "option: value", folder="")
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
@@ -278,7 +292,8 @@ def load_yaml(path):
 def add_arguments(parser, options=OPTIONS, defaults=None):
     """One flag per option; defaults are suppressed so only flags the user gave override the config. `defaults`:
     a command's own defaults for some options, shown in its help instead of the option table's."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options")
+    parser.add_argument("--config", metavar="FILE", help="YAML file holding any of these options, or the name of a "
+                        f"shipped one ({', '.join(shipped())})")
     for o in options:
         flag = "--" + o.name.replace("_", "-")
         if o.type == "bool":

@@ -42,8 +42,17 @@ def test_bad_configs(tmp_path, text, match):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist; fix the path or name a shipped one: demo, latency-only"):
         resolve(_args(["--config", str(tmp_path / "none.yaml")]))
+
+
+def test_a_shipped_config_is_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after an install from a wheel
+    by_name = resolve(_args(["--config", "latency-only"]))
+    assert by_name == resolve(_args(["--config", str(ROOT / "configs" / "latency-only.yaml")]))
+    assert by_name["model"] == "torchvision:resnet50"
+    (tmp_path / "latency-only").write_text("steps: 2\n")  # a file of the user's by that name wins
+    assert resolve(_args(["--config", "latency-only"]))["steps"] == 2
 
 
 @pytest.mark.parametrize("argv,match", [

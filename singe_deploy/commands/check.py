@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from ..config import accuracy_points
+from ..config import accuracy_points, shipped
 from ..deploy.quantize import PRECISIONS
 from ..errors import CheckFailed, UserError, first_line
 
@@ -40,7 +40,8 @@ KEYS = list(SCALARS) + ["max_latency_ms", "max_parity_abs_diff", "onnx_opset", "
 
 def add_arguments(ap):
     ap.add_argument("artifact", metavar="ARTIFACT", help="report.json (compress), a latency file (bench) or an .onnx")
-    ap.add_argument("--budget", metavar="FILE", help="YAML budget (keys in docs/guide/ci.md)")
+    ap.add_argument("--budget", metavar="FILE", help="YAML budget (keys in docs/guide/ci.md), or the name of a "
+                    f"shipped one ({', '.join(shipped('budgets'))})")
     ap.add_argument("--max-accuracy-drop", type=float, metavar="P",
                     help="report.json: at most P points (0-100) of accuracy below dense; with --budget it replaces "
                          "the file's max_accuracy_drop")
@@ -109,7 +110,7 @@ def load_budget(path):
     """The budget in a YAML file, validated: unknown keys, wrong types and negative values are bad input."""
     from ..config import read_yaml
 
-    raw = read_yaml(path, "budget file", "budget keys")
+    raw = read_yaml(path, "budget file", "budget keys", folder="budgets")
     if not raw:
         raise UserError(f"budget file {path} is empty; give at least one of {', '.join(KEYS)}")
     budget = {}

@@ -121,7 +121,8 @@ class OnnxProbe:
         graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                  [self.batch, n, h, w])],
                                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], weights)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        # IR 8 is opset 18's: onnx's newest IR (11 from onnx 1.18) does not load in an onnxruntime older than onnx
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "probe.onnx"
             onnx.save(model, str(path))

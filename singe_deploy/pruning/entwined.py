@@ -12,6 +12,7 @@ of `round_to` (per block for grouped convolutions).
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, field, fields
@@ -251,7 +252,7 @@ def prune(model, input_shape, criterion, target, schedule, data=None, ignored_la
                                                 predict=(lambda c, p=planner: table.predict(p, c)) if table else None,
                                                 timed=_timed(timer, dense_model, table) if table else None)
             if s == 0 and not reached and schedule.steps == 1:
-                _unreachable(target, dense_cost, cost)
+                _unreachable(target, dense_cost, cost, schedule)
             if table is not None:  # a latency step that overshoots is undone and planned again (see below)
                 before["model"], before["records"] = copy.deepcopy(model), len(records)
             if judged:
@@ -424,10 +425,7 @@ def _latency_setup(model, example, shape, ignored, schedule, target, timer, path
     if planner is not None:
         smallest = table.predict(planner, planner.counts(planner.levels))
         if smallest > table.dense_ms / target.reduction:
-            raise UserError(f"latency {table.dense_ms / target.reduction:.3f} ms (dense {table.dense_ms:.3f} ms / "
-                            f"{target.reduction:.3g}) is unreachable: the smallest latency these layers, "
-                            f"--max-layer-ratio and --round-to allow is {smallest:.3f} ms (predicted); lower the "
-                            "reduction or raise the budget")
+            _unreachable_latency(target, table.dense_ms, smallest, schedule)
     return table, path, target
 
 
@@ -535,14 +533,50 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     dense = measure(model, shape, target.metric)
     best = measure_pruned(pruned, shape, target.metric)
     if best > dense / target.reduction:
-        _unreachable(target, dense, best)
+        _unreachable(target, dense, best, schedule)
     return dense, best
 
 
-def _unreachable(target, dense, best):
-    raise UserError(f"--{target.metric}-reduction {target.reduction:g} is unreachable: at most "
-                    f"{dense / max(best, 1):.2f}x with these layers, --max-layer-ratio and --round-to; "
-                    "lower the reduction or raise --max-layer-ratio")
+LATENCY_MARGIN = 0.05  # a latency suggestion's room for the timings of the rerun, which vary by a few percent
+
+
+def _limits(schedule):
+    return f"these layers, --max-layer-ratio {schedule.max_layer_ratio:g} and --round-to {schedule.round_to}"
+
+
+def _unreachable(target, dense, best, schedule):
+    """Bad input naming the largest reduction that is reachable (rounded down, so that it is), for the rerun."""
+    if target.metric == "latency":
+        _unreachable_latency(target, dense, best, schedule)
+    most = dense / max(best, 1)  # a count of MACs or params
+    said = f"--{target.metric}-reduction {target.reduction:g} is unreachable"
+    reachable = math.floor(most * 100) / 100
+    if reachable <= 1:
+        raise UserError(f"{said}: {_limits(schedule)} allow no {target.metric} reduction (the most pruning gives "
+                        f"{most:.3f}x); raise --max-layer-ratio or ignore fewer layers")
+    raise UserError(f"{said}: {_limits(schedule)} allow at most {most:.3f}x; rerun with --{target.metric}-reduction "
+                    f"{reachable:.2f} or lower, or raise --max-layer-ratio")
+
+
+def _unreachable_latency(target, dense_ms, smallest_ms, schedule):
+    """As _unreachable, for a latency target: the suggestion keeps LATENCY_MARGIN from the predicted limit."""
+    most = dense_ms / smallest_ms
+    limit = (f"{_limits(schedule)} allow at most {most:.2f}x ({smallest_ms:.3f} ms predicted, dense "
+             f"{dense_ms:.3f} ms)")
+    if target.budget_ms is not None:
+        budget = math.ceil(smallest_ms * (1 + LATENCY_MARGIN) * 1000) / 1000
+        if budget < dense_ms:
+            raise UserError(f"--latency-budget-ms {target.budget_ms:g} is unreachable: {limit}; rerun with "
+                            f"--latency-budget-ms {budget:.3f} or more ({LATENCY_MARGIN:.0%} over the limit: timings "
+                            "vary between runs)")
+    reachable = math.floor(most * (1 - LATENCY_MARGIN) * 100) / 100
+    said = (f"--latency-budget-ms {target.budget_ms:g}" if target.budget_ms is not None
+            else f"--latency-reduction {target.reduction:g}")
+    if reachable <= 1:
+        raise UserError(f"{said} is unreachable: {limit}, too close to dense to promise; raise --max-layer-ratio "
+                        "or target MACs (--macs-reduction)")
+    raise UserError(f"{said} is unreachable: {limit}; rerun with --latency-reduction {reachable:.2f} or lower "
+                    f"({LATENCY_MARGIN:.0%} under the limit: timings vary between runs)")
 
 
 def _fmt(acc):

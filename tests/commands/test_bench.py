@@ -139,7 +139,8 @@ def fixed_batch_onnx(path, batch=1):
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 6, 6])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    # IR 8: the oldest supported onnxruntime (1.20) loads it, where onnx's newest IR would not
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
     return path
 
 

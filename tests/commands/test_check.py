@@ -4,6 +4,7 @@ import pytest
 
 from singe_deploy import schemas
 from singe_deploy.cli import main
+from singe_deploy.errors import UserError
 
 from ..conftest import ROOT
 from .test_bench import _without_torch, fixed_batch_onnx
@@ -185,6 +186,15 @@ def test_shipped_budgets_are_valid():
     assert len(budgets) >= 2
     for b in budgets:
         assert load_budget(b)
+
+
+def test_a_shipped_budget_is_found_by_name(tmp_path, monkeypatch):
+    from singe_deploy.commands.check import load_budget
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as after an install from a wheel
+    assert load_budget("ci") == load_budget(ROOT / "configs" / "budgets" / "ci.yaml")
+    with pytest.raises(UserError, match="budget file cj does not exist; fix the path or name a shipped one: ci, onnx"):
+        load_budget("cj")
 
 
 def test_the_ci_workflow_example_runs_the_export_check():

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torchvision
@@ -99,10 +101,19 @@ def test_local_ranking_prunes_every_group():
     assert all(l.out_channels < dense_inner[l.name] for l in inner)
 
 
-def test_unreachable_target_is_bad_input():
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_an_unreachable_target_names_a_reduction_that_is_then_reached(metric):
+    shape, schedule = (1, 1, 28, 28), Schedule(max_layer_ratio=0.5, round_to=8, steps=2, finetune_iters=0, epochs=0)
+    with pytest.raises(UserError, match="unreachable") as e:
+        check_reachable(build_model("builtin:resnet20", 10, 1).eval(), shape, Target(metric, 50.0), schedule)
+    said = re.search(rf"rerun with --{metric}-reduction ([0-9.]+) or lower", str(e.value))
+    assert said, str(e.value)
     model = build_model("builtin:resnet20", 10, 1).eval()
-    with pytest.raises(UserError, match="unreachable"):
-        check_reachable(model, (1, 1, 28, 28), Target("macs", 50.0), Schedule(max_layer_ratio=0.5))
+    dense = count(model, shape)
+    result = prune(model, shape, make_criterion("l2"), Target(metric, float(said[1])), schedule, log=lambda *a: None)
+    pruned = count(model, shape)
+    assert result.target_met
+    assert getattr(pruned, metric) <= getattr(dense, metric) / float(said[1])
 
 
 @pytest.mark.parametrize("bad", [1.0, 0.5, -2.0])

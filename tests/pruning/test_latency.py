@@ -3,6 +3,7 @@
 tiles of 8 channels."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -150,7 +151,7 @@ def test_budgets_that_cannot_be_met_are_bad_input(tmp_path):
                latency_table=tmp_path / "t.json")
     with pytest.raises(UserError, match="above the dense model's"):
         prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_budget_ms": dense * 2}, **run)
-    with pytest.raises(UserError, match="the smallest latency .* allow is [0-9.]+ ms"):
+    with pytest.raises(UserError, match="allow at most [0-9.]+x .* rerun with --latency-budget-ms"):
         prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_budget_ms": 0.5}, **run)
     with pytest.raises(UserError, match="needs a timer"):
         prune(TinyNet(), SHAPE, make_criterion("l2"), {"latency_reduction": 2}, Schedule())
@@ -391,3 +392,17 @@ def test_a_replanned_step_that_misses_gives_back_the_model_that_met_the_target(t
     assert lat["hit"] and lat["achieved"] == pytest.approx(1.6)
     assert sum(p.numel() for p in model.parameters()) == calls[0]  # the model first measured, restored
     assert len(result.steps) == 1 and not result.steps[0].get("correction")
+
+
+@pytest.mark.parametrize("asked", [{"latency_reduction": 50}, {"latency_budget_ms": 0.5}])
+def test_an_unreachable_latency_names_a_target_that_is_then_met(tmp_path, asked):
+    run = dict(schedule=Schedule(steps=1, finetune_iters=0, epochs=0, round_to=8), timer=TileTimer(),
+               log=lambda *a: None, latency_table=tmp_path / "t.json")
+    with pytest.raises(UserError, match="unreachable") as e:
+        prune(TinyNet(), SHAPE, make_criterion("l2"), asked, **run)
+    said = re.search(r"rerun with --latency-(reduction|budget-ms) ([0-9.]+)", str(e.value))
+    assert said, str(e.value)
+    torch.manual_seed(0)
+    result = prune(TinyNet(), SHAPE, make_criterion("l2"), {f"latency_{said[1].replace('-', '_')}": float(said[2])},
+                   **run)
+    assert result.target_met and result.latency["hit"]

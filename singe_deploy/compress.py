@@ -270,7 +270,8 @@ def run(cfg, log=print, dense_accuracy=None, resume_hint=True):
             # a latency target is checked against its table, once measured; a budget without a floor needs no check
             # other ranks learn the alignment later (broadcast): they check with any count, rank 0 with its own
             aligned = replace(schedule, round_to=p.alignment["round_to"] if p.alignment else 1)
-            check_reachable(model, input_shape, p.target, aligned, _ignored(model, cfg["ignore_layers"]))
+            check_reachable(model, input_shape, p.target, aligned, _ignored(model, cfg["ignore_layers"]),
+                            flag="a --sweep point of" if cfg["sweep"] else None)
     except UserError as e:
         error = e
     distributed.agree(error)

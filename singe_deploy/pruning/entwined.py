@@ -516,8 +516,9 @@ def calibration(batches, schedule, criterion, model, groups, shape, log=None):
     return first_samples([tuple(b) for b in batches], cap), cap
 
 
-def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
-    """Fail fast (bad input) when even the most pruning the schedule allows misses the target."""
+def check_reachable(model, input_shape, target, schedule, ignored_layers=None, flag=None):
+    """Fail fast (bad input) when even the most pruning the schedule allows misses the target. `flag`: the option
+    the user gave the reduction with, for the message (default --METRIC-reduction)."""
     target, schedule = as_target(target), as_schedule(schedule)
     schedule = alignment.resolved(schedule, model, input_shape, log=lambda *a: None)
     shape = [1] + list(input_shape)[1:]
@@ -533,7 +534,7 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None):
     dense = measure(model, shape, target.metric)
     best = measure_pruned(pruned, shape, target.metric)
     if best > dense / target.reduction:
-        _unreachable(target, dense, best, schedule)
+        _unreachable(target, dense, best, schedule, flag)
     return dense, best
 
 
@@ -544,18 +545,19 @@ def _limits(schedule):
     return f"these layers, --max-layer-ratio {schedule.max_layer_ratio:g} and --round-to {schedule.round_to}"
 
 
-def _unreachable(target, dense, best, schedule):
+def _unreachable(target, dense, best, schedule, flag=None):
     """Bad input naming the largest reduction that is reachable (rounded down, so that it is), for the rerun."""
     if target.metric == "latency":
         _unreachable_latency(target, dense, best, schedule)
     most = dense / max(best, 1)  # a count of MACs or params
-    said = f"--{target.metric}-reduction {target.reduction:g} is unreachable"
+    flag = flag or f"--{target.metric}-reduction"
+    said = f"{flag} {target.reduction:g} is unreachable"
     reachable = math.floor(most * 100) / 100
     if reachable <= 1:
         raise UserError(f"{said}: {_limits(schedule)} allow no {target.metric} reduction (the most pruning gives "
                         f"{most:.3f}x); raise --max-layer-ratio or ignore fewer layers")
-    raise UserError(f"{said}: {_limits(schedule)} allow at most {most:.3f}x; rerun with --{target.metric}-reduction "
-                    f"{reachable:.2f} or lower, or raise --max-layer-ratio")
+    raise UserError(f"{said}: {_limits(schedule)} allow at most {most:.3f}x; rerun with {flag} {reachable:.2f} or "
+                    "lower, or raise --max-layer-ratio")
 
 
 def _unreachable_latency(target, dense_ms, smallest_ms, schedule):

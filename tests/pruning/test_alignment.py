@@ -106,3 +106,12 @@ def test_scores_need_two_multiples_in_the_window():
     counts = list(range(16, 48))
     assert 32 not in alignment.score(counts, _times(counts, 16))  # one multiple of 32 (32) only
     assert set(alignment.score(counts, np.ones(32))) == {1, 2, 4, 8, 16}
+
+
+def test_the_probe_writes_an_ir_version_the_oldest_supported_onnxruntime_loads(monkeypatch):
+    import onnx
+
+    saved, save = [], onnx.save
+    monkeypatch.setattr(onnx, "save", lambda model, path: (saved.append(model.ir_version), save(model, path)))
+    alignment.OnnxProbe().runner(16, 3, 1, 1, 8, 8)
+    assert saved and saved[0] <= 10  # onnxruntime 1.20 (tools/constraints/oldest.txt) loads IR 10 at most

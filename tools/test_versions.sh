@@ -7,7 +7,9 @@
 #   VENV=/tmp/old tools/test_versions.sh ...                 # keep (and reuse) the environment
 #
 # torch and torchvision come from the package index as the constraints pin them: on x86_64 that is a CUDA build of
-# several GB, which runs on the CPU too. It prints the versions it tested before the tests' summary.
+# several GB, which runs on the CPU too. It prints the versions it tested before the tests' summary. (Where pip
+# finds a local torch 2.13.0+cpu wheel, as on the project's CI machines, torch==2.13.0 takes it, and torchvision 0.28
+# from the index does not import beside it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 constraints="${1:-tools/constraints/oldest.txt}"
@@ -22,4 +24,6 @@ cp -r pyproject.toml README.md singe_deploy "$src/"
 "$venv/bin/python" -m pip install -q -c "$constraints" "$src[test]"
 "$venv/bin/python" -m pip check
 "$venv/bin/singe-deploy" --version
+# pytest puts this checkout first on the path, so the tests import its singe_deploy (the same code as the copy); the
+# copy installed the dependencies and the singe-deploy command that CLI tests run
 "$venv/bin/python" -m pytest -q "$@"

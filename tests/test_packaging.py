@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_tool
 
 PACKAGE_DATA = ("assets", "schemas", "configs")
 
@@ -70,3 +70,14 @@ def test_the_constraints_files_pin_the_ends_of_the_supported_ranges():
             assert lower == [oldest[name]], (name, lower, oldest.get(name))
     for script in (ROOT / ".ci" / "run", ROOT / "README.md"):
         assert "-c tools/constraints/tested.txt" in script.read_text(), script
+
+
+def test_pin_constraints_pins_the_installed_closure(tmp_path):
+    from importlib import metadata
+
+    out = tmp_path / "c.txt"
+    load_tool("pin_constraints").main(["--extras", "test", "--out", str(out)])
+    pins = _pins(out)
+    for name in ("torch", "onnxruntime", "pytest", "filelock"):  # direct, test-extra, indirect (torch needs filelock)
+        assert pins[name] == metadata.version(name)
+    assert "singe-deploy" not in pins and "mkdocs" not in pins  # the docs extra was not asked for

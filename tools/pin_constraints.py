@@ -21,17 +21,18 @@ HEADER = """# What CI (.ci/run) and the README's commands install: singe-deploy[
 
 def closure(extras):
     """{canonical name: installed version} of singe-deploy's requirements with `extras`, followed recursively."""
-    pinned, todo = {}, [(Requirement(f"singe-deploy[{','.join(extras)}]"), set(extras))]
+    pinned, seen, todo = {}, set(), [(Requirement(f"singe-deploy[{','.join(extras)}]"), set(extras))]
     while todo:
         req, chosen = todo.pop()
         name = canonicalize_name(req.name)
+        if (name, frozenset(chosen)) in seen:  # extras may require each other
+            continue
+        seen.add((name, frozenset(chosen)))
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
             sys.exit(f"pin_constraints: {req.name} is not installed; install singe-deploy[{','.join(extras)}] first")
         if name != "singe-deploy":
-            if name in pinned and not req.extras:
-                continue
             pinned[name] = dist.version
         for text in dist.requires or []:
             sub = Requirement(text)

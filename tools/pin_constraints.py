@@ -45,9 +45,9 @@ def closure(extras):
 def machine():
     import platform
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {model}".rstrip(", ")
+    from singe_deploy.measure.device import cpu_model
+
+    return f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, {cpu_model()}"
 
 
 def main(argv=None):

@@ -541,6 +541,11 @@ def check_reachable(model, input_shape, target, schedule, ignored_layers=None, f
 LATENCY_MARGIN = 0.05  # a latency suggestion's room for the timings of the rerun, which vary by a few percent
 
 
+def _rounded(x, digits, down):
+    """x to `digits` decimals, rounded towards what stays reachable (down for a reduction, up for a budget)."""
+    return (math.floor if down else math.ceil)(x * 10 ** digits) / 10 ** digits
+
+
 def _limits(schedule):
     return f"these layers, --max-layer-ratio {schedule.max_layer_ratio:g} and --round-to {schedule.round_to}"
 
@@ -552,7 +557,7 @@ def _unreachable(target, dense, best, schedule, flag=None):
     most = dense / max(best, 1)  # a count of MACs or params
     flag = flag or f"--{target.metric}-reduction"
     said = f"{flag} {target.reduction:g} is unreachable"
-    reachable = math.floor(most * 100) / 100
+    reachable = _rounded(most, 2, down=True)
     if reachable <= 1:
         raise UserError(f"{said}: {_limits(schedule)} allow no {target.metric} reduction (the most pruning gives "
                         f"{most:.3f}x); raise --max-layer-ratio or ignore fewer layers")
@@ -566,12 +571,12 @@ def _unreachable_latency(target, dense_ms, smallest_ms, schedule):
     limit = (f"{_limits(schedule)} allow at most {most:.2f}x ({smallest_ms:.3f} ms predicted, dense "
              f"{dense_ms:.3f} ms)")
     if target.budget_ms is not None:
-        budget = math.ceil(smallest_ms * (1 + LATENCY_MARGIN) * 1000) / 1000
+        budget = _rounded(smallest_ms * (1 + LATENCY_MARGIN), 3, down=False)
         if budget < dense_ms:
             raise UserError(f"--latency-budget-ms {target.budget_ms:g} is unreachable: {limit}; rerun with "
                             f"--latency-budget-ms {budget:.3f} or more ({LATENCY_MARGIN:.0%} over the limit: timings "
                             "vary between runs)")
-    reachable = math.floor(most * (1 - LATENCY_MARGIN) * 100) / 100
+    reachable = _rounded(most * (1 - LATENCY_MARGIN), 2, down=True)
     said = (f"--latency-budget-ms {target.budget_ms:g}" if target.budget_ms is not None
             else f"--latency-reduction {target.reduction:g}")
     if reachable <= 1:
